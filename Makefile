@@ -1,0 +1,34 @@
+# The two commands of the README's first screen, and the pieces they are made of.
+# PYTHON must be a CPython 3.11 (or newer); torch 2.13.0 (CPU) is installed first so that pip does not pull a
+# CUDA build when resolving the project's torch range.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install install-dev run test lint example clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e .
+
+install-dev: $(BIN)/python
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+
+# Build the example models (a small CNN trained on scikit-learn's bundled digits) and convert one.
+example: install-dev
+	$(BIN)/python examples/digits.py examples/out
+	$(BIN)/sepconv convert examples/out/digits.onnx -o examples/out/digits-sep.onnx --inputs examples/out/digits-test.npz --report examples/out/digits-sep.json
+
+test: install-dev
+	$(BIN)/python -m pytest
+
+lint: install-dev
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) examples/out .pytest_cache
