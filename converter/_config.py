@@ -1,0 +1,182 @@
+"""One typed configuration for a conversion, shared by the library, the CLI, the HTTP API and the SDK.
+
+``ConversionConfig`` is the library's argument, the source of the CLI's flags, the API's form fields and the
+stored job record, so a misspelt option fails at once (``extra="forbid"``) and the names match everywhere.
+It imports pydantic only: the SDK uses it in an environment without torch or onnx.
+
+It does not hold data (the model, verification inputs) nor anything about where a job runs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ._errors import InvalidOptionsError
+
+__all__ = ["DEFAULT_ENERGY", "ConversionConfig", "parse_input_shape", "parse_layer_rank"]
+
+#: The default rank policy keeps, in every converted layer, at least this share of the kernel's squared
+#: singular values (its "energy"): the relative weight error of each layer is then at most sqrt(1 - E).
+#: Layers that would need so high a rank that nothing is saved stay as they are. See README, "Rank policies".
+DEFAULT_ENERGY = 0.9
+
+Order = Literal["dw-pw", "pw-dw", "auto"]
+Lowering = Literal["split", "fused"]
+
+_SHAPE_RE = re.compile(r"^\s*([^=\s]+)\s*=\s*(\d+(?:\s*[x×,]\s*\d+)*)\s*$")
+_LAYER_RANK_RE = re.compile(r"^\s*([^=]+?)\s*=\s*(\d+)\s*$")
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """Parse ``NAME=1x3x224x224`` into ``("NAME", (1, 3, 224, 224))``.
+
+    Raises:
+        InvalidOptionsError: the text is not of that form or a dimension is not positive.
+    """
+    m = _SHAPE_RE.match(text)
+    if not m:
+        raise InvalidOptionsError(f"input shape {text!r} is not of the form NAME=1x3x224x224")
+    dims = tuple(int(d) for d in re.split(r"\s*[x×,]\s*", m.group(2)))
+    if any(d <= 0 for d in dims):
+        raise InvalidOptionsError(f"input shape {text!r}: every dimension must be positive")
+    return m.group(1), dims
+
+
+def parse_layer_rank(text: str) -> tuple[str, int]:
+    """Parse ``PATTERN=K`` (a layer name or glob, and a rank) into ``("PATTERN", K)``.
+
+    Raises:
+        InvalidOptionsError: the text is not of that form or the rank is not positive.
+    """
+    m = _LAYER_RANK_RE.match(text)
+    if not m or int(m.group(2)) < 1:
+        raise InvalidOptionsError(f"layer rank {text!r} is not of the form NAME=K with K >= 1")
+    return m.group(1), int(m.group(2))
+
+
+class ConversionConfig(BaseModel):
+    """Options of one conversion. At most one rank policy (``rank``, ``energy``, ``target_params``,
+    ``target_macs``) may be set; with none, the default policy is ``energy=DEFAULT_ENERGY``.
+
+    Each field's description is its documentation everywhere: CLI ``--help``, the OpenAPI schema, the README.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rank: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="The same rank K for every eligible layer.")
+    energy: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
+        None, description="Per layer, the smallest rank keeping at least this share of the kernel's squared "
+                          f"singular values (default policy: {DEFAULT_ENERGY}).")
+    target_params: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
+        None, description="Keep this share of the whole model's parameters (0.3 = 30 %), ranks allocated "
+                          "across layers for the least total weight error.")
+    target_macs: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
+        None, description="Keep this share of the whole model's multiply-accumulates, allocated likewise.")
+    order: Order = Field(
+        "auto", description="dw-pw (depthwise then pointwise), pw-dw (pointwise then depthwise), or auto: per "
+                            "layer the form with the smaller weight error.")
+    lowering: Lowering = Field(
+        "split", description="split: K depthwise convs of channel multiplier 1 (fastest on onnxruntime and "
+                             "torch CPU); fused: one depthwise conv with multiplier K (fewest nodes).")
+    exclude: list[str] = Field(
+        default_factory=list, description="Glob pattern on layer names never to convert (repeatable).")
+    layer_rank: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, description="Per-layer rank override NAME=K, NAME a layer name or glob "
+                                          "(repeatable; the first match wins).")
+    input_shape: dict[str, tuple[Annotated[int, Field(ge=1)], ...]] = Field(
+        default_factory=dict, description="Concrete shape NAME=1x3x224x224 for an input with symbolic dims "
+                                          "(repeatable; TorchScript records no shapes, so give one).")
+    force: bool = Field(
+        False, description="Convert eligible layers even where the chosen rank would not reduce parameters.")
+    verify: bool = Field(
+        True, description="Run both models side by side: output fidelity and latency.")
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = Field(
+        None, description="Intra-op threads for the latency measurement (default: all cores).")
+    latency_runs: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        30, description="Timed runs of each model, interleaved, after warm-up.")
+    seed: int = Field(0, description="Seed of the random verification inputs.")
+
+    @field_validator("exclude", mode="before")
+    @classmethod
+    def _one_or_many_patterns(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [v]
+        return v
+
+    @field_validator("layer_rank", mode="before")
+    @classmethod
+    def _layer_rank_strings(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, list | tuple):
+            return dict(parse_layer_rank(s) for s in v)
+        return v
+
+    @field_validator("input_shape", mode="before")
+    @classmethod
+    def _input_shape_strings(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, list | tuple):
+            return dict(parse_input_shape(s) for s in v)
+        return v
+
+    @field_validator("energy", "target_params", "target_macs")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    @model_validator(mode="after")
+    def _one_policy(self) -> ConversionConfig:
+        chosen = [k for k in ("rank", "energy", "target_params", "target_macs") if getattr(self, k) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"choose one rank policy, not {' and '.join(chosen)}")
+        return self
+
+    @property
+    def policy(self) -> tuple[str, float]:
+        """The rank policy in force as ``(kind, value)``; the default is ``("energy", DEFAULT_ENERGY)``."""
+        for kind in ("rank", "energy", "target_params", "target_macs"):
+            value = getattr(self, kind)
+            if value is not None:
+                return kind, value
+        return "energy", DEFAULT_ENERGY
+
+    @classmethod
+    def from_options(cls, config: ConversionConfig | None = None, **options: Any) -> ConversionConfig:
+        """Build a config from keyword options (optionally on top of ``config``), as the library API takes them.
+
+        Raises:
+            InvalidOptionsError: an option is unknown, out of range, or contradicts another; the message names
+                every offending option in one line.
+        """
+        try:
+            if config is None:
+                return cls.model_validate(options)
+            if not options:
+                return config
+            return cls.model_validate({**config.model_dump(exclude_unset=True), **options})
+        except ValidationError as e:
+            raise InvalidOptionsError(describe_validation_error(e)) from None
+        except InvalidOptionsError:
+            raise
+
+
+def describe_validation_error(e: ValidationError) -> str:
+    """One line naming each offending option of a pydantic ``ValidationError``."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown option"
+        msg = msg.removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "invalid options: " + "; ".join(parts)

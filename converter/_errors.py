@@ -1,0 +1,55 @@
+"""The exceptions the converter raises, and nothing else.
+
+Every error a user can meet derives from one base, so callers (the CLI, the service, the SDK's server side)
+catch one type and print its message; lower-level errors (protobuf, torch, onnxruntime, numpy) are wrapped with
+``raise … from e`` and a message naming the layer or step that failed::
+
+    SepconvError
+    ├── InvalidOptionsError     unknown, out-of-range or contradictory options; bad --input-shape or inputs
+    ├── UnsupportedModelError   not ONNX/TorchScript, empty, truncated, corrupt, unsafe archive
+    ├── ConversionError         a layer could not be rewritten, or the result could not be saved
+    └── VerificationError       the original or converted model would not run on the verification inputs
+
+This module deliberately holds no logic: it is imported by the torch-free parts (config, report, SDK).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConversionError",
+    "InvalidOptionsError",
+    "SepconvError",
+    "UnsupportedModelError",
+    "VerificationError",
+]
+
+
+class SepconvError(Exception):
+    """Base of every error sepconv raises on purpose. Its message is one line a user can act on."""
+
+    #: A short, stable machine-readable code; the service puts it in its error body.
+    code: str = "sepconv_error"
+
+
+class InvalidOptionsError(SepconvError, ValueError):
+    """The options are unknown, out of range or contradict each other (or the model they are used with)."""
+
+    code = "invalid_options"
+
+
+class UnsupportedModelError(SepconvError):
+    """The input is not a model sepconv reads: not ONNX or TorchScript, empty, truncated, corrupt or unsafe."""
+
+    code = "unsupported_model"
+
+
+class ConversionError(SepconvError):
+    """Rewriting a layer, or saving the rewritten model, failed; the message names the layer or step."""
+
+    code = "conversion_failed"
+
+
+class VerificationError(SepconvError):
+    """The original or the converted model did not run on the verification inputs."""
+
+    code = "verification_failed"

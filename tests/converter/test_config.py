@@ -1,0 +1,59 @@
+"""The shared typed config: strict, one policy at a time, string forms the CLI and API send."""
+
+from __future__ import annotations
+
+import pytest
+
+from converter import DEFAULT_ENERGY, ConversionConfig, InvalidOptionsError
+
+
+def test_defaults_and_policy():
+    c = ConversionConfig()
+    assert c.policy == ("energy", DEFAULT_ENERGY)
+    assert (c.order, c.lowering, c.verify, c.force) == ("auto", "split", True, False)
+    assert ConversionConfig(target_macs=0.4).policy == ("target_macs", 0.4)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"rank": 2, "energy": 0.5}, "choose one rank policy, not rank and energy"),
+        ({"rnak": 2}, "rnak: unknown option"),
+        ({"rank": 0}, "rank: Input should be greater than or equal to 1"),
+        ({"energy": 1.5}, "energy: Input should be less than or equal to 1"),
+        ({"target_params": 0}, "target_params: Input should be greater than 0"),
+        ({"order": "sideways"}, "order: Input should be 'dw-pw', 'pw-dw' or 'auto'"),
+        ({"input_shape": ["x=1x3xAx4"]}, "input shape 'x=1x3xAx4' is not of the form NAME=1x3x224x224"),
+        ({"input_shape": ["x=1x0x4"]}, "every dimension must be positive"),
+        ({"layer_rank": ["conv1"]}, "is not of the form NAME=K"),
+        ({"energy": float("nan")}, "energy"),
+    ],
+)
+def test_bad_options_name_the_problem(options, message):
+    with pytest.raises(InvalidOptionsError) as e:
+        ConversionConfig.from_options(**options)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_string_forms_from_cli_and_api():
+    c = ConversionConfig.from_options(input_shape=["x=1x3x224x224", "mask = 1×1×224×224"], layer_rank=["stem.*=4"],
+                                      exclude="head*")
+    assert c.input_shape == {"x": (1, 3, 224, 224), "mask": (1, 1, 224, 224)}
+    assert c.layer_rank == {"stem.*": 4}
+    assert c.exclude == ["head*"]
+    assert ConversionConfig.model_validate_json(c.model_dump_json()) == c  # the stored job record round-trips
+
+
+def test_from_options_layers_on_a_config():
+    base = ConversionConfig(rank=3, order="dw-pw")
+    c = ConversionConfig.from_options(base, threads=2)
+    assert (c.rank, c.order, c.threads) == (3, "dw-pw", 2)
+    with pytest.raises(InvalidOptionsError, match="choose one rank policy"):
+        ConversionConfig.from_options(base, energy=0.9)
+
+
+def test_config_is_immutable():
+    c = ConversionConfig()
+    with pytest.raises(Exception):  # noqa: B017 (pydantic's frozen-instance error type)
+        c.rank = 3
