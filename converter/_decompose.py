@@ -1,0 +1,267 @@
+r"""Data-free decomposition of a convolution kernel into a depthwise-separable pair, from per-slice SVDs.
+
+Pure functions from arrays to arrays: no file, ONNX or torch code lives here.
+
+Notation: a convolution weight ``W`` of shape ``[N, C, *kernel]`` with ``g`` groups has ``N`` output channels,
+``M = g·C`` input channels (``C`` per group), ``N_g = N / g`` outputs per group and ``k = prod(kernel)`` taps.
+Input channel ``c`` lies in group ``c // C`` at local index ``m = c % C``.
+
+**DW→PW** ("network decoupling", depthwise first). For every input channel ``c`` take the ``N_g × k`` matrix
+``A_c = W[group rows, m, :]`` and its SVD ``A_c = Σ_r s_{c,r} u_{c,r} v_{c,r}ᵀ`` (``r < min(N_g, k)``).
+Keeping ``K`` terms::
+
+    depthwise D  [M·K, 1, *kernel], groups = M:      D[c·K + r]        = v_{c,r}
+    pointwise P  [N, C·K, 1…],      groups = g:      P[n, m·K + r]     = s_{c,r} · u_{c,r}[n − gN_g]
+
+Then ``Σ_m Σ_r P[n, m·K+r] (D[c·K+r] ⋆ x_c) = Σ_m A_c[n] ⋆ x_c``: the original conv when ``K = min(N_g, k)``.
+The depthwise conv keeps the original stride, padding and dilation; the pointwise conv carries the bias.
+
+**PW→DW** (the transpose, pointwise first). For every output channel ``n`` take the ``C × k`` matrix
+``B_n = W[n]`` and its SVD ``B_n = Σ_r s_{n,r} u_{n,r} v_{n,r}ᵀ`` (``r < min(C, k)``)::
+
+    pointwise P  [N·K, C, 1…],      groups = g:      P[n·K + r, m]     = s_{n,r} · u_{n,r}[m]
+    grouped   Q  [N, K, *kernel],   groups = N:      Q[n, r]           = v_{n,r}
+
+The 1×1 conv has no bias and maps zero to zero, so it commutes with the zero padding of the spatial conv: the
+pair equals the original at full rank, any stride, padding and dilation.
+
+**Error.** Per slice the Frobenius error of a rank-``K`` truncation is ``Σ_{r≥K} s_r²`` (Eckart–Young), so the
+relative weight error of the layer is ``sqrt(Σ discarded s² / Σ s²)`` and its kept *energy* is
+``Σ kept s² / Σ s²``: both follow from the singular values alone.
+
+**Lowering** (`lower`). The same factors can be emitted as one depthwise conv with channel multiplier ``K``
+(``fused``), or as ``K`` depthwise convs of multiplier 1 whose outputs are concatenated before one pointwise
+conv, or summed branch by branch (``split``). Measured on onnxruntime and torch CPU, the multiplier-1 form is
+1.6–2.6× faster; the math is identical (the weights are only regrouped).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+__all__ = [
+    "ConvStep",
+    "Decomposition",
+    "Lowered",
+    "Order",
+    "decompose",
+    "energy_curve",
+    "lower",
+    "max_rank",
+    "singular_values",
+]
+
+Order = Literal["dw-pw", "pw-dw"]
+
+
+def _check(weight: np.ndarray, groups: int) -> tuple[int, int, int, int]:
+    if weight.ndim < 3:
+        raise ValueError(f"conv weight must be [N, C, *kernel], got shape {weight.shape}")
+    n, c = weight.shape[:2]
+    if groups < 1 or n % groups:
+        raise ValueError(f"{n} output channels cannot be split into {groups} groups")
+    k = int(np.prod(weight.shape[2:]))
+    return n, c, groups, k
+
+
+def _slices(weight: np.ndarray, groups: int, order: Order) -> np.ndarray:
+    """The matrices whose SVDs define the decomposition, stacked: ``[M, N_g, k]`` or ``[N, C, k]``."""
+    n, c, g, k = _check(weight, groups)
+    w = weight.reshape(n, c, k)
+    if order == "dw-pw":
+        # [g, N_g, C, k] -> [g, C, N_g, k] -> [g·C = M, N_g, k]: slice c = gi·C + m is W[group gi rows, m].
+        return w.reshape(g, n // g, c, k).transpose(0, 2, 1, 3).reshape(g * c, n // g, k)
+    if order == "pw-dw":
+        return w
+    raise ValueError(f"unknown order {order!r}")
+
+
+def max_rank(weight_shape: tuple[int, ...], groups: int, order: Order) -> int:
+    """The rank at which the decomposition of this layer is exact: ``min(N_g, k)`` or ``min(C, k)``."""
+    n, c = weight_shape[:2]
+    k = int(np.prod(weight_shape[2:]))
+    return min(n // groups, k) if order == "dw-pw" else min(c, k)
+
+
+def singular_values(weight: np.ndarray, groups: int, order: Order) -> np.ndarray:
+    """Singular values of every slice, ``[slices, max_rank]``, in float64, largest first."""
+    return np.linalg.svd(_slices(weight.astype(np.float64, copy=False), groups, order), compute_uv=False)
+
+
+def energy_curve(svals: np.ndarray) -> np.ndarray:
+    """Kept energy at ranks ``1..max_rank`` of a layer: ``Σ_slices Σ_{r<K} s² / Σ s²`` (1.0 for a zero kernel)."""
+    sq = np.square(svals).sum(axis=0)
+    total = float(sq.sum())
+    if total == 0.0:
+        return np.ones(sq.shape[0])
+    return np.minimum(np.cumsum(sq) / total, 1.0)
+
+
+@dataclass(frozen=True)
+class Decomposition:
+    """The two factors of a rank-``rank`` decomposition (float32) and its error.
+
+    For ``dw-pw``: ``first`` is the depthwise weight ``[M·K, 1, *kernel]`` (groups ``M``) and ``second`` the
+    pointwise weight ``[N, C·K, 1…]`` (groups ``g``). For ``pw-dw``: ``first`` is the pointwise weight
+    ``[N·K, C, 1…]`` (groups ``g``) and ``second`` the grouped weight ``[N, K, *kernel]`` (groups ``N``).
+    """
+
+    order: Order
+    rank: int
+    groups: int
+    first: np.ndarray
+    second: np.ndarray
+    rel_error: float
+    energy: float
+
+    @property
+    def in_channels(self) -> int:
+        if self.order == "dw-pw":
+            return self.first.shape[0] // self.rank
+        return self.first.shape[1] * self.groups
+
+    @property
+    def out_channels(self) -> int:
+        return self.second.shape[0]
+
+
+def decompose(weight: np.ndarray, groups: int, order: Order, rank: int) -> Decomposition:
+    """Rank-``rank`` depthwise-separable factors of a conv weight (see the module docstring for the algebra).
+
+    ``rank`` above the layer's maximum is clipped to it, where the result is exact to round-off.
+    """
+    n, c, g, _ = _check(weight, groups)
+    kernel = weight.shape[2:]
+    ones = (1,) * len(kernel)
+    if rank < 1:
+        raise ValueError(f"rank must be >= 1, got {rank}")
+    rank = min(rank, max_rank(weight.shape, groups, order))
+    u, s, vt = np.linalg.svd(_slices(weight.astype(np.float64, copy=False), groups, order), full_matrices=False)
+    energy = float(energy_curve(s)[rank - 1])
+    u, s, vt = u[:, :, :rank], s[:, :rank], vt[:, :rank, :]
+    if order == "dw-pw":
+        m_total = g * c
+        # D[c·K + r] = v_{c,r}
+        first = vt.reshape(m_total * rank, 1, *kernel)
+        # P[n, m·K + r] = s_{c,r} u_{c,r}[j]  with c = gi·C + m and n = gi·N_g + j
+        us = u * s[:, None, :]  # [M, N_g, K]
+        us = us.reshape(g, c, n // g, rank).transpose(0, 2, 1, 3)  # [g, N_g, C, K]
+        second = us.reshape(n, c * rank, *ones)
+    else:
+        # P[n·K + r, m] = s_{n,r} u_{n,r}[m]
+        us = u * s[:, None, :]  # [N, C, K]
+        first = us.transpose(0, 2, 1).reshape(n * rank, c, *ones)
+        # Q[n, r] = v_{n,r}
+        second = vt.reshape(n, rank, *kernel)
+    return Decomposition(
+        order=order,
+        rank=rank,
+        groups=groups,
+        first=np.ascontiguousarray(first, dtype=np.float32),
+        second=np.ascontiguousarray(second, dtype=np.float32),
+        rel_error=float(np.sqrt(max(0.0, 1.0 - energy))),
+        energy=energy,
+    )
+
+
+@dataclass(frozen=True)
+class ConvStep:
+    """One convolution of a lowered decomposition.
+
+    Attributes:
+        name: suffix of the new node's name (``dw``, ``pw``, ``dw_1``…); adapters emit ``<layer>/<name>``.
+        weight: float32 weight.
+        groups: the conv's ``groups``.
+        spatial: True for the conv that takes the original stride, padding and dilation; False for a 1×1 conv
+            with stride 1 and no padding.
+        bias: True if this step carries the original conv's bias.
+    """
+
+    name: str
+    weight: np.ndarray
+    groups: int
+    spatial: bool
+    bias: bool = False
+
+
+@dataclass(frozen=True)
+class Lowered:
+    """A decomposition as a small program of convs: each branch is a chain of steps applied to the layer's
+    input; the branches' outputs are joined (``none`` when there is one branch, ``concat`` along channels, or
+    ``sum``) and ``tail`` (if any) is applied to the joined tensor."""
+
+    branches: tuple[tuple[ConvStep, ...], ...]
+    join: Literal["none", "concat", "sum"]
+    tail: ConvStep | None = None
+
+    @property
+    def steps(self) -> tuple[ConvStep, ...]:
+        out = tuple(s for b in self.branches for s in b)
+        return (*out, self.tail) if self.tail is not None else out
+
+
+def lower(dec: Decomposition, lowering: Literal["split", "fused"] = "split") -> Lowered:
+    """Emit a decomposition as convs.
+
+    ``fused``: two convs (depthwise with channel multiplier K, then pointwise; or pointwise, then one grouped
+    conv). ``split``: K depthwise convs of multiplier 1 — for DW→PW without groups their outputs are
+    concatenated before one pointwise conv; otherwise each branch is a (depthwise, pointwise) or (pointwise,
+    depthwise) pair and the branches are summed. With K = 1 both are the same two convs.
+    """
+    k = dec.rank
+    m = dec.in_channels
+    n = dec.out_channels
+    g = dec.groups
+    if lowering not in ("split", "fused"):
+        raise ValueError(f"unknown lowering {lowering!r}")
+    if dec.order == "dw-pw":
+        if lowering == "fused" or k == 1:
+            return Lowered(
+                branches=((ConvStep("dw", dec.first, m, True), ConvStep("pw", dec.second, g, False, True)),),
+                join="none",
+            )
+        ones = dec.second.shape[2:]
+        c = m // g
+        dws = [np.ascontiguousarray(dec.first[r::k]) for r in range(k)]  # D_r[c] = D[c·K + r]
+        if g == 1:
+            # concat order is (r, c): P'[n, r·M + c] = P[n, c·K + r]
+            p = dec.second.reshape(n, m, k).transpose(0, 2, 1).reshape(n, k * m, *ones)
+            return Lowered(
+                branches=tuple((ConvStep(f"dw_{r}", dws[r], m, True),) for r in range(k)),
+                join="concat",
+                tail=ConvStep("pw", np.ascontiguousarray(p), 1, False, True),
+            )
+        ps = dec.second.reshape(n, c, k)
+        return Lowered(
+            branches=tuple(
+                (
+                    ConvStep(f"dw_{r}", dws[r], m, True),
+                    ConvStep(f"pw_{r}", np.ascontiguousarray(ps[:, :, r].reshape(n, c, *ones)), g, False, r == 0),
+                )
+                for r in range(k)
+            ),
+            join="sum",
+        )
+    # pw-dw
+    if lowering == "fused" or k == 1:
+        return Lowered(
+            branches=((ConvStep("pw", dec.first, g, False), ConvStep("dw", dec.second, n, True, True)),),
+            join="none",
+        )
+    c = dec.first.shape[1]
+    ones = dec.first.shape[2:]
+    kernel = dec.second.shape[2:]
+    p = dec.first.reshape(n, k, c, *ones)
+    return Lowered(
+        branches=tuple(
+            (
+                ConvStep(f"pw_{r}", np.ascontiguousarray(p[:, r]), g, False),
+                ConvStep(f"dw_{r}", np.ascontiguousarray(dec.second[:, r].reshape(n, 1, *kernel)), n, True, r == 0),
+            )
+            for r in range(k)
+        ),
+        join="sum",
+    )
