@@ -1,0 +1,75 @@
+"""sepconv's converter: standard CNNs (ONNX, TorchScript) in, depthwise-separable CNNs out.
+
+The public surface is what ``__all__`` lists; everything else lives in private modules and may change.
+Importing this package is cheap and needs only pydantic: the heavy parts (numpy, onnx, torch) load on first use
+of ``convert``, ``decompose`` or ``lower``, so the torch-free SDK can share ``ConversionConfig`` and ``Report``.
+
+Example::
+
+    import converter
+    result = converter.convert("model.onnx", "slim.onnx", rank=2)
+    print(result.report.fidelity.rel_l2, result.report.latency.speedup)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._config import DEFAULT_ENERGY, ConversionConfig
+from ._errors import (
+    ConversionError,
+    InvalidOptionsError,
+    SepconvError,
+    UnsupportedModelError,
+    VerificationError,
+)
+from ._report import Counts, Fidelity, Latency, LayerReport, Report, Timings
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._decompose import Decomposition, decompose, lower
+    from ._pipeline import ConversionResult, convert
+
+__all__ = [
+    "DEFAULT_ENERGY",
+    "ConversionConfig",
+    "ConversionError",
+    "ConversionResult",
+    "Counts",
+    "Decomposition",
+    "Fidelity",
+    "InvalidOptionsError",
+    "Latency",
+    "LayerReport",
+    "Report",
+    "SepconvError",
+    "Timings",
+    "UnsupportedModelError",
+    "VerificationError",
+    "__version__",
+    "convert",
+    "decompose",
+    "lower",
+]
+
+_LAZY = {
+    "convert": "._pipeline",
+    "ConversionResult": "._pipeline",
+    "decompose": "._decompose",
+    "lower": "._decompose",
+    "Decomposition": "._decompose",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'converter' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

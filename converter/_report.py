@@ -1,0 +1,116 @@
+"""The conversion report: a JSON document with stable, documented keys (README, "The report").
+
+Pydantic models only, no torch or onnx: the SDK parses ``job.report`` into these types. Keys are only ever
+added, never renamed or removed, within a ``schema_version``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "Counts",
+    "Fidelity",
+    "Latency",
+    "LayerReport",
+    "Report",
+    "Timings",
+]
+
+SCHEMA_VERSION = 1
+
+
+class _Model(BaseModel):
+    # Reports written by a newer server must still parse in an older SDK: ignore unknown keys.
+    model_config = ConfigDict(extra="ignore")
+
+
+class Counts(_Model):
+    """A count before and after conversion."""
+
+    original: int | None
+    converted: int | None
+
+
+class Fidelity(_Model):
+    """Output agreement of the converted model with the original on the same inputs (all outputs).
+
+    ``rel_l2``: ‖y′ − y‖₂ / ‖y‖₂ over all outputs; ``max_abs``: largest absolute difference; ``cosine``: cosine
+    similarity of the flattened outputs; ``top1_agreement``: share of samples (or pixels) whose argmax over the
+    class axis (axis 1 of the first output) agrees, or None when the first output has no class axis.
+    """
+
+    rel_l2: float
+    max_abs: float
+    cosine: float
+    top1_agreement: float | None
+    samples: int
+    inputs: Literal["random", "user"]
+
+
+class Latency(_Model):
+    """Median (p50) latency of one inference of each model, interleaved in one process after warm-up."""
+
+    backend: str
+    device: str = "cpu"
+    threads: int
+    runs: int
+    batch: int | None = None
+    original_ms: float
+    converted_ms: float
+    speedup: float
+    original_p90_ms: float | None = None
+    converted_p90_ms: float | None = None
+
+
+class LayerReport(_Model):
+    """What happened to one convolution."""
+
+    name: str
+    op: str
+    kernel: list[int]
+    in_channels: int
+    out_channels: int
+    groups: int
+    status: Literal["converted", "skipped"]
+    reason: str
+    order: Literal["dw-pw", "pw-dw"] | None = None
+    rank: int | None = None
+    energy: float | None = None
+    rel_weight_error: float | None = None
+    params_before: int
+    params_after: int
+    macs_before: int | None = None
+    macs_after: int | None = None
+
+
+class Timings(_Model):
+    """Wall-clock seconds of each step."""
+
+    load_s: float
+    convert_s: float
+    verify_s: float | None = None
+    save_s: float
+
+
+class Report(_Model):
+    """The report of one conversion. See README, "The report", for every key."""
+
+    schema_version: int = SCHEMA_VERSION
+    sepconv_version: str
+    format: Literal["onnx", "torchscript"]
+    params: Counts
+    macs: Counts
+    file_bytes: Counts
+    policy: dict
+    fidelity: Fidelity | None = None
+    latency: Latency | None = None
+    layers: list[LayerReport]
+    timings: Timings
+    warnings: list[str] = []
+
+    @property
+    def converted_layers(self) -> list[LayerReport]:
+        return [layer for layer in self.layers if layer.status == "converted"]

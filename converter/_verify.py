@@ -1,0 +1,244 @@
+"""Verification: run the original and the converted model file on the same inputs, measure how far their outputs
+are apart and how fast each runs, interleaved in one process on the real runtime.
+
+It deliberately runs the *saved files* (what the user gets), never in-memory graphs, and it never claims a
+speed-up it did not measure. It does not decide anything about layers; it reports.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ._config import ConversionConfig
+from ._errors import InvalidOptionsError, VerificationError
+from ._report import Fidelity, Latency
+from .formats._base import FormatAdapter, InputSpec, Runner
+
+__all__ = ["fidelity", "load_user_inputs", "measure_latency", "random_inputs", "resolve_input_shapes", "verify"]
+
+
+def resolve_input_shapes(
+    specs: Sequence[InputSpec], config: ConversionConfig, user_inputs: Mapping[str, np.ndarray] | None = None
+) -> tuple[dict[str, tuple[int, ...]], list[str]]:
+    """Concrete shapes for the model's inputs, and the problems left for inputs that have none.
+
+    A user's arrays fix their inputs' shapes; ``--input-shape`` fixes the others; otherwise the declared shape
+    is used with a symbolic first (batch) dim taken as 1. Any other symbolic dim, or an input with no declared
+    shape (TorchScript), is a problem: verification and MAC budgets need it, a plain conversion does not.
+
+    Raises:
+        InvalidOptionsError: ``--input-shape`` names an unknown input, or contradicts a fixed dim or the rank.
+    """
+    names = [s.name for s in specs]
+    unknown = sorted(set(config.input_shape) - set(names))
+    if unknown:
+        raise InvalidOptionsError(f"--input-shape names {', '.join(map(repr, unknown))}, but the model's inputs "
+                                  f"are {', '.join(map(repr, names))}")
+    shapes: dict[str, tuple[int, ...]] = {}
+    problems: list[str] = []
+    for spec in specs:
+        if user_inputs is not None and spec.name in user_inputs:
+            shapes[spec.name] = tuple(int(d) for d in user_inputs[spec.name].shape)
+            continue
+        given = config.input_shape.get(spec.name)
+        if given is not None:
+            if spec.shape is not None:
+                if len(given) != len(spec.shape):
+                    raise InvalidOptionsError(
+                        f"--input-shape {spec.name}: {len(given)} dims given, the model declares {len(spec.shape)}")
+                for i, (g, d) in enumerate(zip(given, spec.shape, strict=True)):
+                    if isinstance(d, int) and d > 0 and d != g:
+                        raise InvalidOptionsError(
+                            f"--input-shape {spec.name}: dim {i} is {g}, but the model fixes it to {d}")
+            shapes[spec.name] = tuple(given)
+            continue
+        if spec.shape is None:
+            problems.append(f"input {spec.name!r} has no recorded shape; pass --input-shape "
+                            f"{spec.name}=1x3x224x224 (its real dims)")
+            continue
+        dims = list(spec.shape)
+        symbolic = [i for i, d in enumerate(dims) if not (isinstance(d, int) and d > 0)]
+        if symbolic and symbolic[0] == 0:
+            dims[0] = 1
+            symbolic = symbolic[1:]
+        if symbolic:
+            problems.append(f"input {spec.name!r} has symbolic dims "
+                            f"{', '.join(repr(spec.shape[i]) for i in symbolic)}; pass --input-shape "
+                            f"{spec.name}={'x'.join(str(d) if isinstance(d, int) and d > 0 else 'N' for d in dims)}")
+            continue
+        shapes[spec.name] = tuple(int(d) for d in dims)
+    return shapes, problems
+
+
+def load_user_inputs(path: Path, specs: Sequence[InputSpec]) -> dict[str, np.ndarray]:
+    """Verification inputs from a user's ``.npz``: an ``inputs`` array (for the first input), or arrays named
+    like the model's inputs.
+
+    Raises:
+        InvalidOptionsError: the file is not a readable ``.npz``, or its arrays fit no input.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except Exception as e:  # numpy raises many types for a bad file
+        raise InvalidOptionsError(f"the inputs file is not a readable .npz: {e}") from None
+    names = [s.name for s in specs]
+    out: dict[str, np.ndarray] = {}
+    for spec in specs:
+        if spec.name in arrays:
+            out[spec.name] = arrays[spec.name]
+    if not out and "inputs" in arrays:
+        out[names[0]] = arrays["inputs"]
+    if not out:
+        raise InvalidOptionsError(f"the inputs file has arrays {sorted(arrays)}; expected 'inputs' or the model's "
+                                  f"input names {names}")
+    for spec in specs:
+        if spec.name in out:
+            a = out[spec.name]
+            if spec.shape is not None and a.ndim != len(spec.shape):
+                raise InvalidOptionsError(f"inputs file: array for {spec.name!r} has {a.ndim} dims, the model "
+                                          f"expects {len(spec.shape)}")
+            if a.dtype == object:
+                raise InvalidOptionsError(f"inputs file: array for {spec.name!r} is not numeric")
+            out[spec.name] = np.ascontiguousarray(a.astype(spec.dtype, copy=False))
+    return out
+
+
+def random_inputs(
+    specs: Sequence[InputSpec], shapes: Mapping[str, tuple[int, ...]], seed: int
+) -> dict[str, np.ndarray]:
+    """Standard-normal float inputs (small non-negative integers for integer inputs), seeded."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for spec in specs:
+        shape = shapes[spec.name]
+        if np.issubdtype(spec.dtype, np.floating):
+            out[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        elif spec.dtype == np.bool_:
+            out[spec.name] = rng.integers(0, 2, shape).astype(np.bool_)
+        else:
+            out[spec.name] = rng.integers(0, 10, shape).astype(spec.dtype)
+    return out
+
+
+def fidelity(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], inputs: str) -> Fidelity:
+    """Agreement of ``candidate`` outputs with ``reference`` outputs (see ``Fidelity``)."""
+    if len(reference) != len(candidate):
+        raise VerificationError(f"the converted model has {len(candidate)} outputs, the original {len(reference)}")
+    for i, (a, b) in enumerate(zip(reference, candidate, strict=True)):
+        if np.shape(a) != np.shape(b):
+            raise VerificationError(f"output {i}: shape {np.shape(b)} after conversion, {np.shape(a)} before")
+    ref = [np.asarray(a, dtype=np.float64).ravel() for a in reference if _numeric(a)]
+    cand = [np.asarray(b, dtype=np.float64).ravel() for a, b in zip(reference, candidate, strict=True) if _numeric(a)]
+    y0 = np.concatenate(ref) if ref else np.zeros(0)
+    y1 = np.concatenate(cand) if cand else np.zeros(0)
+    diff = y1 - y0
+    n0, n1 = float(np.linalg.norm(y0)), float(np.linalg.norm(y1))
+    rel = float(np.linalg.norm(diff) / n0) if n0 > 0 else float(np.linalg.norm(diff))
+    cos = float(np.dot(y0, y1) / (n0 * n1)) if n0 > 0 and n1 > 0 else float(n0 == n1)
+    max_abs = float(np.max(np.abs(diff))) if diff.size else 0.0
+    top1 = None
+    first0, first1 = np.asarray(reference[0]), np.asarray(candidate[0])
+    if first0.ndim >= 2 and first0.shape[1] > 1 and _numeric(first0):
+        top1 = float(np.mean(np.argmax(first0, axis=1) == np.argmax(first1, axis=1)))
+    samples = int(first0.shape[0]) if first0.ndim >= 1 else 1
+    return Fidelity(rel_l2=rel, max_abs=max_abs, cosine=cos, top1_agreement=top1, samples=samples, inputs=inputs)
+
+
+def _numeric(a: np.ndarray) -> bool:
+    return np.issubdtype(np.asarray(a).dtype, np.number)
+
+
+def measure_latency(
+    run_a: Callable[[], object], run_b: Callable[[], object], runs: int, warmup: int | None = None
+) -> tuple[list[float], list[float]]:
+    """Time two callables interleaved (ABBA order, so neither always runs first) after warm-up; seconds each."""
+    warmup = max(3, runs // 10) if warmup is None else warmup
+    for _ in range(warmup):
+        run_a()
+        run_b()
+    ta: list[float] = []
+    tb: list[float] = []
+    for i in range(runs):
+        pair = ((run_a, ta), (run_b, tb)) if i % 2 == 0 else ((run_b, tb), (run_a, ta))
+        for fn, acc in pair:
+            t0 = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - t0)
+    return ta, tb
+
+
+def default_threads() -> int:
+    """All cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def verify(
+    adapter: FormatAdapter,
+    original: Path,
+    converted: Path,
+    inputs: Mapping[str, np.ndarray],
+    input_kind: str,
+    config: ConversionConfig,
+    workdir: Path,
+    device: str = "cpu",
+) -> tuple[Fidelity, Latency]:
+    """Fidelity and latency of ``converted`` against ``original`` (both model files) on ``inputs``.
+
+    Raises:
+        VerificationError: either model does not run on the inputs; the message says which and why.
+    """
+    threads = config.threads or default_threads()
+    runners: list[Runner] = []
+    backend = ""
+    for label, path in (("original", original), ("converted", converted)):
+        sub = workdir / f"verify-{label}"
+        sub.mkdir(parents=True, exist_ok=True)
+        try:
+            run, backend = adapter.runner(path, sub, threads, device)
+        except Exception as e:
+            raise VerificationError(f"the {label} model could not be loaded for verification: {_short(e)}") from e
+        runners.append(run)
+    outs = []
+    for label, run in zip(("original", "converted"), runners, strict=True):
+        try:
+            outs.append([np.asarray(o) for o in run(inputs)])
+        except Exception as e:
+            raise VerificationError(f"the {label} model failed on the verification inputs "
+                                    f"({_shapes(inputs)}): {_short(e)}") from e
+    fid = fidelity(outs[0], outs[1], input_kind)
+    ta, tb = measure_latency(lambda: runners[0](inputs), lambda: runners[1](inputs), config.latency_runs)
+    p50a, p50b = float(np.median(ta)) * 1e3, float(np.median(tb)) * 1e3
+    first = next(iter(inputs.values()), None)
+    return fid, Latency(
+        backend=backend,
+        device=device,
+        threads=threads,
+        runs=config.latency_runs,
+        batch=int(first.shape[0]) if first is not None and first.ndim else None,
+        original_ms=round(p50a, 4),
+        converted_ms=round(p50b, 4),
+        speedup=round(p50a / p50b, 4) if p50b > 0 else 0.0,
+        original_p90_ms=round(float(np.percentile(ta, 90)) * 1e3, 4),
+        converted_p90_ms=round(float(np.percentile(tb, 90)) * 1e3, 4),
+    )
+
+
+def _shapes(inputs: Mapping[str, np.ndarray]) -> str:
+    return ", ".join(f"{k}={'x'.join(map(str, v.shape))}" for k, v in inputs.items())
+
+
+def _short(e: BaseException) -> str:
+    """The first meaningful line of a runtime's error message, without its source locations."""
+    text = str(e).strip() or type(e).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    line = lines[0] if lines else text
+    return line[:400]
