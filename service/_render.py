@@ -1,0 +1,85 @@
+"""Human-readable rendering of a conversion report for the terminal (rich). Used by ``sepconv convert`` and
+``sepconv submit``; it formats, it does not compute anything the report does not hold."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from converter import Report
+
+__all__ = ["render_report"]
+
+
+def _num(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, div in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if n >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{n} B"
+
+
+def _ratio(a: int | None, b: int | None) -> str:
+    if not a or b is None:
+        return ""
+    return f"({b / a:.1%})"
+
+
+def render_report(report: Report, console: Console, *, title: str = "", max_layers: int = 60) -> None:
+    """Print the per-layer table, the totals, fidelity, latency and warnings."""
+    table = Table(title=title or None, show_lines=False, header_style="bold")
+    for col in ("layer", "kernel", "in→out/g", "status", "order", "rank", "energy", "params", "note"):
+        table.add_column(col, overflow="fold")
+    layers = report.layers
+    shown = layers if len(layers) <= max_layers else layers[:max_layers]
+    for layer in shown:
+        conv = layer.status == "converted"
+        table.add_row(
+            layer.name,
+            "×".join(map(str, layer.kernel)),
+            f"{layer.in_channels}→{layer.out_channels}" + (f"/{layer.groups}" if layer.groups > 1 else ""),
+            "[green]converted[/]" if conv else "[dim]skipped[/]",
+            layer.order or "",
+            str(layer.rank) if layer.rank is not None else "",
+            f"{layer.energy:.1%}" if layer.energy is not None and conv else "",
+            f"{_num(layer.params_before)}→{_num(layer.params_after)}" if conv else _num(layer.params_before),
+            "" if conv else layer.reason,
+        )
+    console.print(table)
+    if len(layers) > max_layers:
+        console.print(f"[dim]… {len(layers) - max_layers} more layers in the JSON report[/]")
+    p, m, f = report.params, report.macs, report.file_bytes
+    n_conv = len(report.converted_layers)
+    console.print(f"[bold]{n_conv}[/] of {len(layers)} convolutions converted · policy {_policy(report.policy)}")
+    console.print(f"params  {_num(p.original)} → {_num(p.converted)} {_ratio(p.original, p.converted)}")
+    console.print(f"MACs    {_num(m.original)} → {_num(m.converted)} {_ratio(m.original, m.converted)}")
+    console.print(f"file    {_bytes(f.original)} → {_bytes(f.converted)}")
+    if report.fidelity is not None:
+        fd = report.fidelity
+        top1 = f", top-1 agreement {fd.top1_agreement:.1%}" if fd.top1_agreement is not None else ""
+        console.print(f"outputs rel. L2 error {fd.rel_l2:.3g}, cosine {fd.cosine:.4f}{top1} "
+                      f"({fd.samples} {fd.inputs} sample(s))")
+    if report.latency is not None:
+        lt = report.latency
+        console.print(f"latency {lt.original_ms:.3f} ms → {lt.converted_ms:.3f} ms ([bold]{lt.speedup:.2f}×[/]) "
+                      f"p50 on {lt.backend}, {lt.threads} thread(s), batch {lt.batch}")
+    for w in report.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+
+
+def _policy(policy: dict) -> str:
+    kind, value = policy.get("kind"), policy.get("value")
+    text = f"{kind}={value}"
+    if "achieved" in policy:
+        text += f" (achieved {policy['achieved']:.3f})"
+    return text + f", order {policy.get('order')}, lowering {policy.get('lowering')}"
