@@ -12,6 +12,7 @@ from ._base import (
     detect_format,
     register,
     registered_formats,
+    sniff_model,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "detect_format",
     "register",
     "registered_formats",
+    "sniff_model",
 ]

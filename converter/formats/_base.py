@@ -30,6 +30,7 @@ __all__ = [
     "detect_format",
     "register",
     "registered_formats",
+    "sniff_model",
 ]
 
 
@@ -110,10 +111,6 @@ class FormatAdapter(Protocol):
     name: ClassVar[str]
     #: File suffix for outputs of this format when the input was a single file (``.onnx``, ``.pt``).
     suffix: ClassVar[str]
-
-    def sniff(self, head: bytes) -> bool:
-        """Cheap check on a file's first bytes (at least 4 KiB where the file is that long): could it be ours?"""
-        ...
 
     def detect(self, path: Path) -> bool:
         """Full check of a file's content: is it a model of this format? Never raises for foreign content."""
@@ -206,6 +203,52 @@ def _describe_unknown(path: Path) -> str:
         return "not a model sepconv reads: a Python pickle (a torch.save checkpoint?); export it with " \
                "torch.jit.script/torch.jit.trace or torch.onnx.export"
     return "not a model sepconv reads: expected an ONNX file, an ONNX .zip with external data, or TorchScript"
+
+
+# ModelProto's field numbers and the wire type each must have (0 varint, 2 length-delimited).
+_MODELPROTO_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2}
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int] | None:
+    value = shift = 0
+    while i < len(buf) and shift < 64:
+        b = buf[i]
+        value |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            return value, i
+        shift += 7
+    return None
+
+
+def sniff_model(head: bytes) -> str | None:
+    """Cheap, dependency-free look at a file's first bytes (a few KiB): ``"onnx"`` if they parse as the start of
+    an ONNX ModelProto, ``"zip"`` for a zip archive (TorchScript, or ONNX with external data: the worker tells
+    them apart), or None for anything else. It reads no more than it is given and never raises.
+
+    It is a pre-filter for uploads (answer 415 at once); ``detect_format`` is the full check.
+    """
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    i, fields = 0, 0
+    while i < len(head) and fields < 4:
+        tag = _varint(head, i)
+        if tag is None:
+            break  # the head ends inside a tag: judge on what was read
+        key, i = tag
+        number, wire = key >> 3, key & 7
+        if _MODELPROTO_FIELDS.get(number) != wire:
+            return None
+        length = _varint(head, i)
+        if length is None:
+            break
+        value, i = length
+        if wire == 2:
+            i += value
+        fields += 1
+        if number == 7:  # the graph: a model has been recognised
+            return "onnx"
+    return "onnx" if fields >= 2 or (fields == 1 and i >= len(head)) else None
 
 
 _BUILTIN_LOADED = False

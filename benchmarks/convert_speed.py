@@ -1,0 +1,108 @@
+"""Conversion speed and peak memory on a ResNet-50-sized model (issue 2's target).
+
+Prints, for ONNX and TorchScript:
+  - load+save: reading the file into the adapter and writing it back (no conversion),
+  - convert:   load, find convs, plan (both orders, SVDs), rewrite, save — `convert(verify=False)`,
+  - the ratio convert / (load+save)       (target: at most 2),
+  - peak RSS of each, above the process's baseline after imports, as a multiple of the file size (target: < 3).
+Each measurement runs in a fresh subprocess (so peak RSS is its own); timings are the median of N runs,
+interleaved, because this machine is noisy.
+
+Usage: python benchmarks/convert_speed.py [--runs 3] [--formats onnx,torchscript] [--rank 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+CHILD = r"""
+import json, resource, sys, time
+from pathlib import Path
+import converter
+from converter.formats import detect_format
+mode, src, out, rank = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+def rss_kb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+adapter = detect_format(src)
+base = rss_kb()
+t0 = time.perf_counter()
+if mode == "loadsave":
+    work = out.parent / "work"; work.mkdir(exist_ok=True)
+    model = adapter.load(src, work)
+    adapter.save(model, out)
+else:
+    converter.convert(src, out, rank=rank, verify=False)
+dt = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"seconds": dt, "peak_above_base_kb": peak - base}))
+"""
+
+
+def build(fmt: str, folder: Path) -> Path:
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from _models import ResNet50
+
+    torch.manual_seed(0)
+    model = ResNet50().eval()
+    x = torch.randn(1, 3, 224, 224)
+    if fmt == "onnx":
+        path = folder / "resnet50.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17, input_names=["x"],
+                              output_names=["y"], dynamic_axes={"x": {0: "batch"}})
+    else:
+        path = folder / "resnet50.pt"
+        torch.jit.save(torch.jit.script(model), str(path))
+    return path
+
+
+def run(mode: str, src: Path, folder: Path, rank: int) -> dict:
+    out = folder / f"out-{mode}{src.suffix}"
+    proc = subprocess.run([sys.executable, "-c", CHILD, mode, str(src), str(out), str(rank)],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{mode} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--formats", default="onnx,torchscript")
+    ap.add_argument("--rank", type=int, default=2)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for fmt in args.formats.split(","):
+            src = build(fmt, folder)
+            size = src.stat().st_size
+            ls, cv = [], []
+            for _ in range(args.runs):  # interleaved: the machine's noise hits both alike
+                ls.append(run("loadsave", src, folder, args.rank))
+                cv.append(run("convert", src, folder, args.rank))
+            t_ls = statistics.median(r["seconds"] for r in ls)
+            t_cv = statistics.median(r["seconds"] for r in cv)
+            m_ls = max(r["peak_above_base_kb"] for r in ls) * 1024
+            m_cv = max(r["peak_above_base_kb"] for r in cv) * 1024
+            print(f"[{fmt}] model {size / 2**20:.1f} MiB, {args.runs} runs, rank {args.rank}")
+            print(f"  load+save  {t_ls:7.3f} s   peak RSS +{m_ls / 2**20:7.1f} MiB ({m_ls / size:.2f}× model)")
+            print(f"  convert    {t_cv:7.3f} s   peak RSS +{m_cv / 2**20:7.1f} MiB ({m_cv / size:.2f}× model)")
+            print(f"  ratio convert / (load+save) = {t_cv / t_ls:.2f}   (target ≤ 2)")
+
+
+if __name__ == "__main__":
+    main()
