@@ -91,8 +91,11 @@ class ConversionConfig(BaseModel):
     input_shape: dict[str, tuple[Annotated[int, Field(ge=1)], ...]] = Field(
         default_factory=dict, description="Concrete shape NAME=1x3x224x224 for an input with symbolic dims "
                                           "(repeatable; TorchScript records no shapes, so give one).")
+    min_reduction: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        0.1, description="Convert a layer only if it saves at least this share of its parameters (and does not "
+                         "add MACs); 0 accepts any saving.")
     force: bool = Field(
-        False, description="Convert eligible layers even where the chosen rank would not reduce parameters.")
+        False, description="Convert eligible layers even where the chosen rank saves too little or adds MACs.")
     verify: bool = Field(
         True, description="Run both models side by side: output fidelity and latency.")
     threads: Annotated[int, Field(ge=1, le=1024)] | None = Field(

@@ -158,8 +158,10 @@ def _run(
 
     t1 = time.perf_counter()
     notify("plan")
-    layers = adapter.find_convs(model, shapes)
-    before = adapter.stats(model, shapes)
+    # Counts are per sample: MACs at batch 1 whatever batch the verification inputs have.
+    per_sample = {name: (1, *dims[1:]) for name, dims in shapes.items() if dims}
+    layers = adapter.find_convs(model, per_sample)
+    before = adapter.stats(model, per_sample)
     plan = plan_layers(layers, cfg, total_params=before.params, total_macs=before.macs)
     decisions = plan.decisions
     converted = [d for d in decisions if d.converted]
@@ -167,7 +169,7 @@ def _run(
     rewrites = [Rewrite(d.layer, lower(d.decomposition, cfg.lowering)) for d in converted]
     if rewrites:
         model = _wrap(lambda: adapter.apply(model, rewrites), "rewriting the graph")
-        after = adapter.stats(model, shapes)
+        after = adapter.stats(model, per_sample)
     else:
         after = before
     t_convert = time.perf_counter() - t1

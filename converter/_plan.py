@@ -110,7 +110,8 @@ def eligibility(layer: ConvLayer, config: ConversionConfig) -> str | None:
         return layer.note or "weight is not a constant"
     if _k(layer) == 1:
         return "1×1 conv: already pointwise"
-    if layer.groups == layer.in_channels:
+    if layer.groups == layer.in_channels and layer.in_channels > 1:
+        # (one input channel and groups = 1 is an ordinary dense conv: its N×k kernel still compresses)
         return "depthwise conv (groups = in channels): already depthwise"
     for pat in config.exclude:
         if fnmatch.fnmatchcase(layer.name, pat):
@@ -229,10 +230,15 @@ def plan_layers(
 def _choose(d: LayerDecision, opt: _Option, config: ConversionConfig, why: str) -> None:
     d.order, d.rank, d.energy = opt.order, opt.rank, opt.energy
     d.rel_weight_error = float(np.sqrt(opt.err2))
-    if opt.params >= d.params_before and not config.force:
-        d.reason = (f"rank {opt.rank} ({opt.order}) would not reduce parameters "
-                    f"({opt.params} ≥ {d.params_before})")
-        return
+    if not config.force:
+        limit = (1.0 - config.min_reduction) * d.params_before
+        if opt.params >= d.params_before or (config.min_reduction > 0 and opt.params > limit):
+            d.reason = (f"rank {opt.rank} ({opt.order}) would not reduce parameters enough "
+                        f"({opt.params} vs {d.params_before}; min_reduction {config.min_reduction:g})")
+            return
+        if opt.macs is not None and d.macs_before is not None and opt.macs > d.macs_before:
+            d.reason = f"rank {opt.rank} ({opt.order}) would add MACs ({opt.macs} > {d.macs_before})"
+            return
     d.status = "converted"
     d.reason = why
     d.params_after = opt.params

@@ -35,34 +35,39 @@ def _ratio(a: int | None, b: int | None) -> str:
     return f"({b / a:.1%})"
 
 
-def render_report(report: Report, console: Console, *, title: str = "", max_layers: int = 60) -> None:
-    """Print the per-layer table, the totals, fidelity, latency and warnings."""
-    table = Table(title=title or None, show_lines=False, header_style="bold")
-    for col in ("layer", "kernel", "in→out/g", "status", "order", "rank", "energy", "params", "note"):
-        table.add_column(col, overflow="fold")
+def render_report(report: Report, console: Console, *, title: str = "", max_layers: int = 40) -> None:
+    """Print the per-layer table, why layers were skipped, the totals, fidelity, latency and warnings."""
+    table = Table(title=title or None, header_style="bold", box=None, pad_edge=False)
+    for col, justify in (("layer", "left"), ("kernel", "left"), ("in→out", "right"), ("status", "left"),
+                         ("order·rank", "left"), ("energy", "right"), ("params", "right")):
+        table.add_column(col, justify=justify, overflow="fold")
     layers = report.layers
-    shown = layers if len(layers) <= max_layers else layers[:max_layers]
-    for layer in shown:
+    for layer in layers[:max_layers]:
         conv = layer.status == "converted"
         table.add_row(
             layer.name,
             "×".join(map(str, layer.kernel)),
-            f"{layer.in_channels}→{layer.out_channels}" + (f"/{layer.groups}" if layer.groups > 1 else ""),
+            f"{layer.in_channels}→{layer.out_channels}" + (f" g{layer.groups}" if layer.groups > 1 else ""),
             "[green]converted[/]" if conv else "[dim]skipped[/]",
-            layer.order or "",
-            str(layer.rank) if layer.rank is not None else "",
-            f"{layer.energy:.1%}" if layer.energy is not None and conv else "",
+            f"{layer.order}·{layer.rank}" if conv else "",
+            f"{layer.energy:.1%}" if conv and layer.energy is not None else "",
             f"{_num(layer.params_before)}→{_num(layer.params_after)}" if conv else _num(layer.params_before),
-            "" if conv else layer.reason,
         )
     console.print(table)
     if len(layers) > max_layers:
         console.print(f"[dim]… {len(layers) - max_layers} more layers in the JSON report[/]")
+    skipped: dict[str, list[str]] = {}
+    for layer in layers:
+        if layer.status != "converted":
+            skipped.setdefault(layer.reason, []).append(layer.name)
+    for reason, names in skipped.items():
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        console.print(f"[dim]skipped {len(names)}: {reason} ({shown})[/]")
     p, m, f = report.params, report.macs, report.file_bytes
     n_conv = len(report.converted_layers)
     console.print(f"[bold]{n_conv}[/] of {len(layers)} convolutions converted · policy {_policy(report.policy)}")
     console.print(f"params  {_num(p.original)} → {_num(p.converted)} {_ratio(p.original, p.converted)}")
-    console.print(f"MACs    {_num(m.original)} → {_num(m.converted)} {_ratio(m.original, m.converted)}")
+    console.print(f"MACs    {_num(m.original)} → {_num(m.converted)} {_ratio(m.original, m.converted)} per sample")
     console.print(f"file    {_bytes(f.original)} → {_bytes(f.converted)}")
     if report.fidelity is not None:
         fd = report.fidelity

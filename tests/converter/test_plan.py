@@ -53,7 +53,8 @@ def test_rank_policy_and_unprofitable_skip():
     # rank 9 (full) never reduces parameters → skipped with the numbers, unless forced
     plan = plan_layers([layer("a")], cfg(rank=9, order="dw-pw"), total_params=1, total_macs=None)
     d = plan.decisions[0]
-    assert d.status == "skipped" and "would not reduce parameters" in d.reason and str(params_of(d.layer, None, None)) in d.reason
+    assert d.status == "skipped" and "would not reduce parameters" in d.reason
+    assert str(params_of(d.layer, None, None)) in d.reason
     plan = plan_layers([layer("a")], cfg(rank=9, order="dw-pw", force=True), total_params=1, total_macs=None)
     assert plan.decisions[0].converted and plan.decisions[0].rel_weight_error < 1e-6
 
@@ -163,3 +164,26 @@ def test_excluded_and_ineligible_layers_count_as_fixed_budget():
     assert d2.status == "skipped"
     assert sum(d.params_after for d in plan.decisions) <= 0.8 * total
     assert d1.converted
+
+
+def test_single_input_channel_conv_is_not_depthwise():
+    """groups = in_channels = 1 is a dense conv (a grayscale stem): eligible."""
+    assert eligibility(layer("stem", n=32, m=1), cfg()) is None
+
+
+def test_min_reduction_skips_conversions_that_save_too_little():
+    stem = layer("stem", n=32, m=1)  # 288 weights; dw-pw rank 7 keeps 7·9 + 32·7 = 287
+    plan = plan_layers([stem], cfg(rank=7, order="dw-pw"), total_params=1, total_macs=None)
+    d = plan.decisions[0]
+    assert d.status == "skipped" and "not reduce parameters enough (287 vs 288" in d.reason
+    plan = plan_layers([stem], cfg(rank=7, order="dw-pw", min_reduction=0), total_params=1, total_macs=None)
+    assert plan.decisions[0].converted and plan.decisions[0].params_after == 287
+
+
+def test_conversions_that_add_macs_are_skipped():
+    lay = layer("s2", n=16, m=16)
+    lay.in_spatial, lay.out_spatial = (32, 32), (8, 8)  # stride 4: a pw-dw 1×1 conv at 32×32 costs a lot
+    plan = plan_layers([lay], cfg(rank=4, order="pw-dw"), total_params=1, total_macs=None)
+    d = plan.decisions[0]
+    assert d.status == "skipped" and "would add MACs" in d.reason
+    assert macs_of(lay, "pw-dw", 4) > macs_of(lay, None, None)
