@@ -9,6 +9,7 @@ Nothing here imports torch or onnx.
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +89,9 @@ class ModelStats:
 
     ``params``: elements of all floating-point constant tensors (weights, biases, BN statistics…).
     ``macs``: multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul (and their aten equivalents) for the
-    given input shapes, or None where a shape could not be inferred.
+    given input shapes, which the pipeline gives with batch 1 (so MACs are per sample), or None where a shape
+    could not be inferred. ONNX counts from inferred shapes (both branches of an If, one Loop iteration);
+    TorchScript counts what one run executes.
     """
 
     params: int
@@ -197,11 +200,19 @@ def _describe_unknown(path: Path) -> str:
     with open(path, "rb") as f:
         head = f.read(64)
     if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "not a model sepconv reads: a damaged or truncated zip archive"
+        if any(n.endswith("data.pkl") for n in names) and not any("/code/" in n for n in names):
+            return ("not a model sepconv reads: a torch.save checkpoint (weights, no code); export the model with "
+                    "torch.jit.script/torch.jit.trace or torch.onnx.export")
         return ("not a model sepconv reads: a zip archive that is neither TorchScript (torch.jit.save) "
                 "nor an ONNX model with its external data files")
-    if head[:1] in (b"\x80",) and b"pytorch" not in head:
-        return "not a model sepconv reads: a Python pickle (a torch.save checkpoint?); export it with " \
-               "torch.jit.script/torch.jit.trace or torch.onnx.export"
+    if head[:1] == b"\x80":
+        return ("not a model sepconv reads: a Python pickle (an old torch.save checkpoint?); export the model with "
+                "torch.jit.script/torch.jit.trace or torch.onnx.export")
     return "not a model sepconv reads: expected an ONNX file, an ONNX .zip with external data, or TorchScript"
 
 
