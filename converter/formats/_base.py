@@ -44,7 +44,8 @@ class ConvLayer:
         op: the operator as the format spells it (``Conv``, ``aten::conv2d``, ``aten::_convolution``…).
         kernel: spatial kernel shape.
         in_channels, out_channels, groups: as in the conv.
-        weight: the constant weight ``[out, in/groups, *kernel]`` as float32, or None when it is not a constant.
+        weight: the constant weight ``[out, in/groups, *kernel]`` as float32 (ConvTranspose weights regrouped to
+            this layout), or None when it is not a constant.
         transposed: a transposed convolution (not converted yet).
         note: why ``weight`` is None, or anything else the planner must know (becomes the skip reason).
         in_spatial, out_spatial: spatial sizes of the conv's input and output for the verification shapes
