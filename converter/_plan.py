@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import fnmatch
 import heapq
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -152,22 +152,55 @@ def _options(layer: ConvLayer, config: ConversionConfig, curves: dict[Order, np.
     return out
 
 
-def _best_at_rank(options: list[_Option], rank: int) -> _Option:
-    """Per order the option at min(rank, max rank); then the smaller error, ties to fewer parameters."""
+def _at_rank(options: list[_Option], rank: int) -> list[_Option]:
+    """One candidate per order: the option at min(rank, that order's max rank)."""
     per_order: dict[str, _Option] = {}
     for o in options:
         if o.rank <= rank and (o.order not in per_order or o.rank > per_order[o.order].rank):
             per_order[o.order] = o
-    return min(per_order.values(), key=lambda o: (round(o.err2, 12), o.params))
+    return list(per_order.values())
 
 
-def _best_for_energy(options: list[_Option], target: float) -> _Option:
-    """Per order the smallest rank reaching the energy; then the fewer parameters, ties to the smaller error."""
+def _for_energy(options: list[_Option], target: float) -> list[_Option]:
+    """One candidate per order: the smallest rank keeping at least ``target`` of the energy."""
     per_order: dict[str, _Option] = {}
     for o in sorted(options, key=lambda o: o.rank):
         if o.energy >= target - _ENERGY_EPS and o.order not in per_order:
             per_order[o.order] = o
-    return min(per_order.values(), key=lambda o: (o.params, o.err2))
+    return list(per_order.values())
+
+
+def _by_error(o: _Option) -> tuple:
+    return (round(o.err2, 12), o.params)
+
+
+def _by_params(o: _Option) -> tuple:
+    return (o.params, o.err2)
+
+
+def _rejection(opt: _Option, d: LayerDecision, config: ConversionConfig) -> str | None:
+    """Why converting with this option is not worth it (too little saved, MACs added), or None."""
+    if config.force:
+        return None
+    limit = (1.0 - config.min_reduction) * d.params_before
+    if opt.params >= d.params_before or (config.min_reduction > 0 and opt.params > limit):
+        return (f"rank {opt.rank} ({opt.order}) would not reduce parameters enough "
+                f"({opt.params} vs {d.params_before}; min_reduction {config.min_reduction:g})")
+    if _adds_macs(opt, d):
+        return f"rank {opt.rank} ({opt.order}) would add MACs ({opt.macs} > {d.macs_before})"
+    return None
+
+
+def _adds_macs(opt: _Option, d: LayerDecision) -> bool:
+    return opt.macs is not None and d.macs_before is not None and opt.macs > d.macs_before
+
+
+def _pick(candidates: list[_Option], d: LayerDecision, config: ConversionConfig,
+          key: Callable[[_Option], tuple]) -> _Option:
+    """Between the orders' candidates (same policy, so no rank is changed): the best by ``key`` among those
+    worth converting with; if none is, the best overall, whose rejection becomes the layer's skip reason."""
+    worth = [o for o in candidates if _rejection(o, d, config) is None]
+    return min(worth or candidates, key=key)
 
 
 def plan_layers(
@@ -207,12 +240,16 @@ def plan_layers(
         curves = {o: energy_curve(singular_values(layer.weight, layer.groups, o)) for o in _orders(config)}
         options = _options(layer, config, curves)
         override = _layer_override(layer, config)
+        # --order auto: the smaller weight error at a given rank; the fewer parameters at a given energy.
         if override is not None:
-            _choose(d, _best_at_rank(options, override), config, f"rank {override} set for this layer")
+            best = _pick(_at_rank(options, override), d, config, _by_error)
+            _choose(d, best, config, f"rank {override} set for this layer")
         elif kind == "rank":
-            _choose(d, _best_at_rank(options, int(value)), config, f"rank {int(value)} for every layer")
+            best = _pick(_at_rank(options, int(value)), d, config, _by_error)
+            _choose(d, best, config, f"rank {int(value)} for every layer")
         elif kind == "energy":
-            _choose(d, _best_for_energy(options, float(value)), config, f"keeps ≥ {value:.4g} of kernel energy")
+            best = _pick(_for_energy(options, float(value)), d, config, _by_params)
+            _choose(d, best, config, f"keeps ≥ {value:.4g} of kernel energy")
         else:
             candidates.append((d, options))
 
@@ -230,15 +267,10 @@ def plan_layers(
 def _choose(d: LayerDecision, opt: _Option, config: ConversionConfig, why: str) -> None:
     d.order, d.rank, d.energy = opt.order, opt.rank, opt.energy
     d.rel_weight_error = float(np.sqrt(opt.err2))
-    if not config.force:
-        limit = (1.0 - config.min_reduction) * d.params_before
-        if opt.params >= d.params_before or (config.min_reduction > 0 and opt.params > limit):
-            d.reason = (f"rank {opt.rank} ({opt.order}) would not reduce parameters enough "
-                        f"({opt.params} vs {d.params_before}; min_reduction {config.min_reduction:g})")
-            return
-        if opt.macs is not None and d.macs_before is not None and opt.macs > d.macs_before:
-            d.reason = f"rank {opt.rank} ({opt.order}) would add MACs ({opt.macs} > {d.macs_before})"
-            return
+    rejected = _rejection(opt, d, config)
+    if rejected is not None:
+        d.reason = rejected
+        return
     d.status = "converted"
     d.reason = why
     d.params_after = opt.params
@@ -276,7 +308,7 @@ def _allocate(
     hulls: list[list[tuple[float, float, _Option | None]]] = []
     for d, options in candidates:
         keep = cost(d, None)
-        pts = [(cost(d, o), o.err2, o) for o in options if cost(d, o) < keep]
+        pts = [(cost(d, o), o.err2, o) for o in options if cost(d, o) < keep and (config.force or not _adds_macs(o, d))]
         pts.append((keep, 0.0, None))
         hulls.append(_lower_hull(pts))
     fixed = total - sum(cost(d, None) for d, _ in candidates)

@@ -187,3 +187,13 @@ def test_conversions_that_add_macs_are_skipped():
     d = plan.decisions[0]
     assert d.status == "skipped" and "would add MACs" in d.reason
     assert macs_of(lay, "pw-dw", 4) > macs_of(lay, None, None)
+
+
+def test_auto_order_prefers_a_form_worth_converting():
+    """At a stride, pw-dw may have the smaller error yet add MACs; auto then takes dw-pw instead of skipping."""
+    lay = layer("s2", n=16, m=16, seed=5)
+    lay.in_spatial, lay.out_spatial = (16, 16), (8, 8)
+    plan = plan_layers([lay], cfg(rank=2, order="pw-dw"), total_params=1, total_macs=None)
+    assert "would add MACs" in plan.decisions[0].reason
+    plan = plan_layers([lay], cfg(rank=2), total_params=1, total_macs=None)
+    assert plan.decisions[0].converted and plan.decisions[0].order == "dw-pw"
