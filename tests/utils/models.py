@@ -193,11 +193,13 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path | None = None, *, opset: int = 17,
-                dynamic: bool = True) -> bytes:
-    """Export with the TorchScript-based exporter (any opset 11–21); batch and spatial dims symbolic when
-    ``dynamic``. Returns the bytes, and writes them to ``path`` if given."""
+                dynamic: bool | str = True) -> bytes:
+    """Export with the TorchScript-based exporter (any opset 11–21): batch and spatial dims symbolic when
+    ``dynamic`` is True, only the batch when it is ``"batch"`` (the common case), none when False. Returns the
+    bytes, and writes them to ``path`` if given."""
     f = io.BytesIO()
-    axes = {"x": {0: "batch", **{i: f"d{i}" for i in range(2, example.dim())}}, "y": {0: "batch"}}
+    spatial = {i: f"d{i}" for i in range(2, example.dim())} if dynamic is True else {}
+    axes = {"x": {0: "batch", **spatial}, "y": {0: "batch"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (example,), f, dynamo=False, opset_version=opset, input_names=["x"],
