@@ -95,7 +95,9 @@ class OnnxModel:
     @classmethod
     def from_proto(cls, proto: onnx.ModelProto) -> OnnxModel:
         """Wrap a ``ModelProto`` that has no external data (for models built in memory)."""
-        return cls(_deserialize(proto))
+        model = _deserialize(proto)
+        _materialize(model)
+        return cls(model)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -142,6 +144,25 @@ def _read_proto(path: Path) -> onnx.ModelProto:
     except OSError as e:
         raise UnsupportedModelError(f"cannot read the model file {path.name}: {e.strerror}") from e
     return _parse_proto(data, f"the model file {path.name}")
+
+
+def _materialize(model: ir.Model) -> None:
+    """Give every in-file tensor its own numpy array, so that the parsed protobuf (which each protobuf-backed
+    tensor keeps alive, whole) is freed and ``numpy()`` returns views instead of a fresh copy per call: one
+    copy of the weights in memory instead of two or three. External (memory-mapped) tensors stay as they are."""
+
+    def own(t: Any) -> Any:
+        if isinstance(t, ir.TensorProtoTensor) and t.dtype != ir.DataType.STRING:
+            return ir.Tensor(t.numpy(), dtype=t.dtype, name=t.name, doc_string=t.doc_string)
+        return t
+
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for value in graph.initializers.values():
+            value.const_value = own(value.const_value)
+        for node in graph:
+            for name, attr in list(node.attributes.items()):
+                if attr.type == ir.AttributeType.TENSOR:
+                    node.attributes[name] = ir.AttrTensor(name, own(attr.value), doc_string=attr.doc_string)
 
 
 def _deserialize(proto: onnx.ModelProto) -> ir.Model:
@@ -909,11 +930,82 @@ def _tmp_name(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.tmp")
 
 
+def _pb_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _pb_len_field(number: int, length: int) -> bytes:
+    """Key and length prefix of a length-delimited protobuf field."""
+    return _pb_varint(number << 3 | 2) + _pb_varint(length)
+
+
+# Field numbers in onnx.proto: ModelProto.graph, GraphProto.initializer, TensorProto.raw_data.
+_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
+
+
+def _write_model(model: ir.Model, dest: Path) -> None:
+    """Write ``model`` as one ``.onnx`` file without holding a second copy of its weights in memory.
+
+    ``serialize_model(...).SerializeToString()`` would build a full protobuf and then its bytes (two extra
+    copies of every weight). Instead the model is serialised without its main graph's initializers, and the
+    file is assembled from the wire format: protobuf accepts a message's fields in any order and a repeated
+    field's elements anywhere, so ``ModelProto = head + graph(graph head + initializers…)`` where each
+    initializer is a small ``TensorProto`` header followed by its ``raw_data``, written tensor by tensor.
+    Tensors with string data (no raw form) are serialised the ordinary way.
+    """
+    graph = model.graph
+    taken = list(graph.initializers.items())
+    for name, _ in taken:
+        graph.initializers.pop(name)
+    try:
+        proto = ir.serde.serialize_model(model)
+    finally:
+        for _, value in taken:
+            graph.register_initializer(value)
+    graph_head = proto.graph.SerializeToString()
+    proto.ClearField("graph")
+    model_head = proto.SerializeToString()
+    pieces: list[tuple[bytes, Any, int]] = []  # (header bytes, tensor or None, raw length)
+    for _, value in taken:
+        tensor = value.const_value
+        if tensor.dtype == ir.DataType.STRING:
+            header = ir.serde.serialize_tensor(tensor).SerializeToString()
+            pieces.append((_pb_len_field(_GRAPH_INITIALIZER, len(header)) + header, None, 0))
+            continue
+        tp = onnx.TensorProto(name=value.name, dims=list(tensor.shape.numpy()), data_type=int(tensor.dtype))
+        if tensor.doc_string:
+            tp.doc_string = tensor.doc_string
+        header = tp.SerializeToString()
+        raw = int(tensor.nbytes)
+        body = len(header) + len(_pb_len_field(_TENSOR_RAW_DATA, raw)) + raw
+        pieces.append((_pb_len_field(_GRAPH_INITIALIZER, body) + header + _pb_len_field(_TENSOR_RAW_DATA, raw),
+                       tensor, raw))
+    graph_len = len(graph_head) + sum(len(h) + n for h, _, n in pieces)
+    with open(dest, "wb") as f:
+        f.write(model_head)
+        f.write(_pb_len_field(_MODEL_GRAPH, graph_len))
+        f.write(graph_head)
+        for header, tensor, raw in pieces:
+            f.write(header)
+            if tensor is not None:
+                data = tensor.tobytes()
+                if len(data) != raw:
+                    raise ConversionError(f"tensor {tensor.name!r}: {len(data)} bytes, expected {raw}")
+                f.write(data)
+
+
 def _save_single(model: ir.Model, dest: Path) -> Path:
-    data = ir.serde.serialize_model(model).SerializeToString()
     tmp = _tmp_name(dest)
     try:
-        tmp.write_bytes(data)
+        _write_model(model, tmp)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -991,6 +1083,7 @@ class OnnxAdapter:
         onnx_path = _unpack_zip(path, Path(workdir)) if zipped else path
         model = _deserialize(_read_proto(onnx_path))
         external = _check_external_data(model, onnx_path.parent, zipped)
+        _materialize(model)
         return OnnxModel(model, base_dir=onnx_path.parent, external_data=external)
 
     def input_specs(self, model: Any) -> list[InputSpec]:

@@ -24,7 +24,6 @@ interfaces) are not seen. The probe executes ``forward`` once, so a module that 
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import uuid
@@ -93,13 +92,11 @@ class TorchScriptModel:
     """A loaded TorchScript module, frozen for editing.
 
     Attributes:
-        module: the frozen module; its ``forward`` graph is what ``find_convs`` reads and ``save`` writes.
-        source: the loaded module before freezing (eval mode), kept so that ``apply`` can freeze a fresh,
-            identical copy; None for a model returned by ``apply``.
+        module: the frozen module; its ``forward`` graph is what ``find_convs`` reads, ``apply`` edits in place
+            and ``save`` writes. Only the frozen module is kept: one copy of the weights in memory.
     """
 
     module: torch.jit.ScriptModule
-    source: torch.jit.ScriptModule | None = None
     _probes: dict[tuple, _Probe | None] = field(default_factory=dict, repr=False)
 
 
@@ -208,7 +205,8 @@ def _layer(node: torch._C.Node, index: int, recorded: dict[int, list[tuple[int, 
     array: np.ndarray | None = None
     if isinstance(weight, torch.Tensor):
         shape: tuple[int, ...] | None = tuple(weight.shape)
-        array = weight.detach().to("cpu", torch.float32).numpy().copy()
+        # A view of the frozen constant when it already is float32 on the CPU (the planner only reads it).
+        array = weight.detach().to("cpu", torch.float32).contiguous().numpy()
     else:
         shape = recorded[_WEIGHT][0] if _WEIGHT in recorded else _static_shape(args.weight)
         notes.append(_NOT_CONSTANT)
@@ -461,20 +459,6 @@ def _replace(graph: torch._C.Graph, node: torch._C.Node, layer: ConvLayer, lower
     node.destroy()
 
 
-def _copy_for_edit(model: TorchScriptModel) -> torch.jit.ScriptModule:
-    """A frozen module with its own graph (a script module's copies share their graphs).
-
-    Freezing the kept source again gives a graph identical to ``model.module``, module paths included; a model
-    that was already rewritten is copied through an in-memory save and load.
-    """
-    if model.source is not None:
-        return torch.jit.freeze(model.source)
-    buf = io.BytesIO()
-    torch.jit.save(model.module, buf)
-    buf.seek(0)
-    return torch.jit.load(buf, map_location="cpu")
-
-
 # --- counting --------------------------------------------------------------------------------------------------
 
 
@@ -584,11 +568,10 @@ class TorchScriptAdapter:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                source = torch.jit.load(str(path), map_location="cpu").eval()
-                frozen = torch.jit.freeze(source)
+                frozen = torch.jit.freeze(torch.jit.load(str(path), map_location="cpu").eval())
         except Exception as e:  # torch raises RuntimeError, ValueError, pickle and zip errors alike
             raise UnsupportedModelError(f"TorchScript file could not be loaded: {_short(e)}") from e
-        return TorchScriptModel(module=frozen, source=source)
+        return TorchScriptModel(module=frozen)
 
     def input_specs(self, model: TorchScriptModel) -> list[InputSpec]:
         """The tensor arguments of ``forward`` after ``self``, with a shape only where the graph records one
@@ -612,19 +595,18 @@ class TorchScriptAdapter:
         return layers
 
     def apply(self, model: TorchScriptModel, rewrites: Sequence[Rewrite]) -> TorchScriptModel:
-        """Replace each rewritten conv by the convs of its lowered decomposition, in a copy of the model.
+        """Replace each rewritten conv by the convs of its lowered decomposition, editing the model in place
+        (a copy would hold the weights twice). Every rewrite is checked before the first edit, so a list that
+        does not fit the model leaves it untouched.
 
         Raises:
             ConversionError: a layer is not a convertible conv of this model, or could not be rewritten; the
                 message names the layer.
         """
-        try:
-            module = _copy_for_edit(model)
-        except Exception as e:  # as in load: torch's error types vary
-            raise ConversionError(f"could not copy the TorchScript model for editing: {_short(e)}") from e
-        graph = module.graph
+        graph = model.module.graph
         nodes = _conv_nodes(graph)
         used: set[int] = set()
+        targets = []
         for rw in rewrites:
             layer, ref = rw.layer, rw.layer.handle
             if not isinstance(ref, _ConvRef) or not 0 <= ref.index < len(nodes) or ref.index in used:
@@ -640,9 +622,16 @@ class TorchScriptAdapter:
                 raise ConversionError(f"layer {layer.name}: the model does not match the layer list")
             if args.transposed is not False:
                 raise ConversionError(f"layer {layer.name}: transposed convolutions cannot be rewritten")
+            try:  # the same check _replace makes, before anything is edited
+                _check_steps(rw.lowered, weight.dim() - 2, weight.shape[1] * (args.groups or 1), weight.shape[0])
+            except ValueError as e:
+                raise ConversionError(f"layer {layer.name}: could not rewrite the TorchScript graph: "
+                                      f"{_short(e)}") from e
             used.add(ref.index)
+            targets.append((node, layer, rw.lowered))
+        for node, layer, lowered in targets:
             try:
-                _replace(graph, node, layer, rw.lowered)
+                _replace(graph, node, layer, lowered)
             except (RuntimeError, ValueError, TypeError) as e:
                 raise ConversionError(f"layer {layer.name}: could not rewrite the TorchScript graph: "
                                       f"{_short(e)}") from e
@@ -651,7 +640,8 @@ class TorchScriptAdapter:
             graph.lint()
         except RuntimeError as e:
             raise ConversionError(f"the rewritten TorchScript graph is invalid: {_short(e)}") from e
-        return TorchScriptModel(module=module)
+        model._probes.clear()  # sizes recorded for the old graph
+        return model
 
     def save(self, model: TorchScriptModel, dest: Path) -> Path:
         """``torch.jit.save`` to a temporary file next to ``dest``, then rename it to ``dest``.

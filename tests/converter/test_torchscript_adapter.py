@@ -213,7 +213,7 @@ def test_single_conv_full_rank_is_exact(tmp_path: Path, case: ConvCase, mode: st
 
     for order, lowering in COMBOS:
         rw = _rewrite(conv, order, lowering)
-        new = ts.apply(m, [rw])
+        new = ts.apply(ts.load(src, tmp_path), [rw])  # apply edits in place: a fresh model per combination
         out = ts.save(new, tmp_path / f"{order}-{lowering}.pt")
         got = _plain(out)(x)
         assert got.shape == ref.shape
@@ -296,7 +296,7 @@ def test_zoo(tmp_path: Path, name: str, mode: str) -> None:
         np.testing.assert_array_equal(after[layer.name].weight, layer.weight)
     assert len(after) == len(kept) + sum(len(rw.lowered.steps) for rw in rewrites)
 
-    low = ts.apply(m, [_rewrite(layer, "dw-pw", "split", rank=1) for layer in eligible])
+    low = ts.apply(ts.load(src, tmp_path), [_rewrite(layer, "dw-pw", "split", rank=1) for layer in eligible])
     got = _plain(ts.save(low, tmp_path / "low.pt"))(x)
     assert got.shape == ref.shape and bool(torch.isfinite(got).all())
     assert rel_l2(got, ref) > 1e-3  # rank 1 really changed the model
@@ -387,16 +387,22 @@ def test_weight_that_is_not_a_constant_is_reported_not_rewritten(tmp_path: Path)
 # --- apply's contract -------------------------------------------------------------------------------------------
 
 
-def test_apply_leaves_its_input_model_alone_and_can_be_chained(tmp_path: Path) -> None:
+def test_apply_edits_in_place_only_after_checking_every_rewrite(tmp_path: Path) -> None:
     model, x = build("vgg")
     src = _export(model, x, tmp_path / "vgg.pt")
     m = ts.load(src, tmp_path)
     shapes = {"x": tuple(x.shape)}
     layers = ts.find_convs(m, shapes)
     before = ts.stats(m, shapes)
-    first = ts.apply(m, [_rewrite(layers[0])])
+    # A list whose second rewrite does not fit: refused before the first one is applied.
+    misfit = Rewrite(layers[1], lower(decompose(np.ones((16, 3, 3, 3), np.float32), 1, "dw-pw", 1), "fused"))
+    with pytest.raises(ConversionError, match=r"^layer features\.2: "):
+        ts.apply(m, [_rewrite(layers[0]), misfit])
     assert [layer.name for layer in ts.find_convs(m, shapes)] == [layer.name for layer in layers]
     assert ts.stats(m, shapes) == before
+    # A good list edits this model (no second copy of the weights) and returns it.
+    first = ts.apply(m, [_rewrite(layers[0])])
+    assert first is m and len(ts.find_convs(m, shapes)) > len(layers)
     # A second apply on the rewritten model, with its own handles.
     again = _by_name(ts.find_convs(first, shapes))
     second = ts.apply(first, [_rewrite(again["features.7"], "pw-dw", "fused")])
