@@ -25,6 +25,13 @@ The depthwise conv keeps the original stride, padding and dilation; the pointwis
 The 1×1 conv has no bias and maps zero to zero, so it commutes with the zero padding of the spatial conv: the
 pair equals the original at full rank, any stride, padding and dilation.
 
+**Computing the SVD.** The slices are tall and skinny (``k`` columns, typically 9), so their SVDs
+``A = U Σ Vᵀ`` are computed from the ``k × k`` Gram matrices ``AᵀA = V Σ² Vᵀ`` (one batched ``eigh``, in float64):
+the eigenvalues are the squared singular values, the eigenvectors the right singular vectors. The factors are
+``Vᵀ`` and ``A V`` (which is ``U Σ``), with no division by a singular value, so the result stays exact at full
+rank however small the trailing singular values are (``V`` is orthonormal to round-off). One ``Spectrum`` per
+layer and form serves both the rank policy (energy curve) and the factors.
+
 **Error.** Per slice the Frobenius error of a rank-``K`` truncation is ``Σ_{r≥K} s_r²`` (Eckart–Young), so the
 relative weight error of the layer is ``sqrt(Σ discarded s² / Σ s²)`` and its kept *energy* is
 ``Σ kept s² / Σ s²``: both follow from the singular values alone.
@@ -47,11 +54,13 @@ __all__ = [
     "Decomposition",
     "Lowered",
     "Order",
+    "Spectrum",
     "decompose",
     "energy_curve",
     "lower",
     "max_rank",
     "singular_values",
+    "spectrum",
 ]
 
 Order = Literal["dw-pw", "pw-dw"]
@@ -86,14 +95,44 @@ def max_rank(weight_shape: tuple[int, ...], groups: int, order: Order) -> int:
     return min(n // groups, k) if order == "dw-pw" else min(c, k)
 
 
+@dataclass(frozen=True)
+class Spectrum:
+    """The SVD of every slice of a layer for one order, as needed by the policies and ``decompose``.
+
+    Attributes:
+        order, groups: as given.
+        weight_shape: the conv weight's shape.
+        sq: squared singular values ``[slices, max_rank]``, largest first (float64, clipped at 0).
+        vecs: right singular vectors ``[slices, k, max_rank]``, in the same order (float64).
+    """
+
+    order: Order
+    groups: int
+    weight_shape: tuple[int, ...]
+    sq: np.ndarray
+    vecs: np.ndarray
+
+
+def spectrum(weight: np.ndarray, groups: int, order: Order) -> Spectrum:
+    """Squared singular values and right singular vectors of every slice, from their Gram matrices."""
+    a = _slices(weight.astype(np.float64, copy=False), groups, order)
+    r = max_rank(weight.shape, groups, order)
+    eigvals, eigvecs = np.linalg.eigh(np.matmul(np.swapaxes(a, 1, 2), a))  # ascending
+    sq = np.clip(eigvals[:, ::-1][:, :r], 0.0, None)
+    vecs = eigvecs[:, :, ::-1][:, :, :r]
+    return Spectrum(order=order, groups=groups, weight_shape=tuple(weight.shape), sq=sq,
+                    vecs=np.ascontiguousarray(vecs))
+
+
 def singular_values(weight: np.ndarray, groups: int, order: Order) -> np.ndarray:
     """Singular values of every slice, ``[slices, max_rank]``, in float64, largest first."""
-    return np.linalg.svd(_slices(weight.astype(np.float64, copy=False), groups, order), compute_uv=False)
+    return np.sqrt(spectrum(weight, groups, order).sq)
 
 
-def energy_curve(svals: np.ndarray) -> np.ndarray:
-    """Kept energy at ranks ``1..max_rank`` of a layer: ``Σ_slices Σ_{r<K} s² / Σ s²`` (1.0 for a zero kernel)."""
-    sq = np.square(svals).sum(axis=0)
+def energy_curve(values: np.ndarray | Spectrum) -> np.ndarray:
+    """Kept energy at ranks ``1..max_rank`` of a layer, ``Σ_slices Σ_{r<K} s² / Σ s²`` (1.0 for a zero kernel),
+    from its singular values or its ``Spectrum``."""
+    sq = values.sq.sum(axis=0) if isinstance(values, Spectrum) else np.square(values).sum(axis=0)
     total = float(sq.sum())
     if total == 0.0:
         return np.ones(sq.shape[0])
@@ -128,31 +167,35 @@ class Decomposition:
         return self.second.shape[0]
 
 
-def decompose(weight: np.ndarray, groups: int, order: Order, rank: int) -> Decomposition:
+def decompose(weight: np.ndarray, groups: int, order: Order, rank: int,
+              spec: Spectrum | None = None) -> Decomposition:
     """Rank-``rank`` depthwise-separable factors of a conv weight (see the module docstring for the algebra).
 
-    ``rank`` above the layer's maximum is clipped to it, where the result is exact to round-off.
+    ``rank`` above the layer's maximum is clipped to it, where the result is exact to round-off. ``spec``, the
+    layer's ``Spectrum`` for this order, is reused if given (the planner has computed it already).
     """
     n, c, g, _ = _check(weight, groups)
     kernel = weight.shape[2:]
     ones = (1,) * len(kernel)
     if rank < 1:
         raise ValueError(f"rank must be >= 1, got {rank}")
+    if spec is None:
+        spec = spectrum(weight, groups, order)
+    elif (spec.order, spec.groups, spec.weight_shape) != (order, groups, tuple(weight.shape)):
+        raise ValueError("the spectrum was computed for another layer or order")
     rank = min(rank, max_rank(weight.shape, groups, order))
-    u, s, vt = np.linalg.svd(_slices(weight.astype(np.float64, copy=False), groups, order), full_matrices=False)
-    energy = float(energy_curve(s)[rank - 1])
-    u, s, vt = u[:, :, :rank], s[:, :rank], vt[:, :rank, :]
+    energy = float(energy_curve(spec)[rank - 1])
+    v = spec.vecs[:, :, :rank]  # [slices, k, K]
+    us = np.matmul(_slices(weight.astype(np.float64, copy=False), groups, order), v)  # U Σ: [slices, rows, K]
+    vt = np.swapaxes(v, 1, 2)  # [slices, K, k]
     if order == "dw-pw":
         m_total = g * c
         # D[c·K + r] = v_{c,r}
         first = vt.reshape(m_total * rank, 1, *kernel)
-        # P[n, m·K + r] = s_{c,r} u_{c,r}[j]  with c = gi·C + m and n = gi·N_g + j
-        us = u * s[:, None, :]  # [M, N_g, K]
-        us = us.reshape(g, c, n // g, rank).transpose(0, 2, 1, 3)  # [g, N_g, C, K]
-        second = us.reshape(n, c * rank, *ones)
+        # P[n, m·K + r] = s_{c,r} u_{c,r}[j]  with c = gi·C + m and n = gi·N_g + j;  us is [M, N_g, K]
+        second = us.reshape(g, c, n // g, rank).transpose(0, 2, 1, 3).reshape(n, c * rank, *ones)
     else:
-        # P[n·K + r, m] = s_{n,r} u_{n,r}[m]
-        us = u * s[:, None, :]  # [N, C, K]
+        # P[n·K + r, m] = s_{n,r} u_{n,r}[m];  us is [N, C, K]
         first = us.transpose(0, 2, 1).reshape(n * rank, c, *ones)
         # Q[n, r] = v_{n,r}
         second = vt.reshape(n, rank, *kernel)

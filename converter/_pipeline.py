@@ -8,6 +8,7 @@ this one only sequences them, times them and reports progress. It has no web, jo
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -174,55 +175,59 @@ def _run(
         after = before
     t_convert = time.perf_counter() - t1
 
-    t2 = time.perf_counter()
-    notify("save")
-    out_dir = _mkdir(work / "out")
-    if rewrites:
-        saved = adapter.save(model, out_dir / f"model{adapter.suffix}")
-    else:
-        # Nothing to convert: the user gets their file back byte for byte.
-        saved = out_dir / f"model{_suffix_like(src, adapter)}"
-        shutil.copyfile(src, saved)
-    t_save = time.perf_counter() - t2
-
-    fid = lat = None
-    t_verify = None
-    if cfg.verify:
-        t3 = time.perf_counter()
-        notify("verify")
-        if user_inputs is not None:
-            inputs, kind = {**random_inputs([s for s in specs if s.name not in user_inputs], shapes, cfg.seed),
-                            **user_inputs}, "user"
+    # Staged next to the destination (same file system, so the final move is a rename) and moved there only
+    # after verification: a failed conversion never leaves a file at the destination.
+    stage = Path(tempfile.mkdtemp(prefix=".sepconv-", dir=_mkdir(dest.parent))) if dest else _mkdir(work / "out")
+    try:
+        t2 = time.perf_counter()
+        notify("save")
+        if rewrites:
+            saved = adapter.save(model, stage / f"model{adapter.suffix}")
         else:
-            inputs, kind = random_inputs(specs, shapes, cfg.seed), "random"
-        fid, lat = verify(adapter, src, saved, inputs, kind, cfg, _mkdir(work / "verify"), device)
-        t_verify = time.perf_counter() - t3
+            # Nothing to convert: the user gets their file back byte for byte.
+            saved = stage / f"model{_suffix_like(src, adapter)}"
+            shutil.copyfile(src, saved)
+        t_save = time.perf_counter() - t2
 
-    report = Report(
-        sepconv_version=__version__,
-        format=adapter.name,
-        params=Counts(original=before.params, converted=after.params),
-        macs=Counts(original=before.macs, converted=after.macs),
-        file_bytes=Counts(original=src.stat().st_size, converted=saved.stat().st_size),
-        policy={**plan.policy, "converted_layers": len(converted), "total_layers": len(decisions),
-                "input_shapes": {k: list(v) for k, v in shapes.items()}},
-        fidelity=fid,
-        latency=lat,
-        layers=[_layer_report(d) for d in decisions],
-        timings=Timings(load_s=round(t_load, 4), convert_s=round(t_convert, 4),
-                        verify_s=round(t_verify, 4) if t_verify is not None else None, save_s=round(t_save, 4)),
-        warnings=_warnings(decisions, fid, lat, problems),
-    )
+        fid = lat = None
+        t_verify = None
+        if cfg.verify:
+            t3 = time.perf_counter()
+            notify("verify")
+            if user_inputs is not None:
+                others = random_inputs([s for s in specs if s.name not in user_inputs], shapes, cfg.seed)
+                inputs, kind = {**others, **user_inputs}, "user"
+            else:
+                inputs, kind = random_inputs(specs, shapes, cfg.seed), "random"
+            fid, lat = verify(adapter, src, saved, inputs, kind, cfg, _mkdir(work / "verify"), device)
+            t_verify = time.perf_counter() - t3
 
-    result = ConversionResult(report=report, format=adapter.name)
-    if dest is None:
-        result.data = saved.read_bytes()
-    else:
-        # An ONNX model with external data travels as a .zip; say so in the name rather than hide it.
-        final = dest.with_suffix(".zip") if saved.suffix == ".zip" and dest.suffix != ".zip" else dest
-        final.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(saved), str(final))
-        result.output_path = final
+        report = Report(
+            sepconv_version=__version__,
+            format=adapter.name,
+            params=Counts(original=before.params, converted=after.params),
+            macs=Counts(original=before.macs, converted=after.macs),
+            file_bytes=Counts(original=src.stat().st_size, converted=saved.stat().st_size),
+            policy={**plan.policy, "converted_layers": len(converted), "total_layers": len(decisions),
+                    "input_shapes": {k: list(v) for k, v in shapes.items()}},
+            fidelity=fid,
+            latency=lat,
+            layers=[_layer_report(d) for d in decisions],
+            timings=Timings(load_s=round(t_load, 4), convert_s=round(t_convert, 4),
+                            verify_s=round(t_verify, 4) if t_verify is not None else None, save_s=round(t_save, 4)),
+            warnings=_warnings(decisions, fid, lat, problems),
+        )
+        result = ConversionResult(report=report, format=adapter.name)
+        if dest is None:
+            result.data = saved.read_bytes()
+        else:
+            # An ONNX model with external data travels as a .zip; say so in the name rather than hide it.
+            final = dest.with_suffix(".zip") if saved.suffix == ".zip" and dest.suffix != ".zip" else dest
+            os.replace(saved, final)
+            result.output_path = final
+    finally:
+        if dest is not None:
+            shutil.rmtree(stage, ignore_errors=True)
     notify("verify", 1.0)
     return result
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._config import ConversionConfig
-from ._decompose import Decomposition, Order, decompose, energy_curve, singular_values
+from ._decompose import Decomposition, Order, decompose, energy_curve, spectrum
 from ._errors import InvalidOptionsError
 from .formats._base import ConvLayer
 
@@ -55,6 +55,7 @@ class LayerDecision:
     macs_before: int | None = None
     macs_after: int | None = None
     decomposition: Decomposition | None = field(default=None, repr=False)
+    spectra: dict = field(default_factory=dict, repr=False)
 
     @property
     def converted(self) -> bool:
@@ -237,7 +238,9 @@ def plan_layers(
             d.reason = why
             continue
         assert layer.weight is not None
-        curves = {o: energy_curve(singular_values(layer.weight, layer.groups, o)) for o in _orders(config)}
+        spectra = {o: spectrum(layer.weight, layer.groups, o) for o in _orders(config)}
+        d.spectra = spectra
+        curves = {o: energy_curve(spec) for o, spec in spectra.items()}
         options = _options(layer, config, curves)
         override = _layer_override(layer, config)
         # --order auto: the smaller weight error at a given rank; the fewer parameters at a given energy.
@@ -258,9 +261,10 @@ def plan_layers(
 
     for d in decisions:
         if d.converted:
-            d.decomposition = decompose(d.layer.weight, d.layer.groups, d.order, d.rank)
+            d.decomposition = decompose(d.layer.weight, d.layer.groups, d.order, d.rank, d.spectra[d.order])
             d.energy = d.decomposition.energy
             d.rel_weight_error = d.decomposition.rel_error
+        d.spectra = {}
     return Plan(decisions=decisions, policy=policy)
 
 

@@ -9,6 +9,7 @@ Nothing here imports torch or onnx.
 
 from __future__ import annotations
 
+import os
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ __all__ = [
     "Runner",
     "adapter_for",
     "detect_format",
+    "modelproto_fields",
     "register",
     "registered_formats",
     "sniff_model",
@@ -261,6 +263,45 @@ def sniff_model(head: bytes) -> str | None:
         if number == 7:  # the graph: a model has been recognised
             return "onnx"
     return "onnx" if fields >= 2 or (fields == 1 and i >= len(head)) else None
+
+
+def modelproto_fields(path: Path) -> set[int] | None:
+    """The field numbers of a file's top-level ModelProto fields, or None if the file is not one whole
+    ModelProto at the top level (an unknown field or wire type, or a field running past the end: truncated).
+
+    Only the top level is walked: length-delimited fields (the graph, with its weights) are skipped by seeking,
+    so this costs a few reads however large the model. Nested corruption is left to the parser.
+    """
+    import mmap
+
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                return None
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                seen: set[int] = set()
+                i = 0
+                while i < size:
+                    tag = _varint(buf[i:i + 10], 0)
+                    if tag is None:
+                        return None
+                    key, used = tag
+                    i += used
+                    number, wire = key >> 3, key & 7
+                    if _MODELPROTO_FIELDS.get(number) != wire:
+                        return None
+                    value = _varint(buf[i:i + 10], 0)
+                    if value is None:
+                        return None
+                    length, used = value
+                    i += used
+                    if wire == 2:
+                        i += length
+                    seen.add(number)
+                return seen if i == size else None
+    except (OSError, ValueError):
+        return None
 
 
 _BUILTIN_LOADED = False

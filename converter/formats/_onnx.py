@@ -35,7 +35,7 @@ import uuid
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -46,7 +46,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
 
 from .._decompose import ConvStep, Lowered
 from .._errors import ConversionError, InvalidOptionsError, UnsupportedModelError
-from ._base import ConvLayer, InputSpec, ModelStats, Rewrite, Runner, register, sniff_model
+from ._base import ConvLayer, InputSpec, ModelStats, Rewrite, Runner, modelproto_fields, register, sniff_model
 
 __all__ = [
     "DecomposeConvsPass",
@@ -91,6 +91,8 @@ class OnnxModel:
     model: ir.Model
     base_dir: Path | None = None
     external_data: bool = False
+    # Shape inference by (edit count, input shapes): find_convs and stats ask for the same one.
+    _shape_tables: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_proto(cls, proto: onnx.ModelProto) -> OnnxModel:
@@ -818,6 +820,7 @@ class DecomposeConvsPass(ir.passes.InPlacePass):
                 raise
             except Exception as e:
                 raise ConversionError(f"layer {name!r}: rewriting the conv failed: {_one_line(e)}") from e
+        model.meta[_EDITS] = model.meta.get(_EDITS, 0) + 1  # invalidates cached shape inference
         return ir.passes.PassResult(model, modified=True)
 
 
@@ -948,7 +951,7 @@ def _pb_len_field(number: int, length: int) -> bytes:
 
 
 # Field numbers in onnx.proto: ModelProto.graph, GraphProto.initializer, TensorProto.raw_data.
-_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
+_MODEL_GRAPH, _MODEL_OPSET_IMPORT, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 8, 5, 9
 
 
 def _write_model(model: ir.Model, dest: Path) -> None:
@@ -1035,6 +1038,21 @@ def _save_zip(model: ir.Model, dest: Path) -> Path:
 # The adapter
 
 
+# Key in ``ir.Model.meta`` (in-memory only, never serialised) counting the graph edits of DecomposeConvsPass.
+_EDITS = "sepconv.edits"
+
+
+def _table(model: Any, input_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Dims | None]:
+    """``_shape_table`` of the model, cached on an ``OnnxModel`` until ``DecomposeConvsPass`` edits it."""
+    m = _unwrap(model)
+    if not isinstance(model, OnnxModel):
+        return _shape_table(m, input_shapes)
+    key = (m.meta.get(_EDITS, 0), tuple(sorted((k, tuple(v)) for k, v in input_shapes.items())))
+    if key not in model._shape_tables:
+        model._shape_tables[key] = _shape_table(m, input_shapes)
+    return model._shape_tables[key]
+
+
 def _unwrap(model: Any) -> ir.Model:
     if isinstance(model, OnnxModel):
         return model.model
@@ -1052,7 +1070,8 @@ class OnnxAdapter:
 
     def detect(self, path: Path) -> bool:
         """Whether the file is an ONNX model: a zip with exactly one ``.onnx`` member that is not a
-        TorchScript archive, or a file that parses as a ModelProto with a graph. Never raises."""
+        TorchScript archive, or a file whose top level is a whole ModelProto with a graph and an opset import
+        (walked field by field without parsing the graph: ``load`` parses it once). Never raises."""
         try:
             path = Path(path)
             with open(path, "rb") as f:
@@ -1061,8 +1080,8 @@ class OnnxAdapter:
                 return _zip_looks_like_onnx(path)
             if not _looks_like_model_proto(head):
                 return False
-            _read_proto(path)
-            return True
+            fields = modelproto_fields(path)
+            return fields is not None and {_MODEL_GRAPH, _MODEL_OPSET_IMPORT} <= fields
         except Exception:
             return False
 
@@ -1114,7 +1133,7 @@ class OnnxAdapter:
             InvalidOptionsError: a shape is given for an unknown input or has the wrong number of dims.
         """
         m = _unwrap(model)
-        table = _shape_table(m, input_shapes)
+        table = _table(model, input_shapes)
         layers = []
         for name, node in _named_convs(m):
             try:
@@ -1155,7 +1174,7 @@ class OnnxAdapter:
         iteration of a Loop body); it is None if any such node's shapes cannot be inferred.
         """
         m = _unwrap(model)
-        return ModelStats(params=_count_params(m), macs=_count_macs(m, _shape_table(m, input_shapes)))
+        return ModelStats(params=_count_params(m), macs=_count_macs(m, _table(model, input_shapes)))
 
     def runner(self, path: Path, workdir: Path, threads: int | None, device: str = "cpu") -> tuple[Runner, str]:
         """An onnxruntime session on the saved file (a ``.zip`` is unpacked safely into ``workdir`` first).

@@ -149,3 +149,31 @@ def test_bad_arguments():
         decompose(w, 1, "sideways", 1)
     zero = decompose(w, 1, "pw-dw", 1)  # a zero kernel: no error, nothing lost
     assert zero.rel_error == 0.0 and zero.energy == 1.0
+
+
+@pytest.mark.parametrize("order", ["dw-pw", "pw-dw"])
+def test_rank_deficient_kernels_stay_exact(order):
+    """Slices of rank 2 (seven zero singular values): the Gram route must not divide by them."""
+    rng = np.random.default_rng(5)
+    if order == "pw-dw":  # W[n] (8×9) has rank 2
+        w = rng.standard_normal((16, 8, 2)) @ rng.standard_normal((16, 2, 9))
+    else:  # W[:, m] (16×9) has rank 2
+        w = (rng.standard_normal((8, 16, 2)) @ rng.standard_normal((8, 2, 9))).transpose(1, 0, 2)
+    w = w.reshape(16, 8, 3, 3).astype(np.float32) * 1e-3  # small weights too
+    dec = decompose(w, 1, order, 10**6)
+    x = torch.randn(2, 8, 7, 7)
+    ref = F.conv2d(x, torch.from_numpy(w), padding=1)
+    y = run_lowered(x, lower(dec, "split"), None, 1, 1, 1)
+    assert float((y - ref).norm() / ref.norm()) <= 1e-5
+    assert decompose(w, 1, order, 2).rel_error < 1e-5  # rank 2 already holds all of it
+
+
+def test_spectrum_is_reused_and_checked():
+    from converter._decompose import spectrum
+
+    w = np.random.default_rng(6).standard_normal((8, 4, 3, 3)).astype(np.float32)
+    spec = spectrum(w, 1, "pw-dw")
+    a, b = decompose(w, 1, "pw-dw", 2, spec), decompose(w, 1, "pw-dw", 2)
+    np.testing.assert_array_equal(a.first, b.first)
+    with pytest.raises(ValueError, match="another layer or order"):
+        decompose(w, 1, "dw-pw", 2, spec)
