@@ -1,0 +1,433 @@
+"""The job runner: what a worker (embedded or Celery) does with one job.
+
+It claims the job (an atomic update; see ``crud``), downloads the upload into a private temporary folder, and
+runs the conversion in a child process (``service.jobs.sandbox``) with a clean environment, its own session and
+process group, and the memory/file limits the sandbox applies to itself. While the child runs, the runner reads
+its JSON-line events, writes stage/progress and renews the lease (heartbeat) in the database, polls for
+cancellation (a DELETE kills the child within about half a second) and enforces the wall-clock limit by killing
+the child's process group. Afterwards it uploads the converted model and the report and records success — only
+if the job is still its own, so a cancelled or re-queued job never gets outputs — or records a failure with a
+reason a user can act on ("ran out of memory (limit 8192 MB)", "exceeded the time limit of 1800 s", "the
+conversion process crashed (signal 11, SIGSEGV)", or the converter's own error code and message).
+
+It does not decide *which* job to run or when: the embedded worker loop and the Celery task do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from ..core.config import Settings
+from ..core.db import get_engine
+from ..core.storage import ObjectNotFoundError, Storage, open_storage
+from . import crud, files
+from .sandbox import EXIT_OOM
+
+__all__ = ["JobRunner", "Outcome", "protect_worker_process", "sweep_stale_workdirs", "worker_name"]
+
+log = logging.getLogger("sepconv.runner")
+
+#: How often the runner checks the cancel flag, and the granularity of its wait on the child's pipe.
+CANCEL_POLL_S = 0.5
+_TICK_S = 0.1
+_MAX_REPORT_BYTES = 64 * 1024 * 1024
+_WORKDIR_PREFIX = "sepconv-job-"
+# Bounds on what the (untrusted) child can make the runner hold or write.
+_MAX_EVENT_BYTES = 1024 * 1024
+_MAX_EVENTS = 1000
+_PROGRESS_EVERY_S = 0.25
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def worker_name(kind: str) -> str:
+    """A worker id: ``<kind>:<host>:<pid>``."""
+    return f"{kind}:{socket.gethostname()}:{os.getpid()}"
+
+
+def protect_worker_process() -> None:
+    """Make this (worker) process undumpable: a conversion child running as the same user can then neither
+    read its ``/proc/<pid>/environ`` (database URL, cloud credentials) nor ``ptrace`` it. Linux only; a no-op
+    elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+@dataclass
+class Outcome:
+    """How a conversion ended: ``done``, ``failed``, ``cancelled`` (by the user, or the job is no longer this
+    worker's) or ``stopped`` (the worker is shutting down)."""
+
+    status: str
+    code: str | None = None
+    message: str | None = None
+    format: str | None = None
+    output: Path | None = None
+    report: Path | None = None
+    events: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+
+class JobRunner:
+    """Runs jobs for one worker.
+
+    Args:
+        settings: the service settings (limits, lease, database and storage URLs).
+        worker_id: this worker's id, recorded on the jobs it claims.
+        should_stop: polled while a job runs; when it returns True the child is killed and the job given back
+            to the queue.
+        storage: the storage to use (default: the one ``settings`` names).
+    """
+
+    def __init__(self, settings: Settings, worker_id: str, *, should_stop: Callable[[], bool] = lambda: False,
+                 storage: Storage | None = None) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self.should_stop = should_stop
+        self.engine = get_engine(settings.database_url)
+        self.storage = storage or open_storage(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url)
+        sweep_stale_workdirs()
+
+    def run_next(self) -> Outcome | None:
+        """Claim the oldest queued job and run it; None if there was none."""
+        claim = crud.claim_next(self.engine, self.worker_id, self.settings.job_lease_s)
+        return self._execute(claim) if claim else None
+
+    def run(self, job_id: str) -> Outcome | None:
+        """Claim one job and run it; None if it is not claimable (finished, running elsewhere, deleted)."""
+        claim = crud.claim(self.engine, job_id, self.worker_id, self.settings.job_lease_s)
+        if claim is None:
+            log.info("job %s is not claimable (already done, running elsewhere or deleted); skipping", job_id)
+            return None
+        return self._execute(claim)
+
+    # -- one job ---------------------------------------------------------------------------------------------
+
+    def _execute(self, claim: crud.Claim) -> Outcome:
+        log.info("job %s: attempt %d on %s", claim.job_id, claim.attempt, self.worker_id)
+        work = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-{claim.job_id}-"))
+        try:
+            outcome = self._execute_in(claim, work)
+        except Exception as e:
+            log.exception("job %s: the worker failed", claim.job_id)
+            outcome = Outcome("failed", "internal",
+                              f"internal error in the worker ({type(e).__name__}); the worker's log has the details")
+            crud.finish_failed(self.engine, claim, outcome.code or "internal", outcome.message or "")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        log.info("job %s: %s%s", claim.job_id, outcome.status, f" ({outcome.code}: {outcome.message})"
+                 if outcome.code else "")
+        return outcome
+
+    def _execute_in(self, claim: crud.Claim, work: Path) -> Outcome:
+        job = crud.get_job(self.engine, claim.job_id)
+        if job is None:
+            return Outcome("cancelled")
+        try:
+            self.storage.download(job.input_key, work / "model.in")
+            if job.inputs_key:
+                self.storage.download(job.inputs_key, work / "inputs.npz")
+        except ObjectNotFoundError:
+            if not crud.is_still_mine(self.engine, claim):
+                return Outcome("cancelled")
+            outcome = Outcome("failed", "internal", "the uploaded files are missing from storage")
+            crud.finish_failed(self.engine, claim, outcome.code or "", outcome.message or "")
+            return outcome
+        if not crud.heartbeat(self.engine, claim, self.settings.job_lease_s):  # the download may have been long
+            return Outcome("cancelled")
+
+        outcome = self._supervise(claim, job.input_bytes, work, job.options, bool(job.inputs_key))
+        network = next((e.get("network") for e in outcome.events if e["event"] == "sandbox"), None)
+        if network == "shared":
+            log.info("job %s: the kernel refused a private network namespace; the conversion had network access",
+                     claim.job_id)
+        if outcome.status == "stopped":
+            crud.release(self.engine, claim)
+        elif outcome.status == "failed":
+            crud.finish_failed(self.engine, claim, outcome.code or "internal", outcome.message or "")
+        elif outcome.status == "done":
+            self._store_results(claim, outcome, work)
+        return outcome
+
+    def _store_results(self, claim: crud.Claim, outcome: Outcome, work: Path) -> None:
+        output = _own_file(work, outcome.output)
+        report = _own_file(work, outcome.report)
+        if output is None or report is None or report.stat().st_size > _MAX_REPORT_BYTES:
+            outcome.status, outcome.code = "failed", "internal"
+            outcome.message = "the conversion process did not leave a readable model and report"
+            crud.finish_failed(self.engine, claim, outcome.code, outcome.message)
+            return
+        from converter import Report
+
+        try:
+            Report.model_validate_json(report.read_bytes())
+        except ValueError:
+            outcome.status, outcome.code = "failed", "internal"
+            outcome.message = "the conversion process wrote an invalid report"
+            crud.finish_failed(self.engine, claim, outcome.code, outcome.message)
+            return
+        if not crud.heartbeat(self.engine, claim, self.settings.job_lease_s):
+            outcome.status = "cancelled"
+            return
+        out_key = files.output_key(claim.job_id, output.suffix.lower() or ".bin")
+        rep_key = files.report_key(claim.job_id)
+        try:
+            with open(output, "rb") as f:
+                self.storage.put(out_key, f)
+            with open(report, "rb") as f:
+                self.storage.put(rep_key, f)
+        except Exception:
+            for key in (out_key, rep_key):
+                with contextlib.suppress(Exception):
+                    self.storage.delete(key)
+            raise
+        if not crud.finish_succeeded(self.engine, claim, output_key=out_key, output_suffix=output.suffix.lower(),
+                                     report_key=rep_key, format=outcome.format):
+            # Cancelled or taken away while uploading: a cancelled job never gets outputs.
+            for key in (out_key, rep_key):
+                self.storage.delete(key)
+            outcome.status = "cancelled"
+
+    # -- the child process -----------------------------------------------------------------------------------
+
+    def _supervise(self, claim: crud.Claim, input_bytes: int, work: Path, options: dict[str, Any],
+                   has_inputs: bool) -> Outcome:
+        s = self.settings
+        spec = {
+            "model": str(work / "model.in"),
+            "inputs": str(work / "inputs.npz") if has_inputs else None,
+            "output_dir": str(work / "out"),
+            "report": str(work / "report.json"),
+            "options": options,
+            "memory_mb": s.job_memory_mb,
+            "max_file_bytes": max(8 * input_bytes, 1024**3),
+            "test_hook": s.test_hook,
+            "parent_pid": os.getpid(),
+        }
+        spec_path = work / "spec.json"
+        spec_path.write_text(json.dumps(spec))
+        env = {"PATH": os.defpath, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": str(work), "TMPDIR": str(work),
+               "PYTHONPATH": _PACKAGE_ROOT, "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1",
+               "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
+        r, w = os.pipe()
+        with open(work / "sandbox.log", "wb") as log_file:
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, "-s", "-m", "service.jobs.sandbox", str(spec_path), str(w)],
+                    cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                    pass_fds=(w,), start_new_session=True, close_fds=True)
+            finally:
+                os.close(w)
+        try:
+            return self._watch(claim, proc, r, work)
+        finally:
+            os.close(r)
+            _kill_group(proc)
+
+    def _watch(self, claim: crud.Claim, proc: subprocess.Popen[bytes], fd: int, work: Path) -> Outcome:
+        s = self.settings
+        started = time.monotonic()
+        deadline = started + s.job_timeout_s
+        beat_every = max(0.5, min(s.job_lease_s / 4, 10.0))
+        next_beat = next_check = next_flush = 0.0
+        pending: dict[str, Any] = {}
+        events: list[dict[str, Any]] = []
+        buf = b""
+        eof = False
+        peak_vms = 0
+        limit_bytes = s.job_memory_mb * 1024 * 1024
+        ended: Outcome | None = None
+
+        while True:
+            if not eof:
+                ready, _, _ = select.select([fd], [], [], _TICK_S)
+                if ready:
+                    data = os.read(fd, 65536)
+                    if data:
+                        buf += data
+                        *lines, buf = buf.split(b"\n")
+                        if len(buf) > _MAX_EVENT_BYTES:  # a line without end: not ours to keep
+                            buf = b""
+                        for line in lines:
+                            event = _parse_event(line)
+                            if event is not None:
+                                if len(events) < _MAX_EVENTS or event["event"] in ("done", "error"):
+                                    events.append(event)
+                                pending.update(_job_fields(event))
+                    else:
+                        eof = True
+            else:
+                time.sleep(_TICK_S)
+            if proc.poll() is not None and eof:
+                break
+            peak_vms = max(peak_vms, _vms(proc.pid))
+            now = time.monotonic()
+            if now > deadline:
+                ended = Outcome("failed", "timeout", f"exceeded the time limit of {s.job_timeout_s:g} s")
+                break
+            if self.should_stop():
+                ended = Outcome("stopped")
+                break
+            if now >= next_check:
+                next_check = now + CANCEL_POLL_S
+                if not crud.is_still_mine(self.engine, claim):
+                    ended = Outcome("cancelled")
+                    break
+            if now >= next_beat or (pending and now >= next_flush):
+                if not crud.heartbeat(self.engine, claim, s.job_lease_s, **pending):
+                    ended = Outcome("cancelled")
+                    break
+                pending = {}
+                next_beat, next_flush = now + beat_every, now + _PROGRESS_EVERY_S
+
+        _kill_group(proc)
+        if ended is not None:
+            ended.events = events
+            return ended
+        return _judge(proc.returncode, events, work, peak_vms, limit_bytes, s.job_memory_mb)
+
+
+def sweep_stale_workdirs() -> int:
+    """Delete job folders left in the temporary directory by workers that died (``kill -9`` gives a worker no
+    chance to clean up, and the folder holds a copy of the user's model); returns how many were removed."""
+    removed = 0
+    for folder in Path(tempfile.gettempdir()).glob(f"{_WORKDIR_PREFIX}*"):
+        try:
+            pid = int(folder.name.removeprefix(_WORKDIR_PREFIX).split("-", 1)[0])
+        except ValueError:
+            continue
+        if folder.is_dir() and not folder.is_symlink() and not psutil.pid_exists(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    if removed:
+        log.info("removed %d job folder(s) left by workers that died", removed)
+    return removed
+
+
+def _parse_event(line: bytes) -> dict[str, Any] | None:
+    try:
+        event = json.loads(line)
+    except Exception:  # anything the child writes, including JSON nested deep enough to recurse out
+        return None
+    return event if isinstance(event, dict) and isinstance(event.get("event"), str) else None
+
+
+def _job_fields(event: dict[str, Any]) -> dict[str, Any]:
+    """What a sandbox event changes on the job row (values checked: the child is not trusted)."""
+    from ..models import JobStage
+
+    kind = event["event"]
+    if kind == "progress":
+        stage, progress = event.get("stage"), event.get("progress")
+        if stage in {s.value for s in JobStage} and isinstance(progress, int | float) and 0 <= progress <= 1:
+            return {"stage": stage, "progress": float(min(progress, 0.99))}
+    elif kind == "format" and event.get("format") in ("onnx", "torchscript"):
+        return {"format": event["format"]}
+    return {}
+
+
+def _judge(returncode: int, events: list[dict[str, Any]], work: Path, peak_vms: int, limit_bytes: int,
+           memory_mb: int) -> Outcome:
+    """The outcome of a child that exited on its own."""
+    fmt = next((e["format"] for e in reversed(events) if _job_fields(e).get("format")), None)
+    done = next((e for e in events if e["event"] == "done"), None)
+    error = next((e for e in reversed(events) if e["event"] == "error"), None)
+    oom = f"ran out of memory (limit {memory_mb} MB)"
+    if returncode == 0 and done is not None:
+        return Outcome("done", format=fmt, output=_rel(work, done.get("output")),
+                       report=_rel(work, done.get("report")), events=events)
+    if error is not None:
+        code = str(error.get("code") or "conversion_failed")[:64]
+        if code == "out_of_memory" or returncode == EXIT_OOM:
+            return Outcome("failed", "out_of_memory", oom, format=fmt, events=events)
+        return Outcome("failed", code, str(error.get("message") or "the conversion failed")[:2000], format=fmt,
+                       events=events)
+    tail = _log_tail(work / "sandbox.log")
+    if returncode < 0:
+        sig = -returncode
+        if peak_vms >= 0.9 * limit_bytes or any(m in tail.lower() for m in ("bad_alloc", "memoryerror",
+                                                                             "cannot allocate memory")):
+            return Outcome("failed", "out_of_memory", oom, format=fmt, events=events)
+        if sig == signal.SIGXFSZ:
+            return Outcome("failed", "crashed", "the conversion process wrote a file larger than its limit",
+                           format=fmt, events=events)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = "unknown"
+        return Outcome("failed", "crashed", f"the conversion process crashed (signal {sig}, {name})", format=fmt,
+                       events=events)
+    last = tail.strip().splitlines()[-1][:300] if tail.strip() else "no output"
+    return Outcome("failed", "crashed", f"the conversion process crashed (exit code {returncode}): {last}",
+                   format=fmt, events=events)
+
+
+def _rel(work: Path, value: Any) -> Path | None:
+    if not isinstance(value, str):
+        return None
+    p = Path(value)
+    return p if p.is_absolute() else work / p
+
+
+def _own_file(work: Path, path: Path | None) -> Path | None:
+    """``path`` if it is a regular file really inside ``work`` (no symlink out of it), else None. The child is
+    dead by now, so nothing can swap the file after this check."""
+    if path is None:
+        return None
+    try:
+        real = path.resolve(strict=True)
+        st = os.lstat(real)
+    except (OSError, RuntimeError):
+        return None
+    if work.resolve() not in real.parents or not stat.S_ISREG(st.st_mode):
+        return None
+    return real
+
+
+def _log_tail(path: Path, n: int = 4096) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - n))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _vms(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the child's whole process group (it is the group leader) and reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:  # pragma: no cover - a process in uninterruptible sleep
+        log.error("conversion process %d did not exit after SIGKILL", proc.pid)

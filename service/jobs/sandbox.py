@@ -1,0 +1,164 @@
+"""The conversion process: ``python -m service.jobs.sandbox SPEC_JSON FD``, started by the job runner for one job.
+
+It runs ``converter.convert`` on files in its private temporary folder (its working directory) and reports back
+as JSON lines on the pipe ``FD``; it never touches the database, the storage or the broker, and its environment
+holds none of their addresses or credentials (the runner starts it with a clean one).
+
+Before it reads the model it confines itself — so the limits hold for everything the untrusted model makes torch
+or onnxruntime do:
+
+* ``RLIMIT_AS`` (address space) = ``SEPCONV_JOB_MEMORY_MB``; an allocation past it fails (``MemoryError``, a
+  failed ``mmap``) and is reported as ``out_of_memory``;
+* ``RLIMIT_FSIZE`` bounds any one file it writes, ``RLIMIT_CORE`` = 0, ``RLIMIT_NOFILE`` a few hundred;
+* ``PR_SET_NO_NEW_PRIVS`` (no set-uid escalation), ``PR_SET_PDEATHSIG`` = SIGKILL (it dies with its worker);
+* when the kernel allows unprivileged user namespaces, a new user + network namespace: no network at all.
+
+The runner puts it in its own session and process group, enforces the wall-clock limit by killing that group,
+and kills it on cancellation. Events on the pipe (one JSON object per line)::
+
+    {"event": "sandbox", "network": "isolated" | "shared"}
+    {"event": "format", "format": "onnx"}
+    {"event": "progress", "stage": "plan", "progress": 0.4}
+    {"event": "done", "format": "onnx", "output": "out/model.onnx", "report": "report.json"}
+    {"event": "error", "code": "unsupported_model", "message": "…"}
+
+What this does *not* give: it is not a security boundary against a model crafted to exploit a memory-safety bug
+in torch's or onnx's parsers — the process still runs as the worker's user and can read what that user can read
+on the file system. Run workers as an unprivileged user in a container for that (see the README).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["EXIT_ERROR", "EXIT_OOM", "is_memory_error", "main"]
+
+#: Exit statuses besides 0: a reported error, and a reported out-of-memory.
+EXIT_ERROR = 3
+EXIT_OOM = 4
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NO_NEW_PRIVS = 38
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWNET = 0x40000000
+
+_MEMORY_MARKERS = ("cannot allocate memory", "can't allocate memory", "failed to allocate memory", "bad_alloc",
+                   "failed to map segment", "out of memory", "memoryerror", "memory allocation failed")
+
+
+class _Channel:
+    def __init__(self, fd: int) -> None:
+        self._f = os.fdopen(fd, "w", buffering=1)
+
+    def emit(self, **event: Any) -> None:
+        try:
+            self._f.write(json.dumps(event) + "\n")
+            self._f.flush()
+        except (OSError, ValueError):  # the runner is gone; it will not read this anyway
+            pass
+
+
+def is_memory_error(e: BaseException | None) -> bool:
+    """Whether an exception (or one in its chain) is a failed allocation, whatever library raised it."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, MemoryError):
+            return True
+        text = f"{type(e).__name__}: {e}".lower()
+        if any(m in text for m in _MEMORY_MARKERS):
+            return True
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return False
+
+
+def _confine(parent: int, memory_mb: int, max_file_bytes: int) -> str:
+    libc = ctypes.CDLL(None, use_errno=True)
+    network = "isolated" if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) == 0 else "shared"
+    # After unshare: a change of credentials would clear the parent-death signal.
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the worker died before the line above took effect: do not run orphaned
+        os._exit(1)
+    libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    os.umask(0o077)
+    _limit(resource.RLIMIT_AS, memory_mb * 1024 * 1024)
+    _limit(resource.RLIMIT_FSIZE, max_file_bytes)
+    _limit(resource.RLIMIT_CORE, 0)
+    _limit(resource.RLIMIT_NOFILE, 512)
+    return network
+
+
+def _limit(which: int, value: int) -> None:
+    # Soft and hard alike, so the limit cannot be raised again; never above a hard limit already in force.
+    _, hard = resource.getrlimit(which)
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    resource.setrlimit(which, (value, value))
+
+
+def _test_hook(name: str) -> None:
+    # Tests only (SEPCONV_TEST_HOOK): behave like a model that never finishes or that eats memory, so the real
+    # limit code above and in the runner is exercised.
+    if name == "sleep":
+        while True:
+            time.sleep(3600)
+    if name == "allocate":
+        hog = []
+        while True:
+            hog.append(bytearray(64 * 1024 * 1024))
+
+
+def _convert(spec: dict[str, Any], channel: _Channel) -> None:
+    import converter
+    from converter.formats import detect_format
+
+    model = Path(spec["model"])
+    adapter = detect_format(model)
+    channel.emit(event="format", format=adapter.name)
+    config = converter.ConversionConfig.model_validate(spec["options"])
+    out_dir = Path(spec["output_dir"])
+    out_dir.mkdir(exist_ok=True)
+    result = converter.convert(
+        model, out_dir / f"model{adapter.suffix}", config=config, inputs=spec.get("inputs"),
+        progress=lambda stage, fraction: channel.emit(event="progress", stage=stage, progress=fraction))
+    Path(spec["report"]).write_text(result.report.model_dump_json())
+    channel.emit(event="done", format=result.format, output=str(result.output_path), report=spec["report"])
+
+
+def main(argv: list[str]) -> int:
+    """Run one conversion as described by the spec file ``argv[1]``, reporting on fd ``argv[2]``."""
+    spec = json.loads(Path(argv[1]).read_text())
+    channel = _Channel(int(argv[2]))
+    network = _confine(int(spec["parent_pid"]), int(spec["memory_mb"]), int(spec["max_file_bytes"]))
+    channel.emit(event="sandbox", network=network)
+    try:
+        if spec.get("test_hook"):
+            _test_hook(spec["test_hook"])
+        _convert(spec, channel)
+        return 0
+    except BaseException as e:
+        if is_memory_error(e):
+            channel.emit(event="error", code="out_of_memory", message=f"{type(e).__name__}: {e}"[:500])
+            return EXIT_OOM
+        from converter import SepconvError
+
+        if isinstance(e, SepconvError):
+            channel.emit(event="error", code=e.code, message=str(e))
+            return EXIT_ERROR
+        if isinstance(e, KeyboardInterrupt | SystemExit):
+            raise
+        channel.emit(event="error", code="conversion_failed",
+                     message=f"the converter failed unexpectedly: {type(e).__name__}: {e}"[:500])
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

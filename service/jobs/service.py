@@ -1,0 +1,355 @@
+"""The service layer: what the API can do with jobs — submit an upload, look jobs up, wait for them, list,
+cancel/delete, open their results — with the rules that go with it (queue bound, upload limit, content sniffing,
+option validation, ownership). Routes call this and translate its errors to HTTP; they hold no logic of their own.
+
+It is async because uploads stream: file parts arrive as async chunk iterators (``service.api.upload``) and
+go to storage as they arrive, in ``SUBMIT_FLUSH`` pieces through a worker thread, so the API never holds a
+whole model in memory. Database and storage calls (synchronous SQLAlchemy and boto3) run in worker threads and
+never block the event loop. Jobs are executed elsewhere (``executor``); this module only queues them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import typing
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio import to_thread
+from sqlalchemy import Engine
+
+from converter import ConversionConfig
+from converter.formats import sniff_model
+
+from ..core.config import Settings
+from ..core.storage import ObjectNotFoundError, ObjectWriter, Storage
+from ..models import Job, JobStage, JobStatus, utcnow
+from . import crud, files
+from .errors import (
+    BadRequestError,
+    JobNotFoundError,
+    JobNotReadyError,
+    QueueFullError,
+    UnavailableError,
+    UnsupportedUploadError,
+    UploadTooLargeError,
+)
+from .executor import Executor, ExecutorUnavailableError
+
+__all__ = ["FieldPart", "FilePart", "JobService"]
+
+log = logging.getLogger("sepconv.jobs")
+
+#: Bytes looked at to recognise a model (``sniff_model``).
+SNIFF_BYTES = 4096
+#: Storage writes are batched to this size.
+SUBMIT_FLUSH = 1024 * 1024
+#: Multipart framing and form fields a request may carry beyond its files, for the early Content-Length check.
+FORM_ALLOWANCE = 1024 * 1024
+#: Retry-After (seconds) of a "queue full" answer.
+RETRY_AFTER_S = 30
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass
+class FieldPart:
+    """A text form field."""
+
+    name: str
+    value: str
+
+
+@dataclass
+class FilePart:
+    """A file form field; ``chunks`` must be consumed before the next part."""
+
+    name: str
+    filename: str
+    chunks: AsyncIterator[bytes]
+
+
+def clean_filename(name: str | None) -> str:
+    """The last path component of a client-supplied file name, without control characters, at most 200
+    characters; ``model`` when nothing is left. Only ever displayed — never used as a path or storage key."""
+    base = re.split(r"[/\\]", name or "")[-1]
+    base = _CONTROL.sub("", base).strip()
+    if base in ("", ".", ".."):
+        return "model"
+    return base[-200:]
+
+
+def _is_collection(name: str) -> bool:
+    core = ConversionConfig.model_fields[name].annotation
+    while typing.get_origin(core) is typing.Annotated:
+        core = typing.get_args(core)[0]
+    return typing.get_origin(core) in (list, dict) or core in (list, dict)
+
+
+def options_from_form(fields: dict[str, list[str]]) -> dict[str, Any]:
+    """Form fields (each possibly repeated) → keyword options for ``ConversionConfig.from_options``: list and
+    dict options take every value; any other option must be given once."""
+    from converter import InvalidOptionsError
+
+    out: dict[str, Any] = {}
+    for name, values in fields.items():
+        if name not in ConversionConfig.model_fields:
+            out[name] = values[0]  # refused by the config as an unknown option, by name
+        elif _is_collection(name):
+            out[name] = values
+        elif len(values) > 1:
+            raise InvalidOptionsError(f"invalid options: {name}: given {len(values)} times; give it once")
+        else:
+            out[name] = values[0]
+    return out
+
+
+class JobService:
+    """Jobs as the API sees them. All methods take the caller's ``owner`` (a key digest) and treat another
+    owner's job as nonexistent.
+
+    Args:
+        settings: limits (upload size, queue bound).
+        engine: the job database.
+        storage: where files go.
+        executor: tells workers about new jobs.
+        on_upload_bytes: called with the size of every file chunk received (metrics).
+    """
+
+    def __init__(self, settings: Settings, engine: Engine, storage: Storage, executor: Executor,
+                 on_upload_bytes: typing.Callable[[int], None] = lambda n: None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.storage = storage
+        self.executor = executor
+        self.on_upload_bytes = on_upload_bytes
+
+    # -- submit ----------------------------------------------------------------------------------------------
+
+    async def check_capacity(self, content_length: int | None) -> None:
+        """Refuse early: a declared body over the limit (413), a full queue (503)."""
+        if content_length is not None and content_length > self.settings.max_upload_bytes + FORM_ALLOWANCE:
+            raise UploadTooLargeError(f"the upload is {content_length} bytes; the limit is "
+                                      f"{self.settings.max_upload_bytes} bytes (SEPCONV_MAX_UPLOAD_BYTES)")
+        queued = await to_thread.run_sync(crud.count_queued, self.engine)
+        if queued >= self.settings.max_queued:
+            raise QueueFullError(f"{queued} jobs are queued, the most this server accepts "
+                                 f"(SEPCONV_MAX_QUEUED={self.settings.max_queued}); try again later", RETRY_AFTER_S)
+
+    async def submit(self, owner: str, parts: AsyncIterator[FieldPart | FilePart]) -> Job:
+        """Store an upload's files, validate its options and queue a job.
+
+        Raises:
+            UploadTooLargeError: the files exceed ``SEPCONV_MAX_UPLOAD_BYTES`` (nothing is kept).
+            UnsupportedUploadError: the model is empty or not a model format (nothing is kept).
+            InvalidOptionsError: an option is unknown, malformed or out of range.
+            BadRequestError: the form is malformed or lacks the model.
+            UnavailableError: the job could not be handed to the executor.
+        """
+        job_id = crud.new_job_id()
+        stored: list[str] = []
+        fields: dict[str, list[str]] = {}
+        model: tuple[str, int] | None = None
+        inputs_bytes = 0
+        budget = self.settings.max_upload_bytes
+        try:
+            async for part in parts:
+                if isinstance(part, FieldPart):
+                    if part.name in ("model", "inputs"):
+                        raise BadRequestError(f"'{part.name}' must be a file part")
+                    fields.setdefault(part.name, []).append(part.value)
+                elif part.name == "model":
+                    if model is not None:
+                        raise BadRequestError("give one 'model' file part")
+                    key = files.input_key(job_id)
+                    size = await self._store(part.chunks, key, budget, _check_model)
+                    stored.append(key)
+                    budget -= size
+                    model = (clean_filename(part.filename), size)
+                elif part.name == "inputs":
+                    if inputs_bytes:
+                        raise BadRequestError("give one 'inputs' file part")
+                    key = files.inputs_key(job_id)
+                    inputs_bytes = await self._store(part.chunks, key, budget, _check_npz)
+                    stored.append(key)
+                    budget -= inputs_bytes
+                else:
+                    raise BadRequestError(f"unexpected file part {part.name!r}; the files are 'model' and 'inputs'")
+            if model is None:
+                raise BadRequestError("the request has no 'model' file part")
+            config = ConversionConfig.from_options(**options_from_form(fields))
+            job = Job(id=job_id, owner=owner, status=JobStatus.QUEUED, stage=JobStage.QUEUED, progress=0.0,
+                      filename=model[0], options=config.model_dump(mode="json", exclude_unset=True),
+                      input_key=files.input_key(job_id), input_bytes=model[1],
+                      inputs_key=files.inputs_key(job_id) if inputs_bytes else None, attempts=0,
+                      cancel_requested=False, created_at=utcnow())
+            await to_thread.run_sync(crud.create_job, self.engine, job)
+        except BaseException:
+            with anyio.CancelScope(shield=True):  # clean up even when the client went away
+                for key in stored:
+                    await to_thread.run_sync(self.storage.delete, key)
+            raise
+        try:
+            self.executor.submit(job_id)
+        except ExecutorUnavailableError as e:
+            await self._forget(job)
+            raise UnavailableError(str(e)) from None
+        log.info("job %s queued (%s, %d bytes)", job_id, job.filename, job.input_bytes)
+        return job
+
+    async def _store(self, chunks: AsyncIterator[bytes], key: str, budget: int,
+                     check: typing.Callable[[bytes, bool], None]) -> int:
+        """Stream one file part into storage; ``check(head, complete)`` judges its first bytes before anything
+        is written. Returns the size."""
+        head = bytearray()
+        buf = bytearray()
+        writer: ObjectWriter | None = None
+        total = 0
+        try:
+            async for chunk in chunks:
+                total += len(chunk)
+                self.on_upload_bytes(len(chunk))
+                if total > budget:
+                    raise UploadTooLargeError(f"the upload exceeds the limit of {self.settings.max_upload_bytes} "
+                                              "bytes (SEPCONV_MAX_UPLOAD_BYTES)")
+                if writer is None:
+                    head += chunk
+                    if len(head) < SNIFF_BYTES:
+                        continue
+                    check(bytes(head[:SNIFF_BYTES]), False)
+                    writer = await to_thread.run_sync(self.storage.writer, key)
+                    buf, head = head, bytearray()
+                else:
+                    buf += chunk
+                if len(buf) >= SUBMIT_FLUSH:
+                    await to_thread.run_sync(writer.write, bytes(buf))
+                    buf.clear()
+            if writer is None:
+                check(bytes(head), True)
+                writer = await to_thread.run_sync(self.storage.writer, key)
+                buf = head
+            if buf:
+                await to_thread.run_sync(writer.write, bytes(buf))
+            await to_thread.run_sync(writer.commit)
+            return total
+        except BaseException:
+            if writer is not None:
+                with anyio.CancelScope(shield=True):
+                    await to_thread.run_sync(writer.abort)
+            raise
+
+    async def _forget(self, job: Job) -> None:
+        await to_thread.run_sync(files.delete_job_files, self.storage, job)
+        await to_thread.run_sync(crud.delete_job, self.engine, job.id)
+
+    # -- read ------------------------------------------------------------------------------------------------
+
+    async def get(self, owner: str, job_id: str) -> Job:
+        """The owner's job.
+
+        Raises:
+            JobNotFoundError: no such job for this owner.
+        """
+        job = await to_thread.run_sync(crud.get_job, self.engine, job_id, owner)
+        if job is None:
+            raise JobNotFoundError(f"no job {job_id!r}")
+        return job
+
+    async def wait(self, owner: str, job_id: str, timeout: float) -> Job:
+        """The job once it has finished, or as it is after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        job = await self.get(owner, job_id)
+        delay = 0.05
+        while not job.is_final and (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, 0.5)
+            job = await self.get(owner, job_id)
+        return job
+
+    async def list(self, owner: str, offset: int, limit: int) -> tuple[list[Job], int]:
+        """A page of the owner's jobs, newest first, and their total number."""
+        return await to_thread.run_sync(crud.list_jobs, self.engine, owner, offset, limit)
+
+    async def open_model(self, owner: str, job_id: str) -> tuple[Iterator[bytes], str]:
+        """The converted model's bytes (streamed) and its download name ``<stem>-sepconv<suffix>``.
+
+        Raises:
+            JobNotFoundError: no such job.
+            JobNotReadyError: the job has not succeeded.
+        """
+        job = await self._succeeded(owner, job_id, "model")
+        stem = job.filename.rsplit(".", 1)[0] if "." in job.filename.strip(".") else job.filename
+        return await self._open(job, job.output_key), f"{stem}-sepconv{job.output_suffix or ''}"
+
+    async def open_report(self, owner: str, job_id: str) -> Iterator[bytes]:
+        """The JSON report's bytes (streamed).
+
+        Raises:
+            JobNotFoundError: no such job.
+            JobNotReadyError: the job has not succeeded.
+        """
+        job = await self._succeeded(owner, job_id, "report")
+        return await self._open(job, job.report_key)
+
+    async def _succeeded(self, owner: str, job_id: str, what: str) -> Job:
+        job = await self.get(owner, job_id)
+        if job.status != JobStatus.SUCCEEDED:
+            hint = f": {job.error_message}" if job.status == JobStatus.FAILED and job.error_message else ""
+            raise JobNotReadyError(f"job {job_id} is {job.status}{hint}; its {what} is available once it has "
+                                   "succeeded")
+        return job
+
+    async def _open(self, job: Job, key: str | None) -> Iterator[bytes]:
+        try:
+            if key is None:
+                raise ObjectNotFoundError(key)
+            return await to_thread.run_sync(self.storage.get, key)
+        except ObjectNotFoundError:
+            raise JobNotFoundError(f"the files of job {job.id} are no longer stored") from None
+
+    # -- delete ----------------------------------------------------------------------------------------------
+
+    async def delete(self, owner: str, job_id: str) -> None:
+        """Cancel the job if it is queued or running (its worker kills the conversion within about a second
+        and never stores outputs), then delete its files and its record.
+
+        Raises:
+            JobNotFoundError: no such job.
+        """
+        job = await to_thread.run_sync(crud.mark_cancelled, self.engine, job_id, owner)
+        if job is None:
+            raise JobNotFoundError(f"no job {job_id!r}")
+        await self._forget(job)
+        log.info("job %s deleted (was %s)", job_id, job.status)
+
+    # -- upkeep ----------------------------------------------------------------------------------------------
+
+    async def maintain(self) -> None:
+        """Periodic upkeep from the API process: re-queue jobs whose worker's lease expired, keep the
+        executor's workers alive."""
+        requeued = await to_thread.run_sync(crud.reap_expired, self.engine, self.settings.job_max_attempts)
+        if requeued:
+            log.warning("re-queued %d job(s) whose worker stopped responding: %s", len(requeued),
+                        ", ".join(requeued))
+            await to_thread.run_sync(self.executor.resubmit, requeued)
+        await to_thread.run_sync(self.executor.maintain)
+
+
+def _check_model(head: bytes, complete: bool) -> None:
+    if not head:
+        raise UnsupportedUploadError("the uploaded model is empty")
+    if sniff_model(head) is None:
+        raise UnsupportedUploadError("not a model sepconv reads: expected an ONNX file, an ONNX .zip with external "
+                                     "data, or TorchScript")
+
+
+def _check_npz(head: bytes, complete: bool) -> None:
+    from converter import InvalidOptionsError
+
+    if not head.startswith(b"PK\x03\x04"):
+        raise InvalidOptionsError("inputs: expected a .npz file (numpy.savez) of verification inputs")
