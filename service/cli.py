@@ -7,99 +7,18 @@ and exit non-zero; no traceback reaches a user (set ``SEPCONV_DEBUG=1`` to see o
 
 from __future__ import annotations
 
-import functools
 import os
-import sys
-import types
-import typing
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from converter import ConversionConfig, SepconvError
+from converter import ConversionConfig
 
-__all__ = ["config_options", "main"]
+from ._cli_common import EXIT_USER, collect_config, config_options, fail, handle_errors
+from ._submit import submit
 
-#: Exit codes: 0 success, 1 internal error, 2 bad usage/input (click uses 2 for usage errors too).
-EXIT_INTERNAL = 1
-EXIT_USER = 2
-
-
-def _unwrap(annotation: Any) -> tuple[Any, bool]:
-    """The core type of a field annotation (``Annotated``/``Optional`` stripped) and whether it was Optional."""
-    optional = False
-    while True:
-        origin = typing.get_origin(annotation)
-        if origin is typing.Annotated:
-            annotation = typing.get_args(annotation)[0]
-        elif origin in (typing.Union, types.UnionType):
-            args = [a for a in typing.get_args(annotation) if a is not type(None)]
-            optional = optional or len(args) < len(typing.get_args(annotation))
-            annotation = args[0]
-        else:
-            return annotation, optional
-
-
-def _click_option(name: str, field: Any) -> Callable[[Callable], Callable]:
-    flag = "--" + name.replace("_", "-")
-    core, _ = _unwrap(field.annotation)
-    origin = typing.get_origin(core)
-    help_text = field.description or ""
-    if core is bool:
-        return click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=help_text)
-    if origin is typing.Literal:
-        return click.option(flag, name, type=click.Choice([str(a) for a in typing.get_args(core)]), default=None,
-                            help=help_text)
-    if origin in (list, dict) or core in (list, dict):
-        return click.option(flag, name, multiple=True, default=None, help=help_text)
-    kind = {int: click.INT, float: click.FLOAT, str: click.STRING}.get(core, click.STRING)
-    return click.option(flag, name, type=kind, default=None, help=help_text)
-
-
-def config_options(fn: Callable) -> Callable:
-    """Add one click option per ``ConversionConfig`` field to a command; the command receives them as keyword
-    arguments, of which only those the user gave should be passed on (``collect_config``)."""
-    for name, field in reversed(list(ConversionConfig.model_fields.items())):
-        fn = _click_option(name, field)(fn)
-    return fn
-
-
-def collect_config(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Pop the config options out of a command's kwargs, keeping only those given on the command line."""
-    out = {}
-    for name in ConversionConfig.model_fields:
-        value = kwargs.pop(name, None)
-        if value is None or value == ():
-            continue
-        out[name] = list(value) if isinstance(value, tuple) else value
-    return out
-
-
-def _handle_errors(fn: Callable) -> Callable:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except SepconvError as e:
-            _fail(str(e), EXIT_USER)
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
-        except click.exceptions.ClickException:
-            raise
-        except Exception as e:  # last resort: a bug of ours; say so without a traceback
-            if os.environ.get("SEPCONV_DEBUG"):
-                raise
-            _fail(f"internal error: {type(e).__name__}: {e} (set SEPCONV_DEBUG=1 for a traceback)", EXIT_INTERNAL)
-
-    return wrapper
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"sepconv: error: {message}", err=True)
-    sys.exit(code)
-
+__all__ = ["cli", "main"]
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="sepconv", prog_name="sepconv")
@@ -119,7 +38,7 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where the verification runs.")
-@_handle_errors
+@handle_errors
 def convert(model: Path, output: Path, inputs: Path | None, report_path: Path | None, as_json: bool, device: str,
             **kwargs: Any) -> None:
     """Convert MODEL (ONNX, ONNX .zip with external data, or TorchScript) and report on the result."""
@@ -150,6 +69,85 @@ def convert(model: Path, output: Path, inputs: Path | None, report_path: Path | 
     out = Console()
     render_report(report, out, title=f"{model.name} → {result.output_path.name} ({report.format})")
     out.print(f"wrote {result.output_path}" + (f" and {report_path}" if report_path else ""))
+
+
+def _service_settings(**overrides: Any) -> Any:
+    """Validated service settings, or a one-line error and exit 2."""
+    import logging
+
+    from .core.config import SettingsError, load_settings
+
+    try:
+        settings = load_settings(**overrides)
+    except SettingsError as e:
+        fail(str(e), EXIT_USER)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    if settings.log_level != "debug":
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+    return settings
+
+
+@cli.command()
+@click.option("--host", default=None, help="Address to listen on [env SEPCONV_HOST; default 127.0.0.1].")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Port to listen on [env SEPCONV_PORT; default 8000].")
+@click.option("--workers", type=click.IntRange(0, 256), default=None,
+              help="Embedded worker processes that run the conversions [env SEPCONV_WORKERS; default 1]; "
+                   "ignored with the Celery executor.")
+@handle_errors
+def serve(host: str | None, port: int | None, workers: int | None) -> None:
+    """Run the HTTP API (and, with the embedded executor, its worker processes). Migrates the database first."""
+    import uvicorn
+
+    from .core.db import migrate
+    from .main import create_app
+
+    settings = _service_settings(host=host, port=port, workers=workers)
+    migrate(settings.database_url)  # before anything listens; the app's start logs the settings' warnings
+    app = create_app(settings, migrate_on_start=False)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, lifespan="on",
+                timeout_graceful_shutdown=20)
+
+
+@cli.command()
+@click.option("--queues", default=None,
+              help="Comma-separated Celery queues to consume [default: SEPCONV_CELERY_QUEUE].")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Conversions run at once by this worker (each in its own sandboxed process).")
+@handle_errors
+def worker(queues: str | None, concurrency: int) -> None:
+    """Run a Celery worker for the Celery executor (SEPCONV_BROKER_URL). Migrates the database first."""
+    from .core.db import migrate
+    from .core.storage import open_storage
+    from .jobs.celery_app import celery_app, configure
+    from .jobs.runner import protect_worker_process
+
+    settings = _service_settings()
+    if not settings.broker_url:
+        fail("sepconv worker needs SEPCONV_BROKER_URL (a redis:// URL)", EXIT_USER)
+    settings.log_warnings()
+    migrate(settings.database_url)
+    open_storage(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url).ensure()
+    protect_worker_process()
+    configure(celery_app, settings)
+    celery_app.worker_main(["worker", "--queues", queues or settings.celery_queue, "--concurrency",
+                            str(concurrency), "--loglevel", settings.log_level.upper(), "--without-gossip",
+                            "--without-mingle", "--hostname", f"sepconv@{os.uname().nodename}-{os.getpid()}"])
+
+
+@cli.command()
+@handle_errors
+def migrate() -> None:
+    """Create or upgrade the job database (SEPCONV_DATABASE_URL) to the current schema."""
+    from .core.db import migrate as run_migrations
+
+    settings = _service_settings()
+    revision = run_migrations(settings.database_url)
+    click.echo(f"database at revision {revision}")
+
+
+cli.add_command(submit)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""One router per resource: ``convert`` (uploads), ``jobs``, ``health`` (liveness, readiness, metrics)."""

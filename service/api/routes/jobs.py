@@ -1,0 +1,76 @@
+"""``/jobs``: list, look up (optionally waiting), download the model and report, cancel/delete."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import StreamingResponse
+
+from ...schemas import JobPublic, JobsPublic
+from ..deps import JobsDep, OwnerDep
+from ..errors import ERROR_RESPONSES
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+_COMMON = {s: ERROR_RESPONSES[s] for s in (400, 401, 404, 503)}
+
+
+def _attachment(filename: str) -> str:
+    ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in filename)
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+@router.get("", response_model=JobsPublic, responses=_COMMON)
+async def list_jobs(
+    owner: OwnerDep,
+    jobs: JobsDep,
+    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> JobsPublic:
+    """List your jobs, newest first."""
+    rows, count = await jobs.list(owner, offset, limit)
+    return JobsPublic(data=[JobPublic.from_job(j) for j in rows], count=count)
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=_COMMON)
+async def get_job(
+    job_id: str,
+    owner: OwnerDep,
+    jobs: JobsDep,
+    wait: Annotated[float, Query(ge=0, le=600, description="Seconds to block until the job has finished.")] = 0,
+) -> JobPublic:
+    """Get a job (with `wait`, once it has finished or the time is up)."""
+    job = await (jobs.wait(owner, job_id, wait) if wait > 0 else jobs.get(owner, job_id))
+    return JobPublic.from_job(job)
+
+
+@router.get("/{job_id}/model", response_class=StreamingResponse,
+            responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                   "format": "binary"}}},
+                             "description": "The converted model."},
+                       409: ERROR_RESPONSES[409], **_COMMON})
+async def get_model(job_id: str, owner: OwnerDep, jobs: JobsDep) -> StreamingResponse:
+    """Download the converted model."""
+    chunks, filename = await jobs.open_model(owner, job_id)
+    return StreamingResponse(chunks, media_type="application/octet-stream",
+                             headers={"Content-Disposition": _attachment(filename)})
+
+
+@router.get("/{job_id}/report", response_class=StreamingResponse,
+            responses={200: {"content": {"application/json": {"schema": {"type": "object"}}},
+                             "description": "The JSON report (converter.Report)."},
+                       409: ERROR_RESPONSES[409], **_COMMON})
+async def get_report(job_id: str, owner: OwnerDep, jobs: JobsDep) -> StreamingResponse:
+    """Download the JSON report."""
+    return StreamingResponse(await jobs.open_report(owner, job_id), media_type="application/json")
+
+
+@router.delete("/{job_id}", status_code=204, response_class=Response, responses=_COMMON)
+async def delete_job(job_id: str, owner: OwnerDep, jobs: JobsDep) -> Response:
+    """Cancel a job if it is queued or running, then delete its files and record."""
+    await jobs.delete(owner, job_id)
+    return Response(status_code=204)
