@@ -19,6 +19,11 @@ install-dev: $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
 
+# The service, embedded default: SQLite and files under ./.sepconv, worker processes started by the server,
+# on http://127.0.0.1:8000 (API docs at /docs). Any SEPCONV_* variable in the environment applies.
+run: install
+	$(BIN)/sepconv serve
+
 # Build the example models (a small CNN trained on scikit-learn's bundled digits) and convert one.
 example: install-dev
 	$(BIN)/python examples/digits.py examples/out
