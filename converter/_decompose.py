@@ -44,8 +44,9 @@ conv, or summed branch by branch (``split``). Measured on onnxruntime and torch 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 
@@ -64,6 +65,7 @@ __all__ = [
 ]
 
 Order = Literal["dw-pw", "pw-dw"]
+T = TypeVar("T")
 
 
 def _check(weight: np.ndarray, groups: int) -> tuple[int, int, int, int]:
@@ -244,6 +246,55 @@ class Lowered:
     def steps(self) -> tuple[ConvStep, ...]:
         out = tuple(s for b in self.branches for s in b)
         return (*out, self.tail) if self.tail is not None else out
+
+    def fold(self, x: T, step: Callable[[ConvStep, T], T], join: Callable[[str, list[T]], T]) -> T:
+        """Run the program on ``x`` with the caller's ``step`` and ``join``: a graph emitter, a runtime, or a
+        channel counter. Each branch chains its steps from ``x``; ``join(kind, outs)`` is called for ``concat``
+        and ``sum`` only; the tail, if any, is applied last."""
+        outs = []
+        for branch in self.branches:
+            v = x
+            for s in branch:
+                v = step(s, v)
+            outs.append(v)
+        y = outs[0] if self.join == "none" else join(self.join, outs)
+        return step(self.tail, y) if self.tail is not None else y
+
+    def check(self, in_channels: int, out_channels: int, kernel: tuple[int, ...]) -> None:
+        """Raise ``ValueError`` (naming the step) unless these convs can replace a conv with these channels and
+        spatial kernel: kernels of the right rank and shape, groups that fit the channels they get, branch
+        counts that fit the join, and the original bias carried exactly once. Adapters call it before editing
+        anything, since a runtime would only notice when the saved model runs."""
+        if not self.branches or any(not b for b in self.branches):
+            raise ValueError("the decomposition has an empty branch")
+        if self.join == "none" and len(self.branches) != 1:
+            raise ValueError(f"join 'none' with {len(self.branches)} branches")
+        if sum(s.bias for s in self.steps) != 1:
+            raise ValueError("the lowered convs must carry the original bias exactly once")
+
+        def through(s: ConvStep, c: int) -> int:
+            want = kernel if s.spatial else (1,) * len(kernel)
+            if s.weight.ndim != len(kernel) + 2:
+                raise ValueError(f"step {s.name} has a {s.weight.ndim - 2}-D kernel, the conv a {len(kernel)}-D one")
+            if tuple(s.weight.shape[2:]) != tuple(want):
+                raise ValueError(f"step {s.name}: weight shape {s.weight.shape} does not fit a "
+                                 f"{'spatial' if s.spatial else '1×1'} conv with kernel {tuple(want)}")
+            n, per_group = s.weight.shape[:2]
+            if s.groups < 1 or n % s.groups or per_group * s.groups != c:
+                raise ValueError(f"step {s.name} takes {per_group * s.groups} channels in {s.groups} groups, "
+                                 f"but gets {c}")
+            return int(n)
+
+        def joined(kind: str, outs: list[int]) -> int:
+            if kind == "concat":
+                return sum(outs)
+            if kind == "sum" and len(set(outs)) == 1:
+                return outs[0]
+            raise ValueError(f"cannot join branches of {outs} channels by {kind!r}")
+
+        final = self.fold(in_channels, through, joined)
+        if final != out_channels:
+            raise ValueError(f"the convs produce {final} channels, the layer {out_channels}")
 
 
 def lower(dec: Decomposition, lowering: Literal["split", "fused"] = "split") -> Lowered:

@@ -655,46 +655,10 @@ def _check_lowered(model: ir.Model, name: str, node: ir.Node, lowered: Lowered) 
     groups = _int(node, "group", 1)
     kernel = tuple(_ints(node, "kernel_shape", wdims[2:]))
     in_channels, out_channels = wdims[1] * groups, wdims[0]
-    d = len(kernel)
-    if not lowered.branches or any(not b for b in lowered.branches):
-        raise ConversionError(f"layer {name!r}: the decomposition has an empty branch")
-
-    def run(step: ConvStep, channels: int) -> int:
-        w = step.weight
-        want = kernel if step.spatial else (1,) * d
-        if w.ndim != d + 2 or tuple(w.shape[2:]) != want:
-            raise ConversionError(f"layer {name!r}, step {step.name!r}: weight shape {w.shape} does not fit a "
-                                  f"{'spatial' if step.spatial else '1×1'} conv with kernel {want}")
-        if step.groups < 1 or w.shape[0] % step.groups or w.shape[1] * step.groups != channels:
-            raise ConversionError(f"layer {name!r}, step {step.name!r}: weight {w.shape} with groups "
-                                  f"{step.groups} does not take {channels} input channels")
-        return int(w.shape[0])
-
-    outs = []
-    for branch in lowered.branches:
-        c = in_channels
-        for step in branch:
-            c = run(step, c)
-        outs.append(c)
-    if lowered.join == "none":
-        if len(outs) != 1:
-            raise ConversionError(f"layer {name!r}: join 'none' with {len(outs)} branches")
-        joined = outs[0]
-    elif lowered.join == "concat":
-        joined = sum(outs)
-    elif lowered.join == "sum":
-        if len(set(outs)) != 1:
-            raise ConversionError(f"layer {name!r}: summed branches have different channels {outs}")
-        joined = outs[0]
-    else:
-        raise ConversionError(f"layer {name!r}: unknown join {lowered.join!r}")
-    final = run(lowered.tail, joined) if lowered.tail is not None else joined
-    if final != out_channels:
-        raise ConversionError(f"layer {name!r}: the decomposition has {final} output channels, the conv "
-                              f"{out_channels}")
-    has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
-    if has_bias and sum(s.bias for s in lowered.steps) != 1:
-        raise ConversionError(f"layer {name!r}: exactly one step must carry the conv's bias")
+    try:
+        lowered.check(in_channels, out_channels, kernel)
+    except ValueError as e:
+        raise ConversionError(f"layer {name!r}: {e}") from e
 
 
 class _Names:
@@ -764,24 +728,13 @@ def _replace(model: ir.Model, name: str, node: ir.Node, lowered: Lowered, names:
         new_nodes.append(ir.Node("", "Conv", inputs, attrs, outputs=[out], name=names.node(f"{name}/{step.name}")))
         return out
 
-    def join(op: str, values: list[ir.Value], attrs: list[ir.Attr]) -> ir.Value:
-        out = ir.Value(name=names.value(f"{name}/{op.lower()}_output"))
-        new_nodes.append(ir.Node("", op, values, attrs, outputs=[out], name=names.node(f"{name}/{op.lower()}")))
+    def join(kind: str, values: list[ir.Value]) -> ir.Value:
+        op, attrs = ("Concat", [ir.AttrInt64("axis", 1)]) if kind == "concat" else ("Sum", [])
+        out = ir.Value(name=names.value(f"{name}/{kind}_output"))
+        new_nodes.append(ir.Node("", op, values, attrs, outputs=[out], name=names.node(f"{name}/{kind}")))
         return out
 
-    outs = []
-    for branch in lowered.branches:
-        v = x
-        for step in branch:
-            v = conv(step, v)
-        outs.append(v)
-    if lowered.join == "concat":
-        joined = join("Concat", outs, [ir.AttrInt64("axis", 1)])
-    elif lowered.join == "sum":
-        joined = join("Sum", outs, [])
-    else:
-        joined = outs[0]
-    final = conv(lowered.tail, joined) if lowered.tail is not None else joined
+    final = lowered.fold(x, conv, join)
     old = node.outputs[0]
     ir.convenience.replace_nodes_and_values(graph, node, [node], new_nodes, [old], [final])
 

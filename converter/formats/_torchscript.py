@@ -355,38 +355,6 @@ def _debug_name(text: str) -> str:
     return name if name and not name[0].isdigit() else f"l_{name}"
 
 
-def _check_steps(lowered: Lowered, rank: int, cin: int, cout: int) -> None:
-    """Fail before editing if the steps cannot replace a ``rank``-D conv from ``cin`` to ``cout`` channels:
-    torch itself would only notice when the saved model runs."""
-    if sum(s.bias for s in lowered.steps) != 1:
-        raise ValueError("the lowered convs must carry the original bias exactly once")
-
-    def through(c: int, step: ConvStep) -> int:
-        if step.weight.ndim != rank + 2:
-            raise ValueError(f"step {step.name} has a {step.weight.ndim - 2}-D kernel, the conv a {rank}-D one")
-        n, c_per_group = step.weight.shape[:2]
-        if step.groups < 1 or n % step.groups or c_per_group * step.groups != c:
-            raise ValueError(f"step {step.name} takes {c_per_group * step.groups} channels in {step.groups} "
-                             f"groups, but gets {c}")
-        return n
-
-    ends = []
-    for branch in lowered.branches:
-        c = cin
-        for step in branch:
-            c = through(c, step)
-        ends.append(c)
-    if not ends or (lowered.join == "none" and len(ends) != 1):
-        raise ValueError(f"join {lowered.join!r} with {len(ends)} branches")
-    if lowered.join == "sum" and len(set(ends)) > 1:
-        raise ValueError(f"summed branches have different channel counts {ends}")
-    c = sum(ends) if lowered.join == "concat" else ends[0]
-    if lowered.tail is not None:
-        c = through(c, lowered.tail)
-    if c != cout:
-        raise ValueError(f"the convs produce {c} channels, the layer {cout}")
-
-
 class _Emitter:
     """Inserts nodes, in order, in front of the conv they replace (so in its block)."""
 
@@ -418,14 +386,14 @@ def _replace(graph: torch._C.Graph, node: torch._C.Node, layer: ConvLayer, lower
     args = _conv_args(node)
     weight = _const(args.weight)
     rank = weight.dim() - 2
-    _check_steps(lowered, rank, weight.shape[1] * (args.groups or 1), weight.shape[0])
+    lowered.check(weight.shape[1] * (args.groups or 1), weight.shape[0], tuple(weight.shape[2:]))
     emit = _Emitter(graph, node)
     tensor_t = torch._C.TensorType.get()
     none = emit.constant(None)
     pointwise = (emit.constant([1] * rank), emit.constant([0] * rank), emit.constant([1] * rank))
     kind = f"aten::conv{rank}d"
 
-    def conv(x: torch._C.Value, step: ConvStep) -> torch._C.Value:
+    def conv(step: ConvStep, x: torch._C.Value) -> torch._C.Value:
         w = torch.from_numpy(np.array(step.weight, copy=True)).to(dtype=weight.dtype, device=weight.device)
         wv = emit.constant(w, f"{layer.name}.{step.name}.weight")
         # Only the spatial conv takes the original stride/padding/dilation (a str padding picks the
@@ -435,25 +403,17 @@ def _replace(graph: torch._C.Graph, node: torch._C.Node, layer: ConvLayer, lower
         return emit.node(kind, [x, wv, bias, stride, padding, dilation, emit.constant(int(step.groups))],
                          tensor_t, f"{layer.name}.{step.name}")
 
-    outs = []
-    for branch in lowered.branches:
-        y = args.input
-        for step in branch:
-            y = conv(y, step)
-        outs.append(y)
-    if lowered.join == "concat":
-        parts = emit.node("prim::ListConstruct", outs, torch._C.ListType.ofTensors(), None)
-        # The channel axis counted from the end, so that an unbatched input works too.
-        y = emit.node("aten::cat", [parts, emit.constant(-(rank + 1))], tensor_t, f"{layer.name}.cat")
-    elif lowered.join == "sum":
-        y = outs[0]
-        one = emit.constant(1)
+    def join(kind: str, outs: list[torch._C.Value]) -> torch._C.Value:
+        if kind == "concat":
+            parts = emit.node("prim::ListConstruct", outs, torch._C.ListType.ofTensors(), None)
+            # The channel axis counted from the end, so that an unbatched input works too.
+            return emit.node("aten::cat", [parts, emit.constant(-(rank + 1))], tensor_t, f"{layer.name}.cat")
+        y, one = outs[0], emit.constant(1)
         for i, other in enumerate(outs[1:], 1):
             y = emit.node("aten::add", [y, other, one], tensor_t, f"{layer.name}.sum_{i}")
-    else:
-        y = outs[0]
-    if lowered.tail is not None:
-        y = conv(y, lowered.tail)
+        return y
+
+    y = lowered.fold(args.input, conv, join)
     y.setType(node.output().type())
     node.output().replaceAllUsesWith(y)
     node.destroy()
@@ -623,7 +583,7 @@ class TorchScriptAdapter:
             if args.transposed is not False:
                 raise ConversionError(f"layer {layer.name}: transposed convolutions cannot be rewritten")
             try:  # the same check _replace makes, before anything is edited
-                _check_steps(rw.lowered, weight.dim() - 2, weight.shape[1] * (args.groups or 1), weight.shape[0])
+                rw.lowered.check(weight.shape[1] * (args.groups or 1), weight.shape[0], tuple(weight.shape[2:]))
             except ValueError as e:
                 raise ConversionError(f"layer {layer.name}: could not rewrite the TorchScript graph: "
                                       f"{_short(e)}") from e

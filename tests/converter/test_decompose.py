@@ -21,21 +21,17 @@ def run_lowered(x, lowered, bias, stride, padding, dilation):
     """Apply a ``Lowered`` program with torch convs (the same semantics the adapters emit)."""
     conv = CONV[x.dim() - 2]
 
-    def step(t, s):
+    def step(s, t):
         b = torch.from_numpy(bias) if s.bias and bias is not None else None
         w = torch.from_numpy(s.weight)
         if s.spatial:
             return conv(t, w, b, stride=stride, padding=padding, dilation=dilation, groups=s.groups)
         return conv(t, w, b, groups=s.groups)
 
-    outs = []
-    for branch in lowered.branches:
-        t = x
-        for s in branch:
-            t = step(t, s)
-        outs.append(t)
-    y = outs[0] if lowered.join == "none" else torch.cat(outs, 1) if lowered.join == "concat" else sum(outs)
-    return step(y, lowered.tail) if lowered.tail is not None else y
+    def join(kind, outs):
+        return torch.cat(outs, 1) if kind == "concat" else sum(outs)
+
+    return lowered.fold(x, step, join)
 
 
 def reconstruct(dec, groups):
@@ -177,3 +173,17 @@ def test_spectrum_is_reused_and_checked():
     np.testing.assert_array_equal(a.first, b.first)
     with pytest.raises(ValueError, match="another layer or order"):
         decompose(w, 1, "dw-pw", 2, spec)
+
+
+def test_check_names_what_does_not_fit():
+    w = np.random.default_rng(7).standard_normal((8, 8, 3, 3)).astype(np.float32)
+    low = lower(decompose(w, 1, "dw-pw", 2), "split")
+    low.check(8, 8, (3, 3))  # fits
+    with pytest.raises(ValueError, match="takes 8 channels in 8 groups, but gets 16"):
+        low.check(16, 8, (3, 3))
+    with pytest.raises(ValueError, match="produce 8 channels, the layer 4"):
+        low.check(8, 4, (3, 3))
+    with pytest.raises(ValueError, match="does not fit a spatial conv with kernel"):
+        low.check(8, 8, (5, 5))
+    with pytest.raises(ValueError, match="2-D kernel, the conv a 1-D one"):
+        low.check(8, 8, (3,))
