@@ -413,8 +413,14 @@ class S3Storage(_StorageBase):
         except Exception as e:
             if not _is_missing(e):
                 raise StorageError(f"S3 bucket {self.bucket!r} is not reachable: {e}") from e
-            self.client.create_bucket(Bucket=self.bucket)
-            log.info("created S3 bucket %s", self.bucket)
+            try:
+                self.client.create_bucket(Bucket=self.bucket)
+            except Exception as e2:
+                # Another process (a worker starting at the same moment) created it first: that is fine.
+                if _error_code(e2) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise StorageError(f"S3 bucket {self.bucket!r} could not be created: {e2}") from e2
+            else:
+                log.info("created S3 bucket %s", self.bucket)
 
 
 def _read_body(body: Any) -> Iterator[bytes]:
@@ -424,9 +430,12 @@ def _read_body(body: Any) -> Iterator[bytes]:
         body.close()
 
 
+def _error_code(e: Exception) -> str:
+    return str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
+
+
 def _is_missing(e: Exception) -> bool:
-    code = str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
-    return code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound")
+    return _error_code(e) in ("404", "NoSuchKey", "NoSuchBucket", "NotFound")
 
 
 def open_storage(url: str, *, s3_endpoint_url: str | None = None) -> Storage:

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from service.core.storage import S3_PART, LocalStorage, ObjectNotFoundError, S3Storage, Storage, open_storage
+from service.core.storage import (
+    S3_PART,
+    LocalStorage,
+    ObjectNotFoundError,
+    S3Storage,
+    Storage,
+    StorageError,
+    open_storage,
+)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -87,3 +95,42 @@ def test_unreachable_storage_is_not_ready(tmp_path: Path, aws_env):
     blocked.write_text("not a folder")
     assert not LocalStorage(blocked / "files").check()
     assert not S3Storage("bucket", endpoint_url="http://127.0.0.1:9").check()
+
+
+@pytest.mark.parametrize("code", ["BucketAlreadyOwnedByYou", "BucketAlreadyExists"])
+def test_s3_ensure_tolerates_a_bucket_created_at_the_same_moment(request: pytest.FixtureRequest, code: str):
+    """Two processes start together: both see no bucket, one creates it first. MinIO (and AWS outside us-east-1)
+    then answer the other's CreateBucket with an error, which ensure() must take as success."""
+    from botocore.exceptions import ClientError
+
+    request.getfixturevalue("aws_env")
+    endpoint = request.getfixturevalue("moto_endpoint")
+    url = f"s3://race-{uuid.uuid4().hex[:8]}/p"
+    first, second = open_storage(url, s3_endpoint_url=endpoint), open_storage(url, s3_endpoint_url=endpoint)
+    real_head = second.client.head_bucket
+
+    def head_before_the_other_creates(**kwargs):
+        error = None
+        try:
+            real_head(**kwargs)
+        except ClientError as e:
+            error = e
+        first.ensure()  # the other process wins the race right after our look
+        if error is None:
+            raise AssertionError("the bucket should not exist yet")
+        raise error
+
+    def create_as_minio_answers(**kwargs):
+        raise ClientError({"Error": {"Code": code, "Message": "taken"}}, "CreateBucket")
+
+    second.client.head_bucket = head_before_the_other_creates
+    second.client.create_bucket = create_as_minio_answers
+    second.ensure()
+    second.put("k", [b"v"])
+    assert b"".join(second.get("k")) == b"v"
+    second.client.create_bucket = lambda **kw: (_ for _ in ()).throw(
+        ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "CreateBucket"))
+    second.client.head_bucket = lambda **kw: (_ for _ in ()).throw(
+        ClientError({"Error": {"Code": "404", "Message": "missing"}}, "HeadBucket"))
+    with pytest.raises(StorageError, match="could not be created"):
+        second.ensure()
