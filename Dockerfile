@@ -1,0 +1,64 @@
+# syntax=docker/dockerfile:1
+# The sepconv image: one image for the API (`serve`, the default command) and the Celery workers (`worker`).
+#
+#   docker build -t sepconv .
+#   docker run -p 8000:8000 -e SEPCONV_API_KEYS=<a key of 16+ characters> -v sepconv-data:/data sepconv
+#   docker run ... sepconv worker          # a Celery worker (needs SEPCONV_BROKER_URL, PostgreSQL and S3)
+#
+# Alone (no broker) the container runs the embedded default: SQLite and files under the /data volume, worker
+# processes started by the server. docker-compose.yml runs the scaled setup (PostgreSQL, Redis, MinIO).
+#
+# Two stages: the first installs into a virtual environment (pip, the project's source, build leftovers), the
+# second copies only that environment onto a fresh slim base.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+# torch is installed first, from PyTorch's CPU index: the project's torch range is then already satisfied and
+# pip does not pull the CUDA build from PyPI (gigabytes of libraries a CPU image never loads).
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY converter ./converter
+COPY service ./service
+# Not editable: the image holds the installed package, not this source tree.
+RUN pip install . && pip check
+
+FROM ${PYTHON_IMAGE}
+# tini is PID 1: it forwards docker's SIGTERM to sepconv (graceful stop) and reaps orphaned processes.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/*
+RUN groupadd --system --gid 10001 sepconv \
+    && useradd --system --uid 10001 --gid sepconv --create-home --home-dir /home/sepconv \
+       --shell /usr/sbin/nologin sepconv \
+    && mkdir /data && chown sepconv:sepconv /data
+COPY --from=build /opt/venv /opt/venv
+COPY --chmod=0755 deploy/healthcheck.py /usr/local/bin/sepconv-healthcheck
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    SEPCONV_DATA_DIR=/data \
+    SEPCONV_HOST=0.0.0.0 \
+    SEPCONV_PORT=8000
+# The installed package must carry its Alembic migrations (a non-editable install drops what is not declared).
+RUN python -c "from service.core.db import MIGRATIONS as m; \
+assert (m / 'env.py').is_file() and (m / 'script.py.mako').is_file() and any((m / 'versions').glob('0*.py')), m" \
+    && sepconv --version
+
+USER sepconv
+WORKDIR /home/sepconv
+# SQLite and file storage of the embedded default; unused when PostgreSQL and S3 are configured.
+VOLUME ["/data"]
+EXPOSE 8000
+# `serve` answers /healthz; `worker` answers a Celery ping through the broker (see deploy/healthcheck.py).
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 CMD ["sepconv-healthcheck"]
+ENTRYPOINT ["tini", "--", "sepconv"]
+CMD ["serve"]
