@@ -1000,10 +1000,43 @@ def _table(model: Any, input_shapes: Mapping[str, tuple[int, ...]]) -> dict[str,
     m = _unwrap(model)
     if not isinstance(model, OnnxModel):
         return _shape_table(m, input_shapes)
-    key = (m.meta.get(_EDITS, 0), tuple(sorted((k, tuple(v)) for k, v in input_shapes.items())))
+    edits = m.meta.get(_EDITS, 0)
+    shapes_key = tuple(sorted((k, tuple(v)) for k, v in input_shapes.items()))
+    key = (edits, shapes_key)
     if key not in model._shape_tables:
-        model._shape_tables[key] = _shape_table(m, input_shapes)
+        previous = model._shape_tables.get((edits - 1, shapes_key))
+        extended = _extend_table(m, previous) if previous is not None else None
+        model._shape_tables[key] = extended if extended is not None else _shape_table(m, input_shapes)
     return model._shape_tables[key]
+
+
+def _extend_table(model: ir.Model, table: Mapping[str, Dims | None]) -> dict[str, Dims | None] | None:
+    """The shape table after one ``DecomposeConvsPass``, from the table before it, without running shape
+    inference again: the pass keeps every other value (the replaced conv's output too, by name) and adds only
+    Conv, Concat and Sum nodes, whose output shapes follow from their inputs. None if any new shape cannot be
+    derived (the caller then runs inference)."""
+    out = dict(table)
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        y = node.outputs[0] if node.outputs else None
+        if y is None or _static(out.get(y.name or "")) is not None:
+            continue
+        if node.op_type == "Conv":
+            x, w = _value_dims(node.inputs[0], out), _value_dims(node.inputs[1], out)
+            sp = _out_spatial(node, x[2:], tuple(w[2:])) if x is not None and w is not None else None
+            dims = (x[0], w[0], *sp) if sp is not None else None
+        elif node.op_type == "Concat":
+            parts = [_value_dims(v, out) for v in node.inputs]
+            dims = None
+            if parts and all(p is not None and len(p) >= 2 for p in parts) and _int(node, "axis", 0) == 1:
+                dims = (parts[0][0], sum(p[1] for p in parts), *parts[0][2:])
+        elif node.op_type == "Sum":
+            dims = _value_dims(node.inputs[0], out)
+        else:
+            continue  # not a node this pass adds: its shape stays as inference left it
+        if dims is None:
+            return None
+        out[y.name or ""] = dims
+    return out
 
 
 def _unwrap(model: Any) -> ir.Model:

@@ -26,6 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 from converter._decompose import decompose, lower
 from converter._errors import ConversionError, InvalidOptionsError, UnsupportedModelError
 from converter._plan import macs_of
+from converter.formats import _onnx
 from converter.formats._base import ConvLayer, FormatAdapter, Rewrite, sniff_model
 from converter.formats._onnx import (
     DecomposeConvsPass,
@@ -757,3 +758,23 @@ def test_runner_options(tmp_path: Path) -> None:
         assert A.runner(path, tmp_path, threads=1, device="cuda")[1] == "onnxruntime-cpu"
     (y,) = run({"x": om.zoo_input("vgg")})
     assert y.shape == (2, 10)
+
+
+@pytest.mark.parametrize(("name", "lowering"), [("resnet", "split"), ("mobilenet", "fused"), ("audio", "split")])
+def test_shapes_after_a_rewrite_are_extended_not_reinferred(name: str, lowering: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """stats() after apply() derives the new nodes' shapes from the cached table; the MACs equal a full
+    inference on the rewritten model."""
+    x = om.zoo_input(name)
+    shapes = {"x": x.shape}
+    model = OnnxModel.from_proto(onnx.load_from_string(om.zoo_onnx(name)))
+    layers = A.find_convs(model, shapes)
+    A.apply(model, _rewrites(layers, "dw-pw", lowering, rank=2))
+    calls = []
+    real = _onnx._shape_table
+    monkeypatch.setattr(_onnx, "_shape_table", lambda *a: calls.append(1) or real(*a))
+    extended = A.stats(model, shapes)
+    assert calls == []  # no second inference
+    fresh = A.stats(OnnxModel(model.model), shapes)  # a wrapper without the cache: full inference
+    assert calls == [1]
+    assert extended == fresh and extended.macs is not None
