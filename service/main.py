@@ -63,6 +63,9 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.log_warnings()
+        if state.keys.open:
+            log.warning("no API keys are configured (SEPCONV_API_KEYS / SEPCONV_API_KEYS_FILE): the API accepts "
+                        "every request, so it listens on %s (loopback) only", settings.host)
         if migrate_on_start:
             await to_thread.run_sync(migrate, settings.database_url)
         await to_thread.run_sync(state.storage.ensure)

@@ -212,3 +212,17 @@ def test_oversized_upload_is_answered_413_over_a_real_socket(tmp_path: Path, mod
     r = httpx.post(f"{server.url}/convert", files=upload(data=head + bytes(2 * 1024**2)), timeout=60)
     assert r.status_code == 413
     assert not [p for p in (tmp_path / "data" / "files").rglob("*") if p.is_file()]
+
+
+def test_without_keys_the_server_says_it_is_open_and_stays_on_loopback(tmp_path: Path, servers):
+    """No keys: the start-up log says so, and a non-loopback --host is refused in favour of 127.0.0.1."""
+    open_server = Server(tmp_path / "open", SEPCONV_HOST="0.0.0.0")
+    servers.append(open_server)
+    out = open_server.output()
+    assert "no API keys are configured" in out and "listens on 127.0.0.1 (loopback) only" in out
+    listening = {c.laddr.ip for p in open_server.processes() for c in p.net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN}
+    assert listening == {"127.0.0.1"}
+    keyed = Server(tmp_path / "keyed", SEPCONV_API_KEYS="k" * 24)
+    servers.append(keyed)
+    assert "no API keys are configured" not in keyed.output()
