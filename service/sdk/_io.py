@@ -53,11 +53,18 @@ class ProgressReader:
         return str(getattr(self._file, "name", "upload"))
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(target: Path) -> Iterator[IO[bytes]]:
     """Open a temporary file next to ``target``; on success it replaces ``target``, on any error it is removed.
 
-    So ``target`` is either absent (or as it was) or complete: never a partial download.
+    So ``target`` is either absent (or as it was) or complete: never a partial download. It gets the
+    permissions a newly created file gets (the umask's), not ``mkstemp``'s private 0600.
     """
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
@@ -65,6 +72,7 @@ def atomic_write(target: Path) -> Iterator[IO[bytes]]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -12,6 +12,7 @@ import email.parser
 import email.utils
 import inspect
 import os
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -816,3 +817,15 @@ async def test_async_wait_deadline(model_file: Path):
 def test_the_real_clock_and_sleep_are_the_defaults():
     client = Client(BASE)
     assert client._sleep is time.sleep and client._clock is time.monotonic
+
+
+def test_downloads_get_ordinary_file_permissions(model_file: Path, tmp_path: Path):
+    """The atomic temp file is private (0600); the downloaded model gets what the umask gives a new file."""
+    server = FakeServer()
+    old = os.umask(0o022)
+    try:
+        with make_client(server) as client:
+            path = client.convert(model_file).download(tmp_path / "m.onnx")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
