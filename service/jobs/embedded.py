@@ -50,8 +50,17 @@ def is_dead_embedded_worker(worker_id: str) -> bool:
     if len(parts) != 5 or parts[0] != _PREFIX or parts[1] != socket.gethostname():
         return False
     try:
-        return not psutil.pid_exists(int(parts[4]))
-    except ValueError:
+        proc = psutil.Process(int(parts[4]))
+        # A zombie is dead (a killed server's worker, re-parented to a PID 1 that does not reap, stays one),
+        # and so is a live process that is not that worker: its pid was reused (pid_max can be 32768).
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return True
+        cmdline = proc.cmdline()
+        return not ("service.jobs.embedded" in cmdline and "--parent" in cmdline
+                    and cmdline[cmdline.index("--parent") + 1:][:1] == [parts[2]])
+    except psutil.NoSuchProcess:
+        return True
+    except (ValueError, psutil.AccessDenied):
         return False
 
 

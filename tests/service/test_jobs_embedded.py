@@ -180,3 +180,44 @@ async def test_owner_isolation_holds_for_finished_jobs(make_settings, model_file
         for path in (f"/jobs/{job['id']}/model", f"/jobs/{job['id']}/report", f"/jobs/{job['id']}"):
             assert (await client.get(path, headers=auth(KEY_BOB))).status_code == 404
             assert (await client.get(path, headers=auth(KEY_ALICE))).status_code == 200
+
+
+async def test_dead_worker_detection_sees_zombies_and_reused_pids():
+    """A job's worker is dead if its process is gone, a zombie, or a pid now used by another program; only a
+    live embedded worker of the same parent on this host counts as alive."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from service.jobs.embedded import is_dead_embedded_worker
+
+    host = socket.gethostname()
+
+    def wid(parent: int, pid: int) -> str:
+        return f"embedded:{host}:{parent}:0:{pid}"
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert is_dead_embedded_worker(wid(1, gone.pid))
+
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # exits; not waited for: a zombie
+    deadline = time.monotonic() + 10
+    while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert is_dead_embedded_worker(wid(1, zombie.pid))
+    zombie.wait()
+
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])  # a reused pid
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "-m", "service.jobs.embedded",
+                               "--index", "0", "--parent", "4242"])
+    try:
+        assert is_dead_embedded_worker(wid(4242, stranger.pid))
+        assert not is_dead_embedded_worker(wid(4242, worker.pid))
+        assert is_dead_embedded_worker(wid(999, worker.pid))  # a worker of another server: its pid was reused
+        assert not is_dead_embedded_worker(f"embedded:another-host:4242:0:{gone.pid}")  # not ours to judge
+    finally:
+        for p in (stranger, worker):
+            p.kill()
+            p.wait()
