@@ -27,16 +27,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import psutil
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # the repository root: the upload helpers are shared with the tests
+
+from tests.service.helpers import sampled_rss, streamed_model_upload  # noqa: E402
+
 KEY = "benchmark-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -197,51 +199,17 @@ def _p99(ms: list[float]) -> float:
 def upload_memory(folder: Path, head_of: Path, size: int) -> None:
     server = Server(folder / "b", workers=0)
     try:
-        api = psutil.Process(server.proc.pid)
-        head = head_of.read_bytes()[:4096]  # a real ONNX model's first bytes: passes the upload's sniffing
-        block = os.urandom(4 * 1024 * 1024)
-        boundary = "sepconvbenchmark"
-        prefix = (f'--{boundary}\r\nContent-Disposition: form-data; name="model"; filename="big.onnx"\r\n'
-                  "Content-Type: application/octet-stream\r\n\r\n").encode()
-        suffix = f"\r\n--{boundary}--\r\n".encode()
-
-        def body() -> Iterator[bytes]:
-            yield prefix + head
-            sent = len(head)
-            while sent < size:
-                chunk = block[: min(len(block), size - sent)]
-                sent += len(chunk)
-                yield chunk
-            yield suffix
-
+        # a real ONNX model's first bytes, so that the upload passes the sniffing, then padding
+        headers, body = streamed_model_upload(head_of.read_bytes()[:4096], size)
         time.sleep(1.0)  # let the freshly started server settle
-        baseline = api.memory_info().rss
-        samples: list[int] = []
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.is_set():
-                try:
-                    samples.append(api.memory_info().rss)
-                except psutil.NoSuchProcess:
-                    return
-                time.sleep(0.02)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
         t0 = time.perf_counter()
-        try:
-            r = httpx.post(f"{server.url}/convert", content=body(), timeout=600, headers={
-                **AUTH, "content-type": f"multipart/form-data; boundary={boundary}",
-                "content-length": str(len(prefix) + size + len(suffix))})
-        finally:
-            done.set()
-            sampler.join()
+        with sampled_rss(server.proc.pid, interval=0.02) as samples:
+            r = httpx.post(f"{server.url}/convert", content=body, timeout=600, headers={**AUTH, **headers})
         seconds = time.perf_counter() - t0
         stored = sum(p.stat().st_size for p in (folder / "b" / "data" / "files").rglob("input"))
     finally:
         server.stop()
-    peak = max(samples, default=baseline)
+    baseline, peak = samples[0], max(samples)
     print(f"(b) API RSS during a {size / 2**20:.0f} MiB upload (API only, no worker processes)")
     print(f"    answer {r.status_code}, {stored / 2**20:.0f} MiB stored, {size / 2**20 / seconds:.0f} MiB/s, "
           f"{len(samples)} RSS samples")

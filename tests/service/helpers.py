@@ -8,13 +8,15 @@ import contextlib
 import io
 import os
 import socket
+import threading
 import time
 import zipfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from service.core.config import Settings
@@ -123,3 +125,50 @@ def metric(text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     raise AssertionError(f"no sample {name}{labels} in the metrics")
+
+
+def streamed_model_upload(head: bytes, size: int, boundary: str = "sepconvboundary"
+                          ) -> tuple[dict[str, str], Iterator[bytes]]:
+    """Headers and a generated multipart body for a ``model`` part of ``size`` bytes (``head``, then random
+    padding), produced as it is sent: an upload of any size without holding it in this process's memory."""
+    block = os.urandom(4 * 1024 * 1024)
+    prefix = (f'--{boundary}\r\nContent-Disposition: form-data; name="model"; filename="big.onnx"\r\n'
+              "Content-Type: application/octet-stream\r\n\r\n").encode()
+    suffix = f"\r\n--{boundary}--\r\n".encode()
+
+    def body() -> Iterator[bytes]:
+        yield prefix + head
+        sent = len(head)
+        while sent < size:
+            chunk = block[: min(len(block), size - sent)]
+            sent += len(chunk)
+            yield chunk
+        yield suffix
+
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}",
+               "content-length": str(len(prefix) + size + len(suffix))}
+    return headers, body()
+
+
+@contextlib.contextmanager
+def sampled_rss(pid: int, interval: float = 0.05) -> Iterator[list[int]]:
+    """Sample a process's RSS from a thread while the block runs; yields the growing list of samples."""
+    proc = psutil.Process(pid)
+    samples = [proc.memory_info().rss]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            try:
+                samples.append(proc.memory_info().rss)
+            except psutil.NoSuchProcess:
+                return
+            time.sleep(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield samples
+    finally:
+        done.set()
+        sampler.join()

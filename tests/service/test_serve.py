@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.service.helpers import FAST, free_port, metric, upload
+from tests.service.helpers import FAST, free_port, metric, sampled_rss, streamed_model_upload, upload
 
 
 class Server:
@@ -147,48 +146,13 @@ def test_large_upload_streams_without_growing_memory(tmp_path: Path, model_files
     size = 1024**3
     server = Server(tmp_path / "data", SEPCONV_WORKERS="0")  # only the API: the upload is all we measure
     servers.append(server)
-    api = psutil.Process(server.proc.pid)
-    head = model_files["onnx"].read_bytes()[:4096]  # looks like ONNX
-    block = os.urandom(4 * 1024 * 1024)
-    boundary = "sepconvboundary"
-    prefix = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"; filename=\"big.onnx\"\r\n"
-              "Content-Type: application/octet-stream\r\n\r\n").encode()
-    suffix = f"\r\n--{boundary}--\r\n".encode()
-
-    def body() -> Iterator[bytes]:
-        yield prefix + head
-        sent = len(head)
-        while sent < size:
-            chunk = block[: min(len(block), size - sent)]
-            sent += len(chunk)
-            yield chunk
-        yield suffix
-
-    baseline = api.memory_info().rss
-    peak = [baseline]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            try:
-                peak[0] = max(peak[0], api.memory_info().rss)
-            except psutil.NoSuchProcess:
-                return
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        r = httpx.post(f"{server.url}/convert", content=body(), timeout=300, headers={
-            "content-type": f"multipart/form-data; boundary={boundary}",
-            "content-length": str(len(prefix) + size + len(suffix))})
-    finally:
-        done.set()
-        sampler.join()
+    headers, body = streamed_model_upload(model_files["onnx"].read_bytes()[:4096], size)  # looks like ONNX
+    with sampled_rss(server.proc.pid) as rss:
+        r = httpx.post(f"{server.url}/convert", content=body, timeout=300, headers=headers)
     assert r.status_code == 202, r.text
     stored = next((tmp_path / "data" / "files").rglob("input"))
     assert stored.stat().st_size == size
-    growth = peak[0] - baseline
+    growth = max(rss) - rss[0]
     assert growth < 100 * 1024**2, f"the API's RSS grew by {growth / 1024**2:.0f} MB during a 1 GB upload"
     metrics = httpx.get(f"{server.url}/metrics").text
     assert metric(metrics, "sepconv_upload_bytes_total") >= size
