@@ -10,7 +10,8 @@ catch one type and print its message; lower-level errors (protobuf, torch, onnxr
     ├── ConversionError         a layer could not be rewritten, or the result could not be saved
     └── VerificationError       the original or converted model would not run on the verification inputs
 
-This module deliberately holds no logic: it is imported by the torch-free parts (config, report, SDK).
+Besides the types it holds one helper, ``one_line``, that turns a lower-level exception into the short text those
+messages quote. It imports nothing beyond the standard library: the torch-free parts (config, report, SDK) use it.
 """
 
 from __future__ import annotations
@@ -53,3 +54,17 @@ class VerificationError(SepconvError):
     """The original or the converted model did not run on the verification inputs."""
 
     code = "verification_failed"
+
+
+def one_line(e: BaseException, limit: int = 300, *, whole: bool = False) -> str:
+    """A lower-level exception's message as one short line, to quote in a ``SepconvError``.
+
+    By default its first non-empty line: torch and onnxruntime put backtraces and source locations after it.
+    With ``whole``, every line joined (onnx's and protobuf's messages spread their meaning over several).
+    Whitespace is collapsed and the text cut to ``limit`` characters (ending in "…").
+    """
+    text = str(e).strip()
+    if not whole:
+        text = next((ln for ln in text.splitlines() if ln.strip()), "")
+    text = " ".join(text.split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -22,7 +22,7 @@ import numpy as np
 
 from ._config import ConversionConfig
 from ._decompose import lower
-from ._errors import ConversionError, InvalidOptionsError, SepconvError
+from ._errors import ConversionError, InvalidOptionsError, SepconvError, one_line
 from ._plan import LayerDecision, plan_layers
 from ._report import Counts, LayerReport, Report, Timings
 from ._verify import load_user_inputs, random_inputs, resolve_input_shapes, verify
@@ -249,7 +249,7 @@ def _wrap(fn: Callable[[], Any], step: str) -> Any:
     except SepconvError:
         raise
     except Exception as e:
-        raise ConversionError(f"{step} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        raise ConversionError(f"{step} failed: {type(e).__name__}: {one_line(e)}") from e
 
 
 def _layer_report(d: LayerDecision) -> LayerReport:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ._config import ConversionConfig
-from ._errors import InvalidOptionsError, VerificationError
+from ._errors import InvalidOptionsError, VerificationError, one_line
 from ._report import Fidelity, Latency
 from .formats._base import FormatAdapter, InputSpec, Runner
 
@@ -205,7 +205,8 @@ def verify(
         try:
             run, backend = adapter.runner(path, sub, threads, device)
         except Exception as e:
-            raise VerificationError(f"the {label} model could not be loaded for verification: {_short(e)}") from e
+            raise VerificationError(
+                f"the {label} model could not be loaded for verification: {one_line(e, 400)}") from e
         runners.append(run)
     outs = []
     for label, run in zip(("original", "converted"), runners, strict=True):
@@ -213,7 +214,7 @@ def verify(
             outs.append([np.asarray(o) for o in run(inputs)])
         except Exception as e:
             raise VerificationError(f"the {label} model failed on the verification inputs "
-                                    f"({_shapes(inputs)}): {_short(e)}") from e
+                                    f"({_shapes(inputs)}): {one_line(e, 400)}") from e
     fid = fidelity(outs[0], outs[1], input_kind)
     ta, tb = measure_latency(lambda: runners[0](inputs), lambda: runners[1](inputs), config.latency_runs)
     p50a, p50b = float(np.median(ta)) * 1e3, float(np.median(tb)) * 1e3
@@ -234,11 +235,3 @@ def verify(
 
 def _shapes(inputs: Mapping[str, np.ndarray]) -> str:
     return ", ".join(f"{k}={'x'.join(map(str, v.shape))}" for k, v in inputs.items())
-
-
-def _short(e: BaseException) -> str:
-    """The first meaningful line of a runtime's error message, without its source locations."""
-    text = str(e).strip() or type(e).__name__
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    line = lines[0] if lines else text
-    return line[:400]

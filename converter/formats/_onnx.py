@@ -45,7 +45,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
 
 from .._decompose import ConvStep, Lowered
-from .._errors import ConversionError, InvalidOptionsError, UnsupportedModelError
+from .._errors import ConversionError, InvalidOptionsError, UnsupportedModelError, one_line
 from ._base import ConvLayer, InputSpec, ModelStats, Rewrite, Runner, modelproto_fields, register, sniff_model
 
 __all__ = [
@@ -104,11 +104,6 @@ class OnnxModel:
 
 # --------------------------------------------------------------------------------------------------------------
 # Reading files
-
-
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _looks_like_model_proto(head: bytes) -> bool:
@@ -171,7 +166,7 @@ def _deserialize(proto: onnx.ModelProto) -> ir.Model:
     try:
         return ir.serde.deserialize_model(proto)
     except Exception as e:
-        raise UnsupportedModelError(f"the ONNX model could not be read: {_one_line(e)}") from e
+        raise UnsupportedModelError(f"the ONNX model could not be read: {one_line(e, whole=True)}") from e
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -270,7 +265,7 @@ def _unpack_zip(path: Path, workdir: Path) -> Path:
     except UnsupportedModelError:
         raise
     except (zipfile.BadZipFile, zlib.error, OSError, NotImplementedError, RuntimeError, EOFError) as e:
-        raise UnsupportedModelError(f"the zip archive could not be unpacked: {_one_line(e)}") from e
+        raise UnsupportedModelError(f"the zip archive could not be unpacked: {one_line(e, whole=True)}") from e
     return folder.joinpath(*model.parts)
 
 
@@ -772,7 +767,7 @@ class DecomposeConvsPass(ir.passes.InPlacePass):
             except ConversionError:
                 raise
             except Exception as e:
-                raise ConversionError(f"layer {name!r}: rewriting the conv failed: {_one_line(e)}") from e
+                raise ConversionError(f"layer {name!r}: rewriting the conv failed: {one_line(e, whole=True)}") from e
         model.meta[_EDITS] = model.meta.get(_EDITS, 0) + 1  # invalidates cached shape inference
         return ir.passes.PassResult(model, modified=True)
 
@@ -814,7 +809,7 @@ def decompose_convs(model: ir.Model, rewrites: Sequence[Rewrite]) -> ir.passes.P
     try:
         cleanup(model)
     except Exception as e:
-        raise ConversionError(f"cleaning up the rewritten graph failed: {_one_line(e)}") from e
+        raise ConversionError(f"cleaning up the rewritten graph failed: {one_line(e, whole=True)}") from e
     return ir.passes.PassResult(model, modified=True)
 
 
@@ -1125,7 +1120,7 @@ class OnnxAdapter:
             try:
                 layers.append(_describe(m, name, node, table))
             except Exception as e:  # a malformed conv (weight shape that contradicts its groups…)
-                raise UnsupportedModelError(f"layer {name!r} could not be read: {_one_line(e)}") from e
+                raise UnsupportedModelError(f"layer {name!r} could not be read: {one_line(e, whole=True)}") from e
         return layers
 
     def apply(self, model: Any, rewrites: Sequence[Rewrite]) -> Any:
@@ -1149,7 +1144,7 @@ class OnnxAdapter:
                 return _save_zip(m, dest.with_suffix(".zip"))
             return _save_single(m, dest)
         except Exception as e:
-            raise ConversionError(f"saving the model failed: {_one_line(e)}") from e
+            raise ConversionError(f"saving the model failed: {one_line(e, whole=True)}") from e
 
     def stats(self, model: Any, input_shapes: Mapping[str, tuple[int, ...]]) -> ModelStats:
         """Parameters and MACs of the model.

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from .._decompose import ConvStep, Lowered
-from .._errors import ConversionError, InvalidOptionsError, UnsupportedModelError, VerificationError
+from .._errors import ConversionError, InvalidOptionsError, UnsupportedModelError, VerificationError, one_line
 from ._base import ConvLayer, InputSpec, ModelStats, Rewrite, Runner, register
 
 __all__ = ["TorchScriptAdapter", "TorchScriptModel"]
@@ -338,7 +338,7 @@ def _probe(model: TorchScriptModel, input_shapes: Mapping[str, tuple[int, ...]])
     except RuntimeError as e:
         shapes = ", ".join(f"{k}={list(v)}" for k, v in input_shapes.items())
         raise InvalidOptionsError(f"the TorchScript model did not run on inputs of shape {shapes}: "
-                                  f"{_short(e)}") from e
+                                  f"{one_line(e, 200)}") from e
     sizes: dict[int, dict[int, list[tuple[int, ...]]]] = {}
     for index, slot, *dims in rows:
         sizes.setdefault(index, {}).setdefault(slot, []).append(tuple(dims))
@@ -486,13 +486,6 @@ def _flatten(value: Any) -> list[torch.Tensor]:
     raise VerificationError(f"the TorchScript model returned a {type(value).__name__}, not tensors")
 
 
-def _short(e: BaseException) -> str:
-    """The first line of an exception message, without torch's C++ backtrace."""
-    text = str(e).strip().splitlines()
-    line = text[0].strip() if text else type(e).__name__
-    return line if len(line) <= 200 else line[:197] + "..."
-
-
 # --- the adapter -----------------------------------------------------------------------------------------------
 
 
@@ -530,7 +523,7 @@ class TorchScriptAdapter:
                 warnings.simplefilter("ignore")
                 frozen = torch.jit.freeze(torch.jit.load(str(path), map_location="cpu").eval())
         except Exception as e:  # torch raises RuntimeError, ValueError, pickle and zip errors alike
-            raise UnsupportedModelError(f"TorchScript file could not be loaded: {_short(e)}") from e
+            raise UnsupportedModelError(f"TorchScript file could not be loaded: {one_line(e, 200)}") from e
         return TorchScriptModel(module=frozen)
 
     def input_specs(self, model: TorchScriptModel) -> list[InputSpec]:
@@ -586,7 +579,7 @@ class TorchScriptAdapter:
                 rw.lowered.check(weight.shape[1] * (args.groups or 1), weight.shape[0], tuple(weight.shape[2:]))
             except ValueError as e:
                 raise ConversionError(f"layer {layer.name}: could not rewrite the TorchScript graph: "
-                                      f"{_short(e)}") from e
+                                      f"{one_line(e, 200)}") from e
             used.add(ref.index)
             targets.append((node, layer, rw.lowered))
         for node, layer, lowered in targets:
@@ -594,12 +587,12 @@ class TorchScriptAdapter:
                 _replace(graph, node, layer, lowered)
             except (RuntimeError, ValueError, TypeError) as e:
                 raise ConversionError(f"layer {layer.name}: could not rewrite the TorchScript graph: "
-                                      f"{_short(e)}") from e
+                                      f"{one_line(e, 200)}") from e
         try:
             torch._C._jit_pass_dce(graph)
             graph.lint()
         except RuntimeError as e:
-            raise ConversionError(f"the rewritten TorchScript graph is invalid: {_short(e)}") from e
+            raise ConversionError(f"the rewritten TorchScript graph is invalid: {one_line(e, 200)}") from e
         model._probes.clear()  # sizes recorded for the old graph
         return model
 
@@ -616,7 +609,7 @@ class TorchScriptAdapter:
             os.replace(tmp, dest)
         except Exception as e:  # serialisation (RuntimeError) and file system (OSError) failures alike
             tmp.unlink(missing_ok=True)
-            raise ConversionError(f"could not save the TorchScript model to {dest.name}: {_short(e)}") from e
+            raise ConversionError(f"could not save the TorchScript model to {dest.name}: {one_line(e, 200)}") from e
         return dest
 
     def stats(self, model: TorchScriptModel, input_shapes: Mapping[str, tuple[int, ...]]) -> ModelStats:
@@ -642,7 +635,7 @@ class TorchScriptAdapter:
         try:
             module = torch.jit.load(str(path), map_location=device).eval()
         except Exception as e:  # as in load
-            raise UnsupportedModelError(f"TorchScript file could not be loaded: {_short(e)}") from e
+            raise UnsupportedModelError(f"TorchScript file could not be loaded: {one_line(e, 200)}") from e
         names = [s.name for s in _specs(module)]
 
         def run(inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -654,7 +647,7 @@ class TorchScriptAdapter:
                 with torch.inference_mode():
                     out = module(*tensors)
             except RuntimeError as e:
-                raise VerificationError(f"the TorchScript model did not run: {_short(e)}") from e
+                raise VerificationError(f"the TorchScript model did not run: {one_line(e, 200)}") from e
             return [t.detach().cpu().numpy() for t in _flatten(out)]
 
         return run, f"torch-{torch.device(device).type}"
