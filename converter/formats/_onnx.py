@@ -1034,6 +1034,18 @@ def _extend_table(model: ir.Model, table: Mapping[str, Dims | None]) -> dict[str
     return out
 
 
+def _open(path: Path, workdir: Path) -> tuple[Path, ir.Model, bool]:
+    """The ``.onnx`` to read (a ``.zip`` is unpacked safely into ``workdir``), the model parsed from it, and
+    whether it has external data, every reference of which has been checked to stay inside its folder."""
+    try:
+        zipped = _is_zip(path)
+    except OSError as e:
+        raise UnsupportedModelError(f"cannot read the model file {path.name}: {e.strerror}") from e
+    onnx_path = _unpack_zip(path, workdir) if zipped else path
+    model = _deserialize(_read_proto(onnx_path))
+    return onnx_path, model, _check_external_data(model, onnx_path.parent, zipped)
+
+
 def _unwrap(model: Any) -> ir.Model:
     if isinstance(model, OnnxModel):
         return model.model
@@ -1075,14 +1087,7 @@ class OnnxAdapter:
             UnsupportedModelError: the file is empty, corrupt, truncated or not ONNX, the archive is unsafe,
                 or external data is missing or points outside the model's folder.
         """
-        path = Path(path)
-        try:
-            zipped = _is_zip(path)
-        except OSError as e:
-            raise UnsupportedModelError(f"cannot read the model file {path.name}: {e.strerror}") from e
-        onnx_path = _unpack_zip(path, Path(workdir)) if zipped else path
-        model = _deserialize(_read_proto(onnx_path))
-        external = _check_external_data(model, onnx_path.parent, zipped)
+        onnx_path, model, external = _open(Path(path), Path(workdir))
         _materialize(model)
         return OnnxModel(model, base_dir=onnx_path.parent, external_data=external)
 
@@ -1172,13 +1177,7 @@ class OnnxAdapter:
 
         if device not in ("cpu", "cuda"):
             raise InvalidOptionsError(f"device must be 'cpu' or 'cuda', got {device!r}")
-        path = Path(path)
-        try:
-            zipped = _is_zip(path)
-        except OSError as e:
-            raise UnsupportedModelError(f"cannot read the model file {path.name}: {e.strerror}") from e
-        onnx_path = _unpack_zip(path, Path(workdir)) if zipped else path
-        external = _check_external_data(_deserialize(_read_proto(onnx_path)), onnx_path.parent, zipped)
+        onnx_path, _, external = _open(Path(path), Path(workdir))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or 0
         opts.inter_op_num_threads = 1
