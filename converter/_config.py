@@ -13,7 +13,15 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ._errors import InvalidOptionsError
 
@@ -111,22 +119,15 @@ class ConversionConfig(BaseModel):
             return [v]
         return v
 
-    @field_validator("layer_rank", mode="before")
+    @field_validator("layer_rank", "input_shape", mode="before")
     @classmethod
-    def _layer_rank_strings(cls, v: Any) -> Any:
+    def _name_value_strings(cls, v: Any, info: ValidationInfo) -> Any:
+        """The CLI and the API send these as ``NAME=VALUE`` strings (one, or a list); a dict passes through."""
+        parse = parse_layer_rank if info.field_name == "layer_rank" else parse_input_shape
         if isinstance(v, str):
             v = [v]
         if isinstance(v, list | tuple):
-            return dict(parse_layer_rank(s) for s in v)
-        return v
-
-    @field_validator("input_shape", mode="before")
-    @classmethod
-    def _input_shape_strings(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            v = [v]
-        if isinstance(v, list | tuple):
-            return dict(parse_input_shape(s) for s in v)
+            return dict(parse(s) for s in v)
         return v
 
     @field_validator("energy", "target_params", "target_macs")
