@@ -112,6 +112,12 @@ class ConversionConfig(BaseModel):
         30, description="Timed runs of each model, interleaved, after warm-up.")
     seed: int = Field(0, description="Seed of the random verification inputs.")
 
+    # Untrusted graphs (converter/_graphcheck.py): skip the op allowlist for a model you trust. The service
+    # refuses this option.
+    trust_model: bool = Field(
+        False, description="Skip the check that a TorchScript/.pt2 graph holds only tensor math ops (file, I/O, "
+                           "process and custom ops are refused otherwise); only for models you trust.")
+
     @field_validator("exclude", mode="before")
     @classmethod
     def _one_or_many_patterns(cls, v: Any) -> Any:
