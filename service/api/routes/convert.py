@@ -27,7 +27,8 @@ def _field_schema(name: str) -> dict[str, Any]:
     while typing.get_origin(core) is typing.Annotated:
         core = typing.get_args(core)[0]
     if typing.get_origin(core) in (list, dict):
-        example = {"exclude": "head*", "layer_rank": "stem.*=4", "input_shape": "x=1x3x224x224"}[name]
+        example = {"exclude": "head*", "layer_rank": "stem.*=4", "input_shape": "x=1x3x224x224",
+                   "image_mean": "0.485,0.456,0.406", "image_std": "0.229,0.224,0.225"}[name]
         return {"type": "array", "items": {"type": "string", "minLength": 1, "example": example},
                 "description": field.description}
     variants = [v for v in prop.get("anyOf", [prop]) if v.get("type") != "null"]
