@@ -118,6 +118,11 @@ def _policy_text(policy: Any) -> str:
     return text + f", order {policy.get('order')}, lowering {policy.get('lowering')}"
 
 
+def _ci_label(latency: Mapping[str, Any]) -> str:
+    level = latency.get("confidence")
+    return f"{level * 100:g} % CI" if _is_num(level) and 0 < level < 1 else "CI"
+
+
 def _speedup_interval(latency: Mapping[str, Any]) -> tuple[float, float] | None:
     """The speed-up's confidence interval, under whichever of the usual spellings the report uses."""
     for key in ("speedup_ci", "speedup_ci95", "speedup_interval"):
@@ -163,7 +168,7 @@ def _verdict(d: Mapping[str, Any]) -> str:
         text = f"speed-up {lat['speedup']:.2f}×"
         ci = _speedup_interval(lat)
         if ci:
-            text += f" (CI {ci[0]:.2f}–{ci[1]:.2f}×)"
+            text += f" ({_ci_label(lat)} {ci[0]:.2f}–{ci[1]:.2f}×)"
         parts.append(text)
     fid = d.get("fidelity")
     if isinstance(fid, Mapping) and _is_num(fid.get("rel_l2")):
@@ -221,7 +226,7 @@ def _cards(d: Mapping[str, Any]) -> str:
         sub = f"p50 {_ms(lat['original_ms'])} → {_ms(lat['converted_ms'])}" if _is_num(
             lat.get("original_ms")) and _is_num(lat.get("converted_ms")) else ""
         if ci:
-            sub = f"CI {ci[0]:.2f}–{ci[1]:.2f}× · " + sub
+            sub = f"{_ci_label(lat)} {ci[0]:.2f}–{ci[1]:.2f}× · " + sub
         cards.append(_card("speed-up", f"{lat['speedup']:.2f}×", sub))
     fid = d.get("fidelity")
     if isinstance(fid, Mapping) and _is_num(fid.get("rel_l2")):

@@ -75,7 +75,8 @@ def test_keys_added_by_newer_reports_render(report):
     rich = copy.deepcopy(report)
     rich["accuracy"] = {"metric": "top1", "samples": 397, "original": 0.935, "data_free": 0.31, "calibrated": 0.88,
                         "finetuned": 0.924}
-    rich["latency"].update(original_p99_ms=0.9, converted_p99_ms=0.7, speedup_ci=[1.05, 1.31],
+    rich["latency"].update(original_p99_ms=0.9, converted_p99_ms=0.7, speedup_low=1.05, speedup_high=1.31,
+                           confidence=0.95,
                            original_samples_ms=[0.5 + i * 0.01 for i in range(40)],
                            converted_samples_ms=[0.4 + i * 0.01 for i in range(40)])
     rich["timings"].update(load_s=0.1, plan_s=0.2, rewrite_s=0.05, calibrate_s=1.5, save_s=0.01, verify_s=0.3)
@@ -86,7 +87,7 @@ def test_keys_added_by_newer_reports_render(report):
     page = converter.render_html(rich)
     assert {"plot-accuracy", "plot-latency"} <= ids(page)
     assert "Latency per run" in page  # a distribution, not just percentiles
-    assert "CI 1.05–1.31×" in page and "top1 93.5 % → 92.4 % (fine-tuned)" in page
+    assert "95 % CI 1.05–1.31×" in page and "top1 93.5 % → 92.4 % (fine-tuned)" in page
     for stage in ("data-free", "calibrated", "fine-tuned"):
         assert f">{stage}</text>" in page
     assert "calibrate 1.50 s" in page and "plan 0.20 s" in page
