@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from converter import ConversionConfig
 
+from ...jobs.service import SERVICE_REFUSED_OPTIONS
 from ...schemas import JobPublic
 from ..deps import JobsDep, OwnerDep
 from ..errors import ERROR_RESPONSES
@@ -45,7 +46,8 @@ def _form_schema() -> dict[str, Any]:
                    "description": "Optional .npz of verification inputs ('inputs' array, or arrays named like the "
                                   "model's inputs)."},
     }
-    props.update({name: _field_schema(name) for name in ConversionConfig.model_fields})
+    props.update({name: _field_schema(name) for name in ConversionConfig.model_fields
+                  if name not in SERVICE_REFUSED_OPTIONS})
     encoding = {name: {"style": "form", "explode": True} for name, p in props.items() if p.get("type") == "array"}
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {
         "schema": {"type": "object", "required": ["model"], "properties": props}, "encoding": encoding}}}}
