@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import re
 import time
@@ -24,7 +25,7 @@ import anyio
 from anyio import to_thread
 from sqlalchemy import Engine
 
-from converter import ConversionConfig, InvalidOptionsError
+from converter import ConversionConfig, InvalidOptionsError, render_html
 from converter.formats import sniff_model
 
 from ..core.config import Settings
@@ -304,6 +305,21 @@ class JobService:
         """
         job = await self._succeeded(owner, job_id, "report")
         return await self._open(job, job.report_key)
+
+    async def report_html(self, owner: str, job_id: str) -> str:
+        """The report as one self-contained HTML page (``converter.render_html``), titled with the model's name.
+
+        Raises:
+            JobNotFoundError: no such job.
+            JobNotReadyError: the job has not succeeded.
+        """
+        job = await self._succeeded(owner, job_id, "report")
+        chunks = await self._open(job, job.report_key)
+
+        def render() -> str:
+            return render_html(json.loads(b"".join(chunks)), title=job.filename)
+
+        return await to_thread.run_sync(render)
 
     async def _succeeded(self, owner: str, job_id: str, what: str) -> Job:
         job = await self.get(owner, job_id)
