@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, case, delete, func, select, update
+from sqlalchemy import Engine, bindparam, case, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from ..models import FINAL_STATUSES, Job, JobStage, JobStatus, utcnow
@@ -75,14 +75,19 @@ def create_job(engine: Engine, job: Job) -> Job:
     return job
 
 
+_BY_ID = select(*Job.__table__.columns).where(Job.id == bindparam("job_id"))
+
+
 def get_job(engine: Engine, job_id: str, owner: str | None = None) -> Job | None:
-    """The job, or None if it does not exist or (with ``owner``) belongs to someone else."""
-    with Session(engine, expire_on_commit=False) as s:
-        job = s.get(Job, job_id)
-        if job is None or (owner is not None and job.owner != owner):
-            return None
-        s.expunge(job)
-        return job
+    """The job, or None if it does not exist or (with ``owner``) belongs to someone else.
+
+    One Core ``SELECT`` (cached statement, no ORM session or identity map): the status endpoint calls this on
+    every request, and a session cost more than the query."""
+    with engine.connect() as conn:
+        row = conn.execute(_BY_ID, {"job_id": job_id}).first()
+    if row is None or (owner is not None and row.owner != owner):
+        return None
+    return Job(**row._mapping)
 
 
 def list_jobs(engine: Engine, owner: str, offset: int, limit: int) -> tuple[list[Job], int]:

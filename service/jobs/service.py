@@ -131,6 +131,7 @@ class JobService:
         self.storage = storage
         self.executor = executor
         self.on_upload_bytes = on_upload_bytes
+        self._reads: dict[str, asyncio.Future[Job | None]] = {}
 
     # -- submit ----------------------------------------------------------------------------------------------
 
@@ -262,11 +263,19 @@ class JobService:
     async def get(self, owner: str, job_id: str) -> Job:
         """The owner's job.
 
+        Concurrent lookups of one job share one database read (started no earlier than the first of them
+        arrived), so clients polling the same job cost one query per round, not one each.
+
         Raises:
             JobNotFoundError: no such job for this owner.
         """
-        job = await to_thread.run_sync(crud.get_job, self.engine, job_id, owner)
-        if job is None:
+        pending = self._reads.get(job_id)
+        if pending is None:
+            pending = asyncio.ensure_future(to_thread.run_sync(crud.get_job, self.engine, job_id))
+            self._reads[job_id] = pending
+            pending.add_done_callback(lambda _: self._reads.pop(job_id, None))
+        job = await asyncio.shield(pending)
+        if job is None or job.owner != owner:
             raise JobNotFoundError(f"no job {job_id!r}")
         return job
 
