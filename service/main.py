@@ -119,7 +119,8 @@ def _document_errors_truthfully(app: FastAPI) -> None:
 
 
 async def _upkeep(state: AppState) -> None:
-    every = max(0.5, min(state.settings.job_lease_s / 2, 10.0))
+    # Often enough that a dead embedded worker's job is re-queued within seconds (``EmbeddedExecutor.maintain``).
+    every = max(0.5, min(state.settings.job_lease_s / 2, 2.0))
     while True:
         await asyncio.sleep(every)
         try:

@@ -46,6 +46,7 @@ __all__ = [
     "reap_expired",
     "release",
     "requeue_orphans",
+    "stale_queued",
 ]
 
 
@@ -278,7 +279,16 @@ def reap_expired(engine: Engine, max_attempts: int, now: datetime | None = None)
         "its worker stopped responding")
 
 
-def requeue_orphans(engine: Engine, is_orphan: Callable[[str], bool], max_attempts: int) -> list[str]:
+def stale_queued(engine: Engine, before: datetime, limit: int = 1000) -> list[str]:
+    """Ids of jobs queued since before ``before`` (oldest first) and not cancelled: their message may be lost."""
+    with engine.connect() as conn:
+        return list(conn.scalars(select(Job.id).where(Job.status == JobStatus.QUEUED,
+                                                      Job.cancel_requested.is_(False), Job.created_at < before)
+                                 .order_by(Job.created_at, Job.id).limit(limit)))
+
+
+def requeue_orphans(engine: Engine, is_orphan: Callable[[str], bool], max_attempts: int,
+                    reason: str = "the server stopped") -> list[str]:
     """Re-queue (or fail) running jobs whose worker ``is_orphan`` says is gone for sure (an embedded server's
     worker processes that no longer exist), without waiting for their lease; returns the re-queued ids."""
     with engine.connect() as conn:
@@ -289,5 +299,5 @@ def requeue_orphans(engine: Engine, is_orphan: Callable[[str], bool], max_attemp
     for (job_id, attempts), worker in mine.items():
         out += _requeue_or_fail(engine, [(job_id, attempts)],
                                 lambda J, w=worker: (J.status == JobStatus.RUNNING) & (J.worker_id == w),
-                                max_attempts, "the server stopped")
+                                max_attempts, reason)
     return out

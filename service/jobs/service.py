@@ -14,11 +14,13 @@ import asyncio
 import functools
 import json
 import logging
+import math
 import re
 import time
 import typing
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -132,6 +134,7 @@ class JobService:
         self.executor = executor
         self.on_upload_bytes = on_upload_bytes
         self._reads: dict[str, asyncio.Future[Job | None]] = {}
+        self._republished: dict[str, float] = {}
 
     # -- submit ----------------------------------------------------------------------------------------------
 
@@ -372,6 +375,22 @@ class JobService:
                         ", ".join(requeued))
             await to_thread.run_sync(self.executor.resubmit, requeued)
         await to_thread.run_sync(self.executor.maintain)
+        await self._republish_stale()
+
+    async def _republish_stale(self) -> None:
+        """Publish again the jobs queued longer than ``SEPCONV_REQUEUE_AFTER_S`` (a broker that lost its messages:
+        a flush, a restart without persistence); each at most once per that period. Claims are idempotent, so a
+        message that was not lost after all only costs a skipped delivery."""
+        after = self.settings.requeue_after_s
+        stale = await to_thread.run_sync(crud.stale_queued, self.engine, utcnow() - timedelta(seconds=after))
+        now = time.monotonic()
+        self._republished = {j: t for j, t in self._republished.items() if j in set(stale)}
+        due = [j for j in stale if now - self._republished.get(j, -math.inf) >= after]
+        if due:
+            log.warning("re-publishing %d job(s) queued for more than %g s without a worker taking them: %s",
+                        len(due), after, ", ".join(due[:20]))
+            await to_thread.run_sync(self.executor.resubmit, due)
+            self._republished.update(dict.fromkeys(due, now))
 
 
 def _check_model(head: bytes, complete: bool, *, refuse_code: bool = False) -> None:
