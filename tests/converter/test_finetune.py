@@ -204,3 +204,25 @@ def test_onnx_view_matches_onnxruntime_on_the_zoo(tmp_path, name):
 def test_finetune_on_cuda(tiny, tmp_path, fmt):
     result = _run(tiny, fmt, tmp_path / f"gpu.{fmt}", options={"device": "cuda", "epochs": 2})
     assert result.device == "cuda" and result.path.is_file()
+
+
+def test_pt2_view_trains_and_writes_into_the_exported_program(tmp_path):
+    model, x = build("resnet")
+    program = torch.export.export(model, (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    torch.export.save(program, str(tmp_path / "a.pt2"))
+    # Nothing is "original" here, so every conv weight counts as a factor.
+    view = trainable_view("pt2", tmp_path / "a.pt2", tmp_path, set())
+    assert view.input_names == ["x"] and view.factors
+    for name in view.factors:
+        view.params[name].requires_grad_(True)
+    view.module(x)[0].square().mean().backward()
+    with torch.no_grad():
+        for name in view.factors:
+            view.params[name].sub_(0.1 * view.params[name].grad)
+        trained = view.module(x)[0]
+    written = view.write(tmp_path / "b.pt2", view.factors)
+    loaded = torch.export.load(str(written))
+    assert rel_l2(loaded.module()(x).detach().numpy(), trained.numpy()) < 1e-6
+    assert rel_l2(trained.numpy(), program.module()(x).detach().numpy()) > 1e-4
+    assert str(loaded.graph) == str(torch.export.load(str(tmp_path / "a.pt2")).graph)
+    assert loaded.module()(torch.randn(5, *x.shape[1:])).shape[0] == 5  # the dynamic batch dim is kept
