@@ -11,6 +11,7 @@ never block the event loop. Jobs are executed elsewhere (``executor``); this mod
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -169,7 +170,7 @@ class JobService:
                     if model is not None:
                         raise BadRequestError("give one 'model' file part")
                     key = files.input_key(job_id)
-                    size = await self._store(part.chunks, key, budget, _check_model)
+                    size = await self._store(part.chunks, key, budget, self._check_model)
                     stored.append(key)
                     budget -= size
                     model = (clean_filename(part.filename), size)
@@ -248,6 +249,9 @@ class JobService:
                 with anyio.CancelScope(shield=True):
                     await to_thread.run_sync(writer.abort)
             raise
+
+    def _check_model(self, head: bytes, complete: bool) -> None:
+        _check_model(head, complete, refuse_code=not self.settings.allow_unconfined_code and not _kernel_confines())
 
     async def _forget(self, job: Job) -> None:
         await to_thread.run_sync(files.delete_job_files, self.storage, job)
@@ -361,12 +365,38 @@ class JobService:
         await to_thread.run_sync(self.executor.maintain)
 
 
-def _check_model(head: bytes, complete: bool) -> None:
+def _check_model(head: bytes, complete: bool, *, refuse_code: bool = False) -> None:
     if not head:
         raise UnsupportedUploadError("the uploaded model is empty")
-    if sniff_model(head) is None:
+    kind = sniff_model(head)
+    if kind is None:
         raise UnsupportedUploadError("not a model sepconv reads: expected an ONNX file, an ONNX .zip with external "
                                      "data, or TorchScript")
+    if refuse_code and kind == "zip" and _looks_like_torch_archive(head):
+        raise UnsupportedUploadError("TorchScript and .pt2 models carry code, and this server's kernel offers no "
+                                     "Landlock confinement for their conversion; the operator can accept them "
+                                     "with SEPCONV_ALLOW_UNCONFINED_CODE=1")
+
+
+_TORCH_ARCHIVE_ENTRIES = {"data", "data.pkl", "code", "constants.pkl", "version", ".data", "byteorder", "models",
+                          "archive_format", "extra", "serialized_exported_program.json"}
+
+
+def _looks_like_torch_archive(head: bytes) -> bool:
+    """Whether a zip's first member is laid out like ``torch.jit.save``/``torch.export.save`` output
+    (``<root>/data/0``, ``<root>/data.pkl``…) rather than an ONNX bundle. A pre-filter only: the worker decides."""
+    if len(head) < 30 or not head.startswith(b"PK\x03\x04"):
+        return False
+    name_len = int.from_bytes(head[26:28], "little")
+    parts = head[30:30 + name_len].decode("utf-8", "replace").split("/")
+    return len(parts) >= 2 and parts[1] in _TORCH_ARCHIVE_ENTRIES
+
+
+@functools.cache
+def _kernel_confines() -> bool:
+    from .confine import landlock_abi
+
+    return landlock_abi() > 0
 
 
 def _check_npz(head: bytes, complete: bool) -> None:
