@@ -24,7 +24,7 @@ from anyio import to_thread
 from sqlalchemy import Engine
 
 from converter import ConversionConfig
-from converter.formats import sniff_model
+from converter.formats import describe_unknown, sniff_formats
 
 from ..core.config import Settings
 from ..core.storage import ObjectNotFoundError, ObjectWriter, Storage
@@ -45,7 +45,7 @@ __all__ = ["FieldPart", "FilePart", "JobService"]
 
 log = logging.getLogger("sepconv.jobs")
 
-#: Bytes looked at to recognise a model (``sniff_model``).
+#: Bytes looked at to recognise a model (``converter.formats.sniff_formats``).
 SNIFF_BYTES = 4096
 #: Storage writes are batched to this size.
 SUBMIT_FLUSH = 1024 * 1024
@@ -343,9 +343,8 @@ class JobService:
 def _check_model(head: bytes, complete: bool) -> None:
     if not head:
         raise UnsupportedUploadError("the uploaded model is empty")
-    if sniff_model(head) is None:
-        raise UnsupportedUploadError("not a model sepconv reads: expected an ONNX file, an ONNX .zip with external "
-                                     "data, or TorchScript")
+    if not sniff_formats(head):
+        raise UnsupportedUploadError(describe_unknown(None, head))
 
 
 def _check_npz(head: bytes, complete: bool) -> None:
