@@ -22,6 +22,7 @@ import numpy as np
 from ._config import ConversionConfig
 from ._decompose import lower
 from ._errors import ConversionError, InvalidOptionsError, SepconvError, one_line
+from ._graphcheck import trusting
 from ._plan import LayerDecision, plan_layers
 from ._report import Counts, LayerReport, Report, Timings
 from ._verify import load_user_inputs, random_inputs, resolve_input_shapes, verify
@@ -147,7 +148,8 @@ def _run(
     t0 = time.perf_counter()
     notify("load")
     adapter = detect_format(src)
-    model = adapter.load(src, _mkdir(work / "load"))
+    with trusting(cfg.trust_model):
+        model = adapter.load(src, _mkdir(work / "load"))
     specs = adapter.input_specs(model)
     user_inputs = load_user_inputs(inputs_path, specs) if inputs_path is not None else None
     shapes, problems = resolve_input_shapes(specs, cfg, user_inputs)

@@ -27,12 +27,13 @@ from converter._decompose import decompose, lower
 from converter._errors import ConversionError, InvalidOptionsError, UnsupportedModelError
 from converter._plan import macs_of
 from converter.formats import ConvLayer, FormatAdapter, Rewrite, sniff_formats
-from converter.formats._onnx import _io, _shapes
 from converter.formats._onnx import (
     DecomposeConvsPass,
     OnnxAdapter,
     OnnxModel,
     RemoveUnusedInitializersPass,
+    _io,
+    _shapes,
     decompose_convs,
 )
 from tests.utils import onnx_models as om
