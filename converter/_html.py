@@ -20,7 +20,7 @@ from . import _svg
 from ._errors import InvalidOptionsError
 from ._report import Report
 
-__all__ = ["render_html"]
+__all__ = ["REPORT_SCRIPT", "render_html"]
 
 _HANDLED = {"schema_version", "sepconv_version", "format", "params", "macs", "file_bytes", "policy", "fidelity",
             "latency", "layers", "timings", "warnings", "accuracy"}
@@ -50,7 +50,7 @@ def render_html(report: Report | Mapping[str, Any], *, title: str | None = None)
         data = dict(report)
     title = title or "sepconv report"
     body = [_header(data, title), _warnings(data), _cards(data), _charts(data), _table(data), _details(data)]
-    return _PAGE.format(title=escape(f"{title} · sepconv report"), css=_CSS, js=_JS,
+    return _PAGE.format(title=escape(f"{title} · sepconv report"), css=_CSS, js=REPORT_SCRIPT,
                         body="\n".join(part for part in body if part))
 
 
@@ -395,8 +395,8 @@ def _table(d: Mapping[str, Any]) -> str:
     columns = list(_COLUMNS)
     for key in _output_error_keys(layers):
         columns.insert(len(columns) - 4, (key, key.replace("_", " "), True))
-    head = "".join(f'<th data-type="{"num" if num else "text"}" scope="col" tabindex="0">{escape(h)}</th>'
-                   for _, h, num in columns)
+    head = "".join(f'<th data-type="{"num" if num else "text"}" class="{"num" if num else "text"}" scope="col" '
+                   f'tabindex="0">{escape(h)}</th>' for _, h, num in columns)
     rows = []
     for la in layers:
         cells = []
@@ -413,6 +413,8 @@ def _table(d: Mapping[str, Any]) -> str:
 def _kv(mapping: Mapping[str, Any]) -> str:
     rows = []
     for k, v in mapping.items():
+        if v is None:
+            continue
         if isinstance(v, list) and len(v) > 8 and all(map(_is_num, v)):
             v = f"{len(v)} values, {min(v):.4g}–{max(v):.4g}"
         elif isinstance(v, Mapping | list):
@@ -460,7 +462,7 @@ table{border-collapse:collapse;font-size:.85rem;width:100%}
 th,td{padding:.3rem .45rem;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
 th{background:#f6f8fa;cursor:pointer;user-select:none;position:sticky;top:0}
 th[aria-sort=ascending]::after{content:" ▲"}th[aria-sort=descending]::after{content:" ▼"}
-td.name,td.reason{text-align:left}
+td.name,td.reason,th.text{text-align:left}
 td.reason{white-space:normal;min-width:16rem;max-width:28rem}
 td.name{font-family:ui-monospace,monospace;font-size:.8rem}
 tr.skipped td{color:var(--muted)}
@@ -472,7 +474,8 @@ details{margin:.5rem 0}summary{font-weight:600;cursor:pointer}
  figure,section.cards,.warnings{break-inside:avoid}body{font-size:11pt}}
 """
 
-_JS = """
+#: The one inline script of every report page (sorting the layer table); the web page allows it by its hash.
+REPORT_SCRIPT = """
 (function(){
   var table=document.getElementById('layer-table');if(!table)return;
   var heads=table.tHead.rows[0].cells;

@@ -216,7 +216,7 @@ def histogram(series: Sequence[tuple[str, str, Sequence[float]]], *, fmt: Callab
 def ranges(series: Sequence[tuple[str, str, Sequence[tuple[str, float]]]], *, fmt: Callable[[float], str],
            label: str) -> str:
     """One line per series from its smallest to its largest named point (p50, p90, p99…), each point marked."""
-    row_h, top = 34.0, 20.0
+    row_h, top = 44.0, 20.0
     height = top + len(series) * row_h + 26
     allv = [v for _, _, pts in series for _, v in pts]
     lo, hi = 0.0, max(allv, default=1.0) * 1.05 or 1.0
@@ -230,10 +230,11 @@ def ranges(series: Sequence[tuple[str, str, Sequence[tuple[str, float]]]], *, fm
         xs = [sx(v) for _, v in pts]
         body.append(f'<line x1="{min(xs):.1f}" x2="{max(xs):.1f}" y1="{y:.1f}" y2="{y:.1f}" stroke="{colour}" '
                     f'stroke-width="3"/>')
-        for (pname, v), x in zip(pts, xs, strict=True):
+        for k, ((pname, v), x) in enumerate(zip(pts, xs, strict=True)):
+            ty = y - 9 if k % 2 == 0 else y + 17  # alternate above/below: close percentiles stay readable
             body.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{colour}"><title>{escape(name)} '
                         f"{escape(pname)}: {escape(fmt(v))}</title></circle>"
-                        f'<text x="{x:.1f}" y="{y - 9:.1f}" text-anchor="middle" font-size="11">{escape(pname)}</text>')
+                        f'<text x="{x:.1f}" y="{ty:.1f}" text-anchor="middle" font-size="11">{escape(pname)}</text>')
     return _svg(height, body, label)
 
 

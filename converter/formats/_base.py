@@ -47,6 +47,8 @@ class FormatInfo:
         adapter: ``"module:Class"`` of the ``FormatAdapter``, imported on first use.
         diagnose: optional ``diagnose(path, head)`` for files no format reads: a specific reason (``a
             torch.save checkpoint…``) when the file is a near miss of this format, else None. Never raises.
+        carries_code: files of this format hold code that loading or running executes (TorchScript, ``.pt2``):
+            the service converts them only inside its confinement.
     """
 
     name: str
@@ -55,6 +57,7 @@ class FormatInfo:
     sniff: Callable[[bytes], bool]
     adapter: str
     diagnose: Callable[[Path, bytes], str | None] | None = None
+    carries_code: bool = False
 
 
 def node_name(layer: str, step: str) -> str:

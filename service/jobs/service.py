@@ -11,6 +11,7 @@ never block the event loop. Jobs are executed elsewhere (``executor``); this mod
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -25,7 +26,7 @@ from anyio import to_thread
 from sqlalchemy import Engine
 
 from converter import ConversionConfig, InvalidOptionsError, render_html
-from converter.formats import describe_unknown, sniff_formats
+from converter.formats import describe_unknown, format_info, formats, sniff_formats
 
 from ..core.config import Settings
 from ..core.storage import ObjectNotFoundError, ObjectWriter, Storage
@@ -169,7 +170,7 @@ class JobService:
                     if model is not None:
                         raise BadRequestError("give one 'model' file part")
                     key = files.input_key(job_id)
-                    size = await self._store(part.chunks, key, budget, _check_model)
+                    size = await self._store(part.chunks, key, budget, self._check_model)
                     stored.append(key)
                     budget -= size
                     model = (clean_filename(part.filename), size)
@@ -248,6 +249,9 @@ class JobService:
                 with anyio.CancelScope(shield=True):
                     await to_thread.run_sync(writer.abort)
             raise
+
+    def _check_model(self, head: bytes, complete: bool) -> None:
+        _check_model(head, complete, refuse_code=not self.settings.allow_unconfined_code and not _kernel_confines())
 
     async def _forget(self, job: Job) -> None:
         await to_thread.run_sync(files.delete_job_files, self.storage, job)
@@ -361,11 +365,28 @@ class JobService:
         await to_thread.run_sync(self.executor.maintain)
 
 
-def _check_model(head: bytes, complete: bool) -> None:
+def _check_model(head: bytes, complete: bool, *, refuse_code: bool = False) -> None:
     if not head:
         raise UnsupportedUploadError("the uploaded model is empty")
-    if not sniff_formats(head):
+    kinds = sniff_formats(head)
+    if not kinds:
         raise UnsupportedUploadError(describe_unknown(None, head))
+    if refuse_code and any(format_info(k).carries_code for k in kinds):
+        raise UnsupportedUploadError(f"{_code_titles()} carry code, and this server's kernel offers no Landlock "
+                                     "confinement for their conversion; the operator can accept them with "
+                                     "SEPCONV_ALLOW_UNCONFINED_CODE=1")
+
+
+def _code_titles() -> str:
+    names = [f.name for f in formats() if f.carries_code]
+    return "models in the formats " + ", ".join(names) if len(names) != 1 else f"{names[0]} models"
+
+
+@functools.cache
+def _kernel_confines() -> bool:
+    from .confine import landlock_abi
+
+    return landlock_abi() > 0
 
 
 def _check_npz(head: bytes, complete: bool) -> None:

@@ -34,6 +34,7 @@ from typing import Any
 
 from .._archive import ZIP_MAGIC, member_names
 from .._base import FormatInfo
+from .._torchzip import looks_like_torch_archive
 
 __all__ = ["FORMAT", "TorchScriptAdapter", "TorchScriptModel", "is_torchscript_layout"]
 
@@ -49,7 +50,7 @@ def is_torchscript_layout(names: Sequence[tuple[str, ...]]) -> bool:
 
 
 def _sniff(head: bytes) -> bool:
-    return head[:4] in ZIP_MAGIC
+    return looks_like_torch_archive(head)
 
 
 def _diagnose(path: Path, head: bytes) -> str | None:
@@ -71,6 +72,7 @@ FORMAT = FormatInfo(
     sniff=_sniff,
     adapter="converter.formats._torchscript._adapter:TorchScriptAdapter",
     diagnose=_diagnose,
+    carries_code=True,
 )
 
 
