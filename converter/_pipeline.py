@@ -23,6 +23,7 @@ from ._config import ConversionConfig
 from ._decompose import lower
 from ._errors import ConversionError, InvalidOptionsError, SepconvError, one_line
 from ._graphcheck import trusting
+from ._ortlog import quiet_onnxruntime
 from ._plan import LayerDecision, plan_layers
 from ._report import Counts, LayerReport, Report, Timings
 from ._verify import load_user_inputs, random_inputs, resolve_input_shapes, verify
@@ -107,6 +108,7 @@ def convert(
         VerificationError: a model would not run on the verification inputs.
     """
     cfg = ConversionConfig.from_options(config, **options)
+    quiet_onnxruntime()  # before any session exists: its log lines never reach the terminal raw
     notify = _Progress(progress)
     with tempfile.TemporaryDirectory(prefix="sepconv-") as tmp:
         work = Path(tmp)
