@@ -31,7 +31,7 @@ from digits import data, train  # noqa: E402
 import converter  # noqa: E402
 from converter._data import load_samples  # noqa: E402
 from converter._finetune import FinetuneOptions, finetune  # noqa: E402
-from converter.formats._base import adapter_for  # noqa: E402
+from converter.formats import adapter_for  # noqa: E402
 
 
 def accuracy(fmt: str, path: Path, x: np.ndarray, y: np.ndarray) -> float:

@@ -12,7 +12,6 @@ import os
 import shutil
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from ._plan import LayerDecision, plan_layers
 from ._report import Counts, LayerReport, Report, Timings
 from ._verify import load_user_inputs, random_inputs, resolve_input_shapes, verify
 from ._version import __version__
-from .formats._base import FormatAdapter, Rewrite, detect_format
+from .formats import Rewrite, detect_format
 
 __all__ = ["ConversionResult", "ProgressCallback", "convert"]
 
@@ -49,7 +48,7 @@ class ConversionResult:
 
     Attributes:
         report: the report (see ``Report``).
-        format: ``onnx`` or ``torchscript``.
+        format: the model's format (a name from ``converter.formats.format_names()``).
         output_path: where the converted model was written, when ``output`` was given.
         data: the converted model's bytes, when no ``output`` was given.
     """
@@ -189,7 +188,7 @@ def _run(
             saved = adapter.save(model, stage / f"model{adapter.suffix}")
         else:
             # Nothing to convert: the user gets their file back byte for byte.
-            saved = stage / f"model{_suffix_like(src, adapter)}"
+            saved = stage / f"model{adapter.output_suffix(src)}"
             shutil.copyfile(src, saved)
         t_save = time.perf_counter() - t2
 
@@ -239,12 +238,6 @@ def _run(
 def _mkdir(p: Path) -> Path:
     p.mkdir(parents=True, exist_ok=True)
     return p
-
-
-def _suffix_like(src: Path, adapter: FormatAdapter) -> str:
-    if adapter.name == "onnx" and zipfile.is_zipfile(src):
-        return ".zip"
-    return adapter.suffix
 
 
 def _wrap(fn: Callable[[], Any], step: str) -> Any:

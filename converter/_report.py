@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+from .formats import format_names
 
 __all__ = [
     "Counts",
@@ -123,7 +125,9 @@ class Report(_Model):
 
     schema_version: int = SCHEMA_VERSION
     sepconv_version: str
-    format: Literal["onnx", "torchscript"]
+    # A str, not a Literal, so that an older SDK still parses a report on a format added later; the schema lists
+    # the registered formats.
+    format: str = Field(description="The model's format.", json_schema_extra={"enum": list(format_names())})
     params: Counts
     macs: Counts
     file_bytes: Counts
