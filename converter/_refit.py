@@ -142,7 +142,7 @@ class LayerStats:
 
     def _add(self, pc: np.ndarray, po: np.ndarray) -> None:
         rows = pc.shape[0]
-        self.S_co += np.einsum("pct,pcu->ctu", po, pc)
+        self.S_co += np.matmul(po.transpose(1, 2, 0), pc.transpose(1, 0, 2))  # [M, k, rows] @ [M, rows, k]
         ones = np.ones((rows, 1))
         for gi in range(self.groups):
             a = pc[:, gi * self.c:(gi + 1) * self.c].reshape(rows, self.d)
