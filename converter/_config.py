@@ -139,6 +139,12 @@ class ConversionConfig(BaseModel):
     image_channels: Annotated[int, Field(ge=1, le=3)] | None = Field(
         None, description="Image folders: 1 (grayscale) or 3 (RGB); default: from the model's input shape.")
 
+    # Untrusted graphs (converter/_graphcheck.py): skip the op allowlist for a model you trust. The service
+    # refuses this option.
+    trust_model: bool = Field(
+        False, description="Skip the check that a TorchScript/.pt2 graph holds only tensor math ops (file, I/O, "
+                           "process and custom ops are refused otherwise); only for models you trust.")
+
     @field_validator("exclude", mode="before")
     @classmethod
     def _one_or_many_patterns(cls, v: Any) -> Any:

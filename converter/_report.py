@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+from .formats import format_names
 
 __all__ = [
     "Accuracy",
@@ -18,6 +20,7 @@ __all__ = [
     "LayerReport",
     "Report",
     "StageValues",
+    "Throughput",
     "Timings",
 ]
 
@@ -52,8 +55,22 @@ class Fidelity(_Model):
     inputs: Literal["random", "user"]
 
 
+class Throughput(_Model):
+    """Inferences per second of each model at a larger batch (``throughput_batch``), measured like ``Latency``."""
+
+    batch: int
+    original_per_s: float
+    converted_per_s: float
+    speedup: float
+    speedup_low: float
+    speedup_high: float
+
+
 class Latency(_Model):
-    """Median (p50) latency of one inference of each model, interleaved in one process after warm-up."""
+    """Latency of one inference of each model, interleaved in one process after warm-up, on the runtime and
+    device the model runs on: p50 (``*_ms``), p90 and p99; ``speedup`` is the ratio of medians, with its
+    ``confidence`` bootstrap interval over runs ``[speedup_low, speedup_high]``. A difference is a finding only
+    when that interval excludes 1.0."""
 
     backend: str
     device: str = "cpu"
@@ -65,6 +82,14 @@ class Latency(_Model):
     speedup: float
     original_p90_ms: float | None = None
     converted_p90_ms: float | None = None
+    original_p99_ms: float | None = None
+    converted_p99_ms: float | None = None
+    speedup_low: float | None = None
+    speedup_high: float | None = None
+    confidence: float | None = None
+    processor: str | None = None
+    runtime_version: str | None = None
+    throughput: Throughput | None = None
 
 
 class StageValues(_Model):
@@ -140,7 +165,9 @@ class Report(_Model):
 
     schema_version: int = SCHEMA_VERSION
     sepconv_version: str
-    format: Literal["onnx", "torchscript"]
+    # A str, not a Literal, so that an older SDK still parses a report on a format added later; the schema lists
+    # the registered formats.
+    format: str = Field(description="The model's format.", json_schema_extra={"enum": list(format_names())})
     params: Counts
     macs: Counts
     file_bytes: Counts

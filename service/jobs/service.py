@@ -11,6 +11,8 @@ never block the event loop. Jobs are executed elsewhere (``executor``); this mod
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
 import re
 import time
@@ -23,8 +25,8 @@ import anyio
 from anyio import to_thread
 from sqlalchemy import Engine
 
-from converter import ConversionConfig
-from converter.formats import sniff_model
+from converter import ConversionConfig, InvalidOptionsError, render_html
+from converter.formats import describe_unknown, format_info, formats, sniff_formats
 
 from ..core.config import Settings
 from ..core.storage import ObjectNotFoundError, ObjectWriter, Storage
@@ -41,11 +43,11 @@ from .errors import (
 )
 from .executor import Executor, ExecutorUnavailableError
 
-__all__ = ["FieldPart", "FilePart", "JobService"]
+__all__ = ["SERVICE_REFUSED_OPTIONS", "FieldPart", "FilePart", "JobService"]
 
 log = logging.getLogger("sepconv.jobs")
 
-#: Bytes looked at to recognise a model (``sniff_model``).
+#: Bytes looked at to recognise a model (``converter.formats.sniff_formats``).
 SNIFF_BYTES = 4096
 #: Storage writes are batched to this size.
 SUBMIT_FLUSH = 1024 * 1024
@@ -53,6 +55,9 @@ SUBMIT_FLUSH = 1024 * 1024
 FORM_ALLOWANCE = 1024 * 1024
 #: Retry-After (seconds) of a "queue full" answer.
 RETRY_AFTER_S = 30
+
+#: ConversionConfig options a library user may set but the service refuses.
+SERVICE_REFUSED_OPTIONS = ("trust_model",)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -94,8 +99,6 @@ def _is_collection(name: str) -> bool:
 def options_from_form(fields: dict[str, list[str]]) -> dict[str, Any]:
     """Form fields (each possibly repeated) → keyword options for ``ConversionConfig.from_options``: list and
     dict options take every value; any other option must be given once."""
-    from converter import InvalidOptionsError
-
     out: dict[str, Any] = {}
     for name, values in fields.items():
         if name not in ConversionConfig.model_fields:
@@ -167,7 +170,7 @@ class JobService:
                     if model is not None:
                         raise BadRequestError("give one 'model' file part")
                     key = files.input_key(job_id)
-                    size = await self._store(part.chunks, key, budget, _check_model)
+                    size = await self._store(part.chunks, key, budget, self._check_model)
                     stored.append(key)
                     budget -= size
                     model = (clean_filename(part.filename), size)
@@ -183,6 +186,10 @@ class JobService:
             if model is None:
                 raise BadRequestError("the request has no 'model' file part")
             config = ConversionConfig.from_options(**options_from_form(fields))
+            refused = [name for name in SERVICE_REFUSED_OPTIONS if getattr(config, name)]
+            if refused:
+                raise InvalidOptionsError(f"invalid options: {refused[0]}: not accepted by the service (uploaded "
+                                          "graphs are always checked)")
             job = Job(id=job_id, owner=owner, status=JobStatus.QUEUED, stage=JobStage.QUEUED, progress=0.0,
                       filename=model[0], options=config.model_dump(mode="json", exclude_unset=True),
                       input_key=files.input_key(job_id), input_bytes=model[1],
@@ -243,6 +250,9 @@ class JobService:
                     await to_thread.run_sync(writer.abort)
             raise
 
+    def _check_model(self, head: bytes, complete: bool) -> None:
+        _check_model(head, complete, refuse_code=not self.settings.allow_unconfined_code and not _kernel_confines())
+
     async def _forget(self, job: Job) -> None:
         await to_thread.run_sync(files.delete_job_files, self.storage, job)
         await to_thread.run_sync(crud.delete_job, self.engine, job.id)
@@ -296,6 +306,21 @@ class JobService:
         job = await self._succeeded(owner, job_id, "report")
         return await self._open(job, job.report_key)
 
+    async def report_html(self, owner: str, job_id: str) -> str:
+        """The report as one self-contained HTML page (``converter.render_html``), titled with the model's name.
+
+        Raises:
+            JobNotFoundError: no such job.
+            JobNotReadyError: the job has not succeeded.
+        """
+        job = await self._succeeded(owner, job_id, "report")
+        chunks = await self._open(job, job.report_key)
+
+        def render() -> str:
+            return render_html(json.loads(b"".join(chunks)), title=job.filename)
+
+        return await to_thread.run_sync(render)
+
     async def _succeeded(self, owner: str, job_id: str, what: str) -> Job:
         job = await self.get(owner, job_id)
         if job.status != JobStatus.SUCCEEDED:
@@ -340,16 +365,30 @@ class JobService:
         await to_thread.run_sync(self.executor.maintain)
 
 
-def _check_model(head: bytes, complete: bool) -> None:
+def _check_model(head: bytes, complete: bool, *, refuse_code: bool = False) -> None:
     if not head:
         raise UnsupportedUploadError("the uploaded model is empty")
-    if sniff_model(head) is None:
-        raise UnsupportedUploadError("not a model sepconv reads: expected an ONNX file, an ONNX .zip with external "
-                                     "data, or TorchScript")
+    kinds = sniff_formats(head)
+    if not kinds:
+        raise UnsupportedUploadError(describe_unknown(None, head))
+    if refuse_code and any(format_info(k).carries_code for k in kinds):
+        raise UnsupportedUploadError(f"{_code_titles()} carry code, and this server's kernel offers no Landlock "
+                                     "confinement for their conversion; the operator can accept them with "
+                                     "SEPCONV_ALLOW_UNCONFINED_CODE=1")
+
+
+def _code_titles() -> str:
+    names = [f.name for f in formats() if f.carries_code]
+    return "models in the formats " + ", ".join(names) if len(names) != 1 else f"{names[0]} models"
+
+
+@functools.cache
+def _kernel_confines() -> bool:
+    from .confine import landlock_abi
+
+    return landlock_abi() > 0
 
 
 def _check_npz(head: bytes, complete: bool) -> None:
-    from converter import InvalidOptionsError
-
     if not head.startswith(b"PK\x03\x04"):
         raise InvalidOptionsError("inputs: expected a .npz file (numpy.savez) of verification inputs")

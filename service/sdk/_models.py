@@ -48,7 +48,7 @@ class JobBase(BaseModel):
             a stage added by a newer server does not break an older SDK).
         progress: Fraction done, 0–1.
         filename: The uploaded file's name.
-        format: ``onnx`` or ``torchscript`` once detected.
+        format: the model's format once detected (``onnx``, ``torchscript``, … as the server registers them).
         options: The conversion options that were set.
         created_at, started_at, finished_at: Timestamps (timezone-aware).
         attempts: How many times a worker has started the job.
@@ -141,6 +141,10 @@ class Job(JobBase):
         """
         return self._bound().download_model(self.id, path)
 
+    def download_report_html(self, path: str | Path) -> Path:
+        """Download the report as one self-contained HTML page; see ``Client.download_report_html``."""
+        return self._bound().download_report_html(self.id, path)
+
     @property
     def report(self) -> Report:
         """The conversion report (a ``converter.Report``), fetched on first access and then cached.
@@ -187,6 +191,10 @@ class AsyncJob(JobBase):
     async def download(self, path: str | Path) -> Path:
         """Download the converted model; see ``AsyncClient.download_model``."""
         return await self._bound().download_model(self.id, path)
+
+    async def download_report_html(self, path: str | Path) -> Path:
+        """Download the report as one self-contained HTML page; see ``Client.download_report_html``."""
+        return await self._bound().download_report_html(self.id, path)
 
     @property
     def report(self) -> Awaitable[Report]:

@@ -12,7 +12,7 @@ from converter._calibrate import calibrate, evaluate, overrides
 from converter._data import load_samples
 from converter._decompose import decompose
 from converter._refit import patches
-from converter.formats._base import detect_format
+from converter.formats import detect_format
 from tests.utils.models import build, export_onnx, export_torchscript
 
 FORMATS = ["onnx", "torchscript"]
@@ -32,11 +32,7 @@ def _tap(path, tmp_path, shape):
     (work / "tap").mkdir(parents=True, exist_ok=True)
     model = adapter.load(path, work)
     layers = adapter.find_convs(model, {adapter.input_specs(model)[0].name: (1, *shape[1:])})
-    if adapter.name == "onnx":
-        from converter.formats._onnx_tap import build_tap
-    else:
-        from converter.formats._torchscript_tap import build_tap
-    return adapter, model, layers, build_tap(adapter, model, layers, work)
+    return adapter, model, layers, adapter.tap(model, layers, work)
 
 
 GEOMETRIES = [

@@ -8,7 +8,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 
 from converter import ConversionConfig
+from converter.formats import expected_formats
 
+from ...jobs.service import SERVICE_REFUSED_OPTIONS
 from ...schemas import JobPublic
 from ..deps import JobsDep, OwnerDep
 from ..errors import ERROR_RESPONSES
@@ -40,12 +42,13 @@ def _field_schema(name: str) -> dict[str, Any]:
 def _form_schema() -> dict[str, Any]:
     props: dict[str, Any] = {
         "model": {"type": "string", "format": "binary",
-                  "description": "The model: ONNX, ONNX + external data as one .zip, or TorchScript."},
+                  "description": f"The model: {expected_formats()}."},
         "inputs": {"type": "string", "format": "binary",
                    "description": "Optional .npz of verification inputs ('inputs' array, or arrays named like the "
                                   "model's inputs)."},
     }
-    props.update({name: _field_schema(name) for name in ConversionConfig.model_fields})
+    props.update({name: _field_schema(name) for name in ConversionConfig.model_fields
+                  if name not in SERVICE_REFUSED_OPTIONS})
     encoding = {name: {"style": "form", "explode": True} for name, p in props.items() if p.get("type") == "array"}
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {
         "schema": {"type": "object", "required": ["model"], "properties": props}, "encoding": encoding}}}}

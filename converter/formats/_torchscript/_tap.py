@@ -12,17 +12,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._errors import InvalidOptionsError, VerificationError, one_line
-from .._refit import Geometry
-from ._taps import TapPoint
-from ._torchscript import _const, _conv_args, _conv_nodes, _ConvRef, _flatten, _forward_args
+from ..._errors import InvalidOptionsError, VerificationError, one_line
+from ..._refit import Geometry
+from .._taps import TapPoint
+from ._adapter import _flatten
+from ._graph import ConvRef, const, conv_args, conv_nodes, forward_args
 
 __all__ = ["TorchScriptTap", "build_tap"]
 
 
 def _geometry(args: Any, kernel: tuple[int, ...]) -> Geometry | str:
     r = len(kernel)
-    stride, padding, dilation = _const(args.stride), _const(args.padding), _const(args.dilation)
+    stride, padding, dilation = const(args.stride), const(args.padding), const(args.dilation)
     if not isinstance(stride, list | tuple) or not isinstance(dilation, list | tuple):
         return "stride or dilation is not a constant"
     stride = tuple(stride) * r if len(stride) == 1 else tuple(stride)
@@ -92,7 +93,7 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path,
         torch.set_num_threads(threads)
     module = model.module
     graph = module.graph.copy()
-    nodes = _conv_nodes(graph)
+    nodes = conv_nodes(graph)
     points: dict[str, TapPoint] = {}
     skipped: dict[str, str] = {}
     slots: dict[str, tuple[str, str, int]] = {}
@@ -100,19 +101,19 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path,
     taps: list[torch._C.Value] = []
     for layer in layers:
         ref = layer.handle
-        if not isinstance(ref, _ConvRef) or not 0 <= ref.index < len(nodes) or layer.weight is None:
+        if not isinstance(ref, ConvRef) or not 0 <= ref.index < len(nodes) or layer.weight is None:
             skipped[layer.name] = layer.note or "weight is not a constant"
             continue
         node = nodes[ref.index]
-        args = _conv_args(node)
-        bias = _const(args.bias)
+        args = conv_args(node)
+        bias = const(args.bias)
         geo = _geometry(args, tuple(layer.kernel)) if args.transposed is False else "a transposed convolution"
         reason = geo if isinstance(geo, str) else None
         if reason is None and not _top_level(node):
             reason = "inside a loop or branch of the TorchScript graph"
         if reason is None and bias is not None and not isinstance(bias, torch.Tensor):
             reason = "bias is not a constant"
-        if reason is None and not isinstance(_const(args.weight), torch.Tensor):
+        if reason is None and not isinstance(const(args.weight), torch.Tensor):
             reason = "weight is not a constant"
         if reason is not None:
             skipped[layer.name] = reason
@@ -139,4 +140,4 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path,
     torch._C._jit_pass_dce(graph)
     graph.lint()
     fn = torch._C._create_function_from_graph("sepconv_tap", graph)
-    return TorchScriptTap(fn, module, points, skipped, _forward_args(module), slots, defaults)
+    return TorchScriptTap(fn, module, points, skipped, forward_args(module), slots, defaults)

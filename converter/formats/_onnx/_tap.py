@@ -14,24 +14,26 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from .._refit import Geometry
-from ._onnx import _auto_pad, _constant_weight, _ints, _unwrap
-from ._taps import TapPoint
+from ..._refit import Geometry
+from .._taps import TapPoint
+from ._adapter import _unwrap
+from ._convs import constant_weight
+from ._nodes import auto_pad, ints
 
 __all__ = ["OnnxTap", "build_tap"]
 
 
 def _geometry(node: ir.Node, rank: int) -> Geometry | str:
-    strides = tuple(_ints(node, "strides", [1] * rank))
-    dilations = tuple(_ints(node, "dilations", [1] * rank))
-    mode = _auto_pad(node)
+    strides = tuple(ints(node, "strides", [1] * rank))
+    dilations = tuple(ints(node, "dilations", [1] * rank))
+    mode = auto_pad(node)
     if mode in ("SAME_UPPER", "SAME_LOWER"):
         return Geometry(strides, dilations, mode)
     if mode == "VALID":
         return Geometry(strides, dilations, tuple((0, 0) for _ in range(rank)))
     if mode not in ("NOTSET", ""):
         return f"auto_pad {mode!r} is not understood"
-    pads = _ints(node, "pads", [0] * (2 * rank))
+    pads = ints(node, "pads", [0] * (2 * rank))
     return Geometry(strides, dilations, tuple((pads[i], pads[i + rank]) for i in range(rank)))
 
 
@@ -80,7 +82,7 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
         elif layer.weight is None:
             reason = layer.note or "weight is not a constant"
         if reason is None:
-            tensor, note = _constant_weight(m, node.inputs[1])
+            tensor, note = constant_weight(m, node.inputs[1])
             if tensor is None or tensor.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE):
                 reason = note or "weight is not a float tensor"
         geo = _geometry(node, len(layer.kernel)) if reason is None else None
@@ -88,7 +90,7 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
             reason = geo
         bias = None
         if reason is None and len(node.inputs) > 2 and node.inputs[2] is not None:
-            b_tensor, note = _constant_weight(m, node.inputs[2])
+            b_tensor, note = constant_weight(m, node.inputs[2])
             if b_tensor is None:
                 reason = f"bias: {note}"
             else:
