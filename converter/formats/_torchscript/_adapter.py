@@ -321,6 +321,13 @@ class TorchScriptAdapter:
         """
         return ModelStats(params=_params(model.module), macs=_macs(model, input_shapes))
 
+    def tap(self, model: TorchScriptModel, layers: Sequence[ConvLayer], workdir: Path,
+            threads: int | None = None) -> Any:
+        """A ``formats._taps.Tap`` of the (not yet rewritten) model for these layers: calibration's hook."""
+        from ._tap import build_tap
+
+        return build_tap(self, model, layers, workdir, threads)
+
     def runner(self, path: Path, workdir: Path, threads: int | None, device: str = "cpu") -> tuple[Runner, str]:
         """Load a saved module with plain ``torch.jit.load`` and run it under ``torch.inference_mode``; inputs
         go to ``forward`` in its argument order, tuple and list outputs are flattened.
