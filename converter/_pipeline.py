@@ -12,7 +12,6 @@ import os
 import shutil
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +23,12 @@ from ._config import ConversionConfig
 from ._decompose import lower
 from ._errors import ConversionError, InvalidOptionsError, SepconvError, one_line
 from ._graphcheck import trusting
+from ._ortlog import quiet_onnxruntime
 from ._plan import LayerDecision, plan_layers
 from ._report import Counts, LayerReport, Report, Timings
 from ._verify import load_user_inputs, random_inputs, resolve_input_shapes, verify
 from ._version import __version__
-from .formats._base import FormatAdapter, Rewrite, detect_format
+from .formats import Rewrite, detect_format
 
 __all__ = ["ConversionResult", "ProgressCallback", "convert"]
 
@@ -48,7 +48,7 @@ class ConversionResult:
 
     Attributes:
         report: the report (see ``Report``).
-        format: ``onnx`` or ``torchscript``.
+        format: the model's format (a name from ``converter.formats.format_names()``).
         output_path: where the converted model was written, when ``output`` was given.
         data: the converted model's bytes, when no ``output`` was given.
     """
@@ -108,6 +108,7 @@ def convert(
         VerificationError: a model would not run on the verification inputs.
     """
     cfg = ConversionConfig.from_options(config, **options)
+    quiet_onnxruntime()  # before any session exists: its log lines never reach the terminal raw
     notify = _Progress(progress)
     with tempfile.TemporaryDirectory(prefix="sepconv-") as tmp:
         work = Path(tmp)
@@ -187,7 +188,7 @@ def _run(
             saved = adapter.save(model, stage / f"model{adapter.suffix}")
         else:
             # Nothing to convert: the user gets their file back byte for byte.
-            saved = stage / f"model{_suffix_like(src, adapter)}"
+            saved = stage / f"model{adapter.output_suffix(src)}"
             shutil.copyfile(src, saved)
         t_save = time.perf_counter() - t2
 
@@ -237,12 +238,6 @@ def _run(
 def _mkdir(p: Path) -> Path:
     p.mkdir(parents=True, exist_ok=True)
     return p
-
-
-def _suffix_like(src: Path, adapter: FormatAdapter) -> str:
-    if adapter.name == "onnx" and zipfile.is_zipfile(src):
-        return ".zip"
-    return adapter.suffix
 
 
 def _wrap(fn: Callable[[], Any], step: str) -> Any:

@@ -8,7 +8,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from converter.formats import format_names
+
 from .models import Job
+
+#: The registered model formats (``converter.formats``): the one list the API schema takes them from.
+FormatName = Literal[format_names()]  # type: ignore[valid-type]
 
 __all__ = ["ErrorBody", "ErrorResponse", "Health", "JobError", "JobLinks", "JobPublic", "JobsPublic", "Readiness",
            "ReadinessChecks"]
@@ -44,7 +49,7 @@ class JobPublic(BaseModel):
     stage: JobStageName
     progress: float = Field(ge=0.0, le=1.0)
     filename: str = Field(description="The uploaded file's name.")
-    format: Literal["onnx", "torchscript"] | None = Field(description="The model's format, once detected.")
+    format: FormatName | None = Field(description="The model's format, once detected.")
     options: dict[str, Any] = Field(description="The ConversionConfig fields that were set.")
     created_at: datetime
     started_at: datetime | None
