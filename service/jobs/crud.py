@@ -35,6 +35,7 @@ __all__ = [
     "create_job",
     "delete_job",
     "duration_stats",
+    "existing_ids",
     "finish_failed",
     "finish_succeeded",
     "get_job",
@@ -277,6 +278,14 @@ def reap_expired(engine: Engine, max_attempts: int, now: datetime | None = None)
     return _requeue_or_fail(
         engine, rows, lambda J: (J.status == JobStatus.RUNNING) & (J.lease_expires_at < now), max_attempts,
         "its worker stopped responding")
+
+
+def existing_ids(engine: Engine, job_ids: Sequence[str]) -> set[str]:
+    """Which of ``job_ids`` have a job row."""
+    if not job_ids:
+        return set()
+    with engine.connect() as conn:
+        return set(conn.scalars(select(Job.id).where(Job.id.in_(list(job_ids)))))
 
 
 def stale_queued(engine: Engine, before: datetime, limit: int = 1000) -> list[str]:

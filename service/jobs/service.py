@@ -44,6 +44,7 @@ from .errors import (
     UploadTooLargeError,
 )
 from .executor import Executor, ExecutorUnavailableError
+from .sweep import SweepResult, sweep_storage
 
 __all__ = ["SERVICE_REFUSED_OPTIONS", "FieldPart", "FilePart", "JobService"]
 
@@ -135,6 +136,7 @@ class JobService:
         self.on_upload_bytes = on_upload_bytes
         self._reads: dict[str, asyncio.Future[Job | None]] = {}
         self._republished: dict[str, float] = {}
+        self._next_sweep = 0.0
 
     # -- submit ----------------------------------------------------------------------------------------------
 
@@ -376,6 +378,14 @@ class JobService:
             await to_thread.run_sync(self.executor.resubmit, requeued)
         await to_thread.run_sync(self.executor.maintain)
         await self._republish_stale()
+        if time.monotonic() >= self._next_sweep:
+            await self.sweep()
+
+    async def sweep(self) -> SweepResult:
+        """Remove leaked partial uploads and objects of no job (``sweep``); the next one is due in
+        ``SEPCONV_SWEEP_INTERVAL_S``."""
+        self._next_sweep = time.monotonic() + self.settings.sweep_interval_s
+        return await to_thread.run_sync(sweep_storage, self.engine, self.storage, self.settings.sweep_grace_s)
 
     async def _republish_stale(self) -> None:
         """Publish again the jobs queued longer than ``SEPCONV_REQUEUE_AFTER_S`` (a broker that lost its messages:
