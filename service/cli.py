@@ -36,10 +36,8 @@ def cli() -> None:
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the JSON report to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="Where the verification runs.")
 @handle_errors
-def convert(model: Path, output: Path, inputs: Path | None, report_path: Path | None, as_json: bool, device: str,
+def convert(model: Path, output: Path, inputs: Path | None, report_path: Path | None, as_json: bool,
             **kwargs: Any) -> None:
     """Convert MODEL (ONNX, ONNX .zip with external data, or TorchScript) and report on the result."""
     from rich.console import Console
@@ -57,7 +55,7 @@ def convert(model: Path, output: Path, inputs: Path | None, report_path: Path | 
     with Progress(TextColumn("{task.description:<8}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                   TimeElapsedColumn(), console=err, transient=True, disable=as_json or not err.is_terminal) as bar:
         task = bar.add_task("load", total=1.0)
-        result = converter.convert(model, output, config=config, inputs=inputs, device=device,
+        result = converter.convert(model, output, config=config, inputs=inputs,
                                    progress=lambda stage, frac: bar.update(task, completed=frac, description=stage))
     report = result.report
     text = report.model_dump_json(indent=2)

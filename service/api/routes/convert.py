@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import typing
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
 from converter import ConversionConfig
+from converter._config import REPEATABLE_FIELDS
 
 from ...schemas import JobPublic
 from ..deps import JobsDep, OwnerDep
@@ -23,10 +23,7 @@ def _field_schema(name: str) -> dict[str, Any]:
     """The form field schema of one ConversionConfig field: list/dict fields are repeated string fields."""
     field = ConversionConfig.model_fields[name]
     prop = ConversionConfig.model_json_schema()["properties"][name]
-    core = field.annotation
-    while typing.get_origin(core) is typing.Annotated:
-        core = typing.get_args(core)[0]
-    if typing.get_origin(core) in (list, dict):
+    if name in REPEATABLE_FIELDS:
         example = {"exclude": "head*", "layer_rank": "stem.*=4", "input_shape": "x=1x3x224x224"}[name]
         return {"type": "array", "items": {"type": "string", "minLength": 1, "example": example},
                 "description": field.description}
