@@ -47,6 +47,7 @@ POLICY_FIELDS = ("rank", "energy", "target_params", "target_macs")
 Order = Literal["dw-pw", "pw-dw", "auto"]
 Lowering = Literal["split", "fused", "auto"]
 Device = Literal["cpu", "cuda", "auto"]
+Recover = Literal["calibrate", "finetune", "none"]
 
 _SHAPE_RE = re.compile(r"^\s*([^=\s]+)\s*=\s*(\d+(?:\s*[x×,]\s*\d+)*)\s*$")
 _LAYER_RANK_RE = re.compile(r"^\s*([^=]+?)\s*=\s*(\d+)\s*$")
@@ -129,11 +130,59 @@ class ConversionConfig(BaseModel):
         "cpu", description="Where models run (verification, and any stage that runs a model): cpu, cuda, or "
                            "auto (cuda when the runtime has a CUDA device, else cpu).")
 
+    # --- accuracy recovery from the user's samples (--data/--eval; README "Accuracy recovery") ---
+    recover: Recover | None = Field(
+        None, description="Accuracy recovery with --data: calibrate (refit the new factors to reproduce each "
+                          "original layer on the samples; the default when data is given), finetune, or none.")
+    holdout: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
+        0.2, description="Without --eval, this share of --data (seeded) is held out for the accuracy report.")
+    calibration_samples: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        512, description="At most this many samples (of --data, less the held-out share) calibrate the layers.")
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = Field(
+        32, description="Samples per batch when calibrating and evaluating (memory grows with it, not with "
+                        "the number of samples).")
+    image_size: str | None = Field(
+        None, description="An image folder as --data/--eval: resize every image to HEIGHTxWIDTH (or SIDE).",
+        pattern=r"^\s*\d+\s*([x×,]\s*\d+\s*)?$")
+    image_mean: list[float] = Field(
+        default_factory=list, description="Image folders: per-channel mean subtracted after scaling (one value "
+                                          "or one per channel; default 0).")
+    image_std: list[float] = Field(
+        default_factory=list, description="Image folders: per-channel std divided by after subtracting the mean "
+                                          "(default 1).")
+    image_layout: Literal["NCHW", "NHWC"] = Field("NCHW", description="Image folders: the model input's layout.")
+    image_range: Literal["0-1", "0-255", "-1-1"] = Field(
+        "0-1", description="Image folders: pixel values after scaling, before mean/std.")
+    image_channels: Annotated[int, Field(ge=1, le=3)] | None = Field(
+        None, description="Image folders: 1 (grayscale) or 3 (RGB); default: from the model's input shape.")
+
+    # Untrusted graphs (converter/_graphcheck.py): skip the op allowlist for a model you trust. The service
+    # refuses this option.
+    trust_model: bool = Field(
+        False, description="Skip the check that a TorchScript/.pt2 graph holds only tensor math ops (file, I/O, "
+                           "process and custom ops are refused otherwise); only for models you trust.")
+
     @field_validator("exclude", mode="before")
     @classmethod
     def _one_or_many_patterns(cls, v: Any) -> Any:
         if isinstance(v, str):
             return [v]
+        return v
+
+    @field_validator("image_mean", "image_std", mode="before")
+    @classmethod
+    def _float_list(cls, v: Any) -> Any:
+        """``0.485,0.456,0.406`` (one string, or repeated) as well as a list of numbers."""
+        if isinstance(v, str | int | float):
+            v = [v]
+        if isinstance(v, list | tuple):
+            out: list[Any] = []
+            for item in v:
+                if isinstance(item, str):
+                    out.extend(p for p in re.split(r"[\s,]+", item.strip()) if p)
+                else:
+                    out.append(item)
+            return out
         return v
 
     @field_validator("layer_rank", "input_shape", mode="before")

@@ -13,7 +13,7 @@ kernel taps, input and output spatial sizes ``P_in``, ``P_out`` (products of the
     params  original  N·C·k              dw-pw  K·(M·k + N·C)            pw-dw  K·(N·C + N·k)
     MACs    original  N·C·k·P_out        dw-pw  K·(M·k + N·C)·P_out      pw-dw  K·N·C·P_in + K·N·k·P_out
 
-(plus ``N`` for a bias, which is unchanged). The split and fused lowerings have the same counts.
+(plus ``N`` for a bias, which is unchanged). Every lowering (split, fused, summed) has the same counts.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from .formats._base import ConvLayer
 
 __all__ = ["Candidate", "Cost", "CostModel", "CountingCostModel", "Lowering", "macs_of", "params_of"]
 
-Lowering = Literal["split", "fused"]
+Lowering = Literal["split", "fused", "summed"]
 
 
 @dataclass(frozen=True)

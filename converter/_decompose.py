@@ -297,19 +297,21 @@ class Lowered:
             raise ValueError(f"the convs produce {final} channels, the layer {out_channels}")
 
 
-def lower(dec: Decomposition, lowering: Literal["split", "fused"] = "split") -> Lowered:
+def lower(dec: Decomposition, lowering: Literal["split", "fused", "summed"] = "split") -> Lowered:
     """Emit a decomposition as convs.
 
     ``fused``: two convs (depthwise with channel multiplier K, then pointwise; or pointwise, then one grouped
     conv). ``split``: K depthwise convs of multiplier 1 — for DW→PW without groups their outputs are
     concatenated before one pointwise conv; otherwise each branch is a (depthwise, pointwise) or (pointwise,
-    depthwise) pair and the branches are summed. With K = 1 both are the same two convs.
+    depthwise) pair and the branches are summed. ``summed``: always the summed branches, also for DW→PW without
+    groups (no Concat; the runtime can fuse each Add into the next branch's pointwise conv); for every other
+    case it is ``split``. With K = 1 all are the same two convs.
     """
     k = dec.rank
     m = dec.in_channels
     n = dec.out_channels
     g = dec.groups
-    if lowering not in ("split", "fused"):
+    if lowering not in ("split", "fused", "summed"):
         raise ValueError(f"unknown lowering {lowering!r}")
     if dec.order == "dw-pw":
         if lowering == "fused" or k == 1:
@@ -320,7 +322,7 @@ def lower(dec: Decomposition, lowering: Literal["split", "fused"] = "split") -> 
         ones = dec.second.shape[2:]
         c = m // g
         dws = [np.ascontiguousarray(dec.first[r::k]) for r in range(k)]  # D_r[c] = D[c·K + r]
-        if g == 1:
+        if g == 1 and lowering == "split":
             # concat order is (r, c): P'[n, r·M + c] = P[n, c·K + r]
             p = dec.second.reshape(n, m, k).transpose(0, 2, 1).reshape(n, k * m, *ones)
             return Lowered(

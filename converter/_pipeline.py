@@ -29,6 +29,7 @@ from ._cost import CostModel, CountingCostModel
 from ._device import resolve_device
 from ._errors import ConversionError, InvalidOptionsError, map_errors
 from ._factorize import Factors, Spectra, factorize, rewrites
+from ._graphcheck import trusting
 from ._plan import Plan, plan
 from ._report import Fidelity, Latency, Report
 from ._stages import STAGE_NAMES, ProgressCallback, StageClock, StageProgress
@@ -129,7 +130,8 @@ class Conversion:
 
 def _load(c: Conversion, _: StageProgress) -> None:
     c.adapter = detect_format(c.src)
-    c.model = c.adapter.load(c.src, c.workdir("load"))
+    with trusting(c.config.trust_model):
+        c.model = c.adapter.load(c.src, c.workdir("load"))
     c.specs = c.adapter.input_specs(c.model)
     if c.inputs_path is not None:
         c.user_inputs = load_user_inputs(c.inputs_path, c.specs)

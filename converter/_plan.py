@@ -95,8 +95,8 @@ def _orders(config: ConversionConfig) -> tuple[Order, ...]:
 
 
 def _lowerings(config: ConversionConfig) -> tuple[Lowering, ...]:
-    # auto: both, split first, so that with equal costs (counted costs always are) split wins.
-    return ("split", "fused") if config.lowering == "auto" else (config.lowering,)
+    # auto: every lowering, split first, so that with equal costs (counted costs always are) split wins.
+    return ("split", "fused", "summed") if config.lowering == "auto" else (config.lowering,)
 
 
 def _layer_override(layer: ConvLayer, config: ConversionConfig) -> int | None:

@@ -18,6 +18,7 @@ __all__ = [
     "Latency",
     "LayerReport",
     "Report",
+    "Throughput",
     "Timings",
 ]
 
@@ -52,8 +53,22 @@ class Fidelity(_Model):
     inputs: Literal["random", "user"]
 
 
+class Throughput(_Model):
+    """Inferences per second of each model at a larger batch (``throughput_batch``), measured like ``Latency``."""
+
+    batch: int
+    original_per_s: float
+    converted_per_s: float
+    speedup: float
+    speedup_low: float
+    speedup_high: float
+
+
 class Latency(_Model):
-    """Median (p50) latency of one inference of each model, interleaved in one process after warm-up."""
+    """Latency of one inference of each model, interleaved in one process after warm-up, on the runtime and
+    device the model runs on: p50 (``*_ms``), p90 and p99; ``speedup`` is the ratio of medians, with its
+    ``confidence`` bootstrap interval over runs ``[speedup_low, speedup_high]``. A difference is a finding only
+    when that interval excludes 1.0."""
 
     backend: str
     device: str = "cpu"
@@ -65,6 +80,14 @@ class Latency(_Model):
     speedup: float
     original_p90_ms: float | None = None
     converted_p90_ms: float | None = None
+    original_p99_ms: float | None = None
+    converted_p99_ms: float | None = None
+    speedup_low: float | None = None
+    speedup_high: float | None = None
+    confidence: float | None = None
+    processor: str | None = None
+    runtime_version: str | None = None
+    throughput: Throughput | None = None
 
 
 class LayerReport(_Model):
@@ -80,7 +103,7 @@ class LayerReport(_Model):
     reason: str
     order: Literal["dw-pw", "pw-dw"] | None = None
     rank: int | None = None
-    lowering: Literal["split", "fused"] | None = None
+    lowering: Literal["split", "fused", "summed"] | None = None
     energy: float | None = None
     rel_weight_error: float | None = None
     params_before: int

@@ -123,7 +123,8 @@ def _convert(spec: dict[str, Any], channel: _Channel) -> None:
     model = Path(spec["model"])
     adapter = detect_format(model)
     channel.emit(event="format", format=adapter.name)
-    config = converter.ConversionConfig.model_validate(spec["options"])
+    # Never trusted here, whatever the stored options say: the graph check always runs in the service.
+    config = converter.ConversionConfig.model_validate({**spec["options"], "trust_model": False})
     out_dir = Path(spec["output_dir"])
     out_dir.mkdir(exist_ok=True)
     result = converter.convert(

@@ -144,6 +144,10 @@ class Job(JobBase):
         """
         return self._bound().download_model(self.id, path)
 
+    def download_report_html(self, path: str | Path) -> Path:
+        """Download the report as one self-contained HTML page; see ``Client.download_report_html``."""
+        return self._bound().download_report_html(self.id, path)
+
     @property
     def report(self) -> Report:
         """The conversion report (a ``converter.Report``), fetched on first access and then cached.
@@ -190,6 +194,10 @@ class AsyncJob(JobBase):
     async def download(self, path: str | Path) -> Path:
         """Download the converted model; see ``AsyncClient.download_model``."""
         return await self._bound().download_model(self.id, path)
+
+    async def download_report_html(self, path: str | Path) -> Path:
+        """Download the report as one self-contained HTML page; see ``Client.download_report_html``."""
+        return await self._bound().download_report_html(self.id, path)
 
     @property
     def report(self) -> Awaitable[Report]:
