@@ -72,7 +72,11 @@ def one_line(e: BaseException, limit: int = 300, *, whole: bool = False) -> str:
     """
     text = str(e).strip()
     if not whole:
-        text = next((ln for ln in text.splitlines() if ln.strip()), "")
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        # TorchScript's interpreter puts a fixed header first, its TorchScript and Python tracebacks next, and the
+        # error itself ("RuntimeError: …") last.
+        text = lines[-1] if lines and lines[0].startswith("The following operation failed") else \
+            next(iter(lines), "")
     text = " ".join(text.split()) or type(e).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

@@ -21,7 +21,7 @@ from converter import __version__
 
 from .api.deps import AppState
 from .api.errors import install_error_handlers
-from .api.routes import convert, health, jobs
+from .api.routes import convert, health, jobs, web
 from .core.auth import KeyRing
 from .core.config import Settings, load_settings
 from .core.db import get_engine, migrate
@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
     app.include_router(convert.router)
     app.include_router(jobs.router)
     app.include_router(health.router)
+    app.include_router(web.router)
     _document_errors_truthfully(app)
     return app
 

@@ -11,6 +11,7 @@ never block the event loop. Jobs are executed elsewhere (``executor``); this mod
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -26,7 +27,7 @@ from sqlalchemy import Engine
 
 from converter import ConversionConfig, InvalidOptionsError, render_html
 from converter._config import REPEATABLE_FIELDS
-from converter.formats import sniff_model
+from converter.formats import describe_unknown, format_info, formats, sniff_formats
 
 from ..core.config import Settings
 from ..core.storage import ObjectNotFoundError, ObjectWriter, Storage
@@ -47,7 +48,7 @@ __all__ = ["SERVICE_REFUSED_OPTIONS", "FieldPart", "FilePart", "JobService"]
 
 log = logging.getLogger("sepconv.jobs")
 
-#: Bytes looked at to recognise a model (``sniff_model``).
+#: Bytes looked at to recognise a model (``converter.formats.sniff_formats``).
 SNIFF_BYTES = 4096
 #: Storage writes are batched to this size.
 SUBMIT_FLUSH = 1024 * 1024
@@ -163,7 +164,7 @@ class JobService:
                     if model is not None:
                         raise BadRequestError("give one 'model' file part")
                     key = files.input_key(job_id)
-                    size = await self._store(part.chunks, key, budget, _check_model)
+                    size = await self._store(part.chunks, key, budget, self._check_model)
                     stored.append(key)
                     budget -= size
                     model = (clean_filename(part.filename), size)
@@ -242,6 +243,9 @@ class JobService:
                 with anyio.CancelScope(shield=True):
                     await to_thread.run_sync(writer.abort)
             raise
+
+    def _check_model(self, head: bytes, complete: bool) -> None:
+        _check_model(head, complete, refuse_code=not self.settings.allow_unconfined_code and not _kernel_confines())
 
     async def _forget(self, job: Job) -> None:
         await to_thread.run_sync(files.delete_job_files, self.storage, job)
@@ -355,12 +359,28 @@ class JobService:
         await to_thread.run_sync(self.executor.maintain)
 
 
-def _check_model(head: bytes, complete: bool) -> None:
+def _check_model(head: bytes, complete: bool, *, refuse_code: bool = False) -> None:
     if not head:
         raise UnsupportedUploadError("the uploaded model is empty")
-    if sniff_model(head) is None:
-        raise UnsupportedUploadError("not a model sepconv reads: expected an ONNX file, an ONNX .zip with external "
-                                     "data, or TorchScript")
+    kinds = sniff_formats(head)
+    if not kinds:
+        raise UnsupportedUploadError(describe_unknown(None, head))
+    if refuse_code and any(format_info(k).carries_code for k in kinds):
+        raise UnsupportedUploadError(f"{_code_titles()} carry code, and this server's kernel offers no Landlock "
+                                     "confinement for their conversion; the operator can accept them with "
+                                     "SEPCONV_ALLOW_UNCONFINED_CODE=1")
+
+
+def _code_titles() -> str:
+    names = [f.name for f in formats() if f.carries_code]
+    return "models in the formats " + ", ".join(names) if len(names) != 1 else f"{names[0]} models"
+
+
+@functools.cache
+def _kernel_confines() -> bool:
+    from .confine import landlock_abi
+
+    return landlock_abi() > 0
 
 
 def _check_npz(head: bytes, complete: bool) -> None:
