@@ -446,7 +446,7 @@ def _table(d: Mapping[str, Any]) -> str:
     known = {k for k, _, _ in columns}
     for la in layers:
         for k, v in la.items():
-            if k not in known and (v is None or isinstance(v, str | int | float)):
+            if k not in known and v is not None and isinstance(v, str | int | float):
                 known.add(k)
                 numeric = all(_is_num(x.get(k)) or x.get(k) is None for x in layers)
                 columns.append((k, k.replace("_", " "), numeric))

@@ -122,10 +122,14 @@ class ConvLayer:
 
 @dataclass(frozen=True)
 class Rewrite:
-    """Replace ``layer`` by the convs of ``lowered`` (new nodes named ``node_name(layer.name, step.name)``)."""
+    """Replace ``layer`` by the convs of ``lowered`` (new nodes named ``node_name(layer.name, step.name)``).
+
+    ``bias``, when given (``[out_channels]``, e.g. refitted by calibration), replaces the layer's own bias (or
+    adds one where it had none) on the step that carries the bias; None keeps the original."""
 
     layer: ConvLayer
     lowered: Lowered
+    bias: np.ndarray | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

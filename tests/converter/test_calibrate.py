@@ -119,3 +119,24 @@ def test_calibration_beats_data_free_on_held_out_samples(tmp_path, fmt):
     assert scorer.metric == "top1_agreement"
     assert scorer.values("calibrated")["rel_l2"] < 0.95 * scorer.values("data_free")["rel_l2"]
     assert scorer.values("original") == {"top1": None, "top5": None, "top1_agreement": 1.0, "rel_l2": 0.0}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("order", ["dw-pw", "pw-dw"])
+def test_written_model_is_the_tapped_function(tmp_path, fmt, order):
+    """What the tap measures (factors multiplied back, replacement biases) is what the adapter writes."""
+    from converter._decompose import lower
+    from converter.formats._base import Rewrite
+
+    model, x = build("vgg")
+    path = _save(model, x, fmt, tmp_path / ("m.onnx" if fmt == "onnx" else "m.pt"))
+    adapter, loaded, layers, tap = _tap(path, tmp_path, tuple(x.shape))
+    name = adapter.input_specs(loaded)[0].name
+    rng = np.random.default_rng(0)
+    factors = {layer.name: (decompose(layer.weight, layer.groups, order, 2),
+                            rng.standard_normal(layer.out_channels).astype(np.float32)) for layer in layers}
+    expected = tap({name: x.numpy()}, overrides(tap, factors), [])[0][0]
+    rewrites = [Rewrite(layer, lower(factors[layer.name][0], "split"), factors[layer.name][1]) for layer in layers]
+    saved = adapter.save(adapter.apply(loaded, rewrites), tmp_path / f"slim{adapter.suffix}")
+    run, _ = adapter.runner(saved, tmp_path, None)
+    np.testing.assert_allclose(run({name: x.numpy()})[0], expected, rtol=1e-3, atol=1e-3)
