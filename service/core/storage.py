@@ -124,6 +124,15 @@ class Storage(Protocol):
         """Create what the store needs (folder, bucket) if it is missing."""
         ...
 
+    def list_keys(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        """Every committed object whose key starts with ``prefix``, as ``(key, last modified, Unix time)``."""
+        ...
+
+    def sweep_partial(self, older_than: float) -> int:
+        """Discard writes begun before ``older_than`` (Unix time) and never committed nor aborted — what a killed
+        process leaves (a local ``.part-*`` file, an S3 multipart upload); returns how many."""
+        ...
+
 
 class _WriterBase:
     key: str
@@ -240,14 +249,7 @@ class LocalStorage(_StorageBase):
     def delete(self, key: str) -> None:
         path = self._path(key)
         path.unlink(missing_ok=True)
-        # Remove the job's folder once empty; keys are <prefix>/<id>/<name>.
-        parent = path.parent
-        while parent != self.root and parent.is_dir():
-            try:
-                parent.rmdir()
-            except OSError:
-                break
-            parent = parent.parent
+        self._remove_empty_parents(path)  # the job's folder once empty; keys are <prefix>/<id>/<name>
 
     def check(self) -> bool:
         try:
@@ -261,6 +263,41 @@ class LocalStorage(_StorageBase):
 
     def ensure(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+
+    def list_keys(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        for folder, dirs, names in os.walk(self.root):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for name in names:
+                if name.startswith("."):  # partial writes and readiness probes are not objects
+                    continue
+                path = Path(folder, name)
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix) and _KEY_RE.match(key):
+                    try:
+                        yield key, path.lstat().st_mtime
+                    except FileNotFoundError:  # deleted meanwhile
+                        continue
+
+    def sweep_partial(self, older_than: float) -> int:
+        removed = 0
+        for path in list(self.root.rglob(".part-*")):  # listed first: emptied folders go as we remove
+            try:
+                if path.is_file() and not path.is_symlink() and path.lstat().st_mtime < older_than:
+                    path.unlink()
+                    removed += 1
+                    self._remove_empty_parents(path)
+            except FileNotFoundError:
+                continue
+        return removed
+
+    def _remove_empty_parents(self, path: Path) -> None:
+        parent = path.parent
+        while parent != self.root and parent.is_dir():
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
 
 
 def _read_file(f: IO[bytes]) -> Iterator[bytes]:
@@ -421,6 +458,31 @@ class S3Storage(_StorageBase):
                     raise StorageError(f"S3 bucket {self.bucket!r} could not be created: {e2}") from e2
             else:
                 log.info("created S3 bucket %s", self.bucket)
+
+    def list_keys(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        base = f"{self.prefix}/" if self.prefix else ""
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                              Prefix=base + prefix):
+                for obj in page.get("Contents", []):
+                    yield obj["Key"][len(base):], obj["LastModified"].timestamp()
+        except Exception as e:
+            raise StorageError(f"S3 listing of {prefix!r} failed: {e}") from e
+
+    def sweep_partial(self, older_than: float) -> int:
+        base = f"{self.prefix}/" if self.prefix else ""
+        aborted = 0
+        try:
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
+                                                                                     Prefix=base):
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"].timestamp() < older_than:
+                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                           UploadId=upload["UploadId"])
+                        aborted += 1
+        except Exception as e:
+            raise StorageError(f"S3 sweep of multipart uploads failed: {e}") from e
+        return aborted
 
 
 def _read_body(body: Any) -> Iterator[bytes]:
