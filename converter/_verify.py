@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ._config import ConversionConfig
-from ._errors import InvalidOptionsError, VerificationError, one_line
+from ._errors import InvalidOptionsError, VerificationError, map_errors
 from ._report import Fidelity, Latency
 from .formats._base import FormatAdapter, InputSpec, Runner
 
@@ -116,12 +116,10 @@ def load_user_inputs(path: Path, specs: Sequence[InputSpec]) -> dict[str, np.nda
                 raise InvalidOptionsError("the inputs file is not a .npz (numpy.savez) archive")
     except OSError as e:
         raise InvalidOptionsError(f"the inputs file could not be read: {e.strerror}") from None
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except Exception as e:  # numpy raises many types for a bad file; its messages may hold our temp path
-        reason = one_line(e, 200).replace(str(path), "the file")
-        raise InvalidOptionsError(f"the inputs file is not a readable .npz: {reason}") from None
+    # numpy raises many types for a bad file
+    with (map_errors("the inputs file is not a readable .npz", InvalidOptionsError, type_name=False),
+          np.load(path, allow_pickle=False) as npz):
+        arrays = {k: npz[k] for k in npz.files}
     names = [s.name for s in specs]
     out: dict[str, np.ndarray] = {}
     for spec in specs:
@@ -301,11 +299,9 @@ def verify(
     for label, path in (("original", original), ("converted", converted)):
         sub = workdir / f"verify-{label}"
         sub.mkdir(parents=True, exist_ok=True)
-        try:
+        with map_errors(f"the {label} model could not be loaded for verification", VerificationError, limit=400,
+                        type_name=False):
             run, backend = adapter.runner(path, sub, threads, device)
-        except Exception as e:
-            raise VerificationError(
-                f"the {label} model could not be loaded for verification: {one_line(e, 400)}") from e
         runners.append(run)
     # Fidelity batch by batch (``batch_size`` samples at a time), whatever the number of user samples: memory is
     # bounded by one batch's inputs, activations and outputs. Latency is timed on the first batch.
@@ -315,11 +311,9 @@ def verify(
         timed = chunk if timed is None else timed
         outs = []
         for label, run in zip(("original", "converted"), runners, strict=True):
-            try:
+            with map_errors(f"the {label} model failed on the verification inputs ({_shapes(chunk)})",
+                            VerificationError, limit=400, type_name=False):
                 outs.append([np.asarray(o) for o in run(chunk)])
-            except Exception as e:
-                raise VerificationError(f"the {label} model failed on the verification inputs "
-                                        f"({_shapes(chunk)}): {one_line(e, 400)}") from e
         stats.add(outs[0], outs[1])
         del outs
     fid = stats.result(input_kind)

@@ -123,8 +123,7 @@ def _document_errors_truthfully(app: FastAPI) -> None:
 
 
 async def _upkeep(state: AppState) -> None:
-    # Often enough that a dead embedded worker's job is re-queued within seconds (``EmbeddedExecutor.maintain``).
-    every = max(0.5, min(state.settings.job_lease_s / 2, 2.0))
+    every = state.settings.upkeep_interval_s
     while True:
         await asyncio.sleep(every)
         try:
