@@ -75,7 +75,8 @@ _REPORT_CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsaf
                "frame-ancestors 'self'")
 
 
-@router.get("/{job_id}/report.html", response_class=HTMLResponse,
+# response_class=Response (no media type): the error answers stay documented as JSON, as they are sent.
+@router.get("/{job_id}/report.html", response_class=Response,
             responses={200: {"content": {"text/html": {"schema": {"type": "string"}}},
                              "description": "The report as one self-contained HTML page."},
                        409: ERROR_RESPONSES[409], **_COMMON})
