@@ -204,7 +204,7 @@ def recover(
             names = ", ".join(sorted(result.skipped)[:3])
             warnings.append(f"{len(result.skipped)} converted layer(s) could not be calibrated and stay data-free "
                             f"({names}: {next(iter(result.skipped.values()))})")
-    scorer = evaluate(tap, variants, held, batch_size=config.batch_size, num_classes=data.num_classes,
+    scorer = evaluate(tap, variants, held, batch_size=config.batch_size, num_classes=held.num_classes,
                       progress=lambda x: notify(0.8 + 0.2 * x) if result is not None else notify(x))
     keep = result is not None and better(scorer, "calibrated", "data_free")
     metric = scorer.metric

@@ -37,8 +37,10 @@ def build_report(
     seconds: Mapping[str, float],
     extra: Mapping[str, Any] | None = None,
     warnings: list[str] | None = None,
+    layer_extra: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Report:
-    """The report (see ``Report``); ``extra`` adds keys other stages contribute, ``warnings`` theirs."""
+    """The report (see ``Report``); ``extra`` adds keys other stages contribute, ``warnings`` theirs, and
+    ``layer_extra`` per-layer fields by layer name."""
     by_layer = {id(f.layer): f for f in factors}
     converted = [d for d in decisions if d.converted]
     return Report(
@@ -51,14 +53,15 @@ def build_report(
                 "input_shapes": {k: list(v) for k, v in shapes.items()}},
         fidelity=fidelity,
         latency=latency,
-        layers=[_layer_report(d, by_layer.get(id(d.layer))) for d in decisions],
+        layers=[_layer_report(d, by_layer.get(id(d.layer)), (layer_extra or {}).get(d.layer.name, {}))
+                for d in decisions],
         timings=Timings(**timings_from(seconds)),
         warnings=[*_warnings(decisions, fidelity, latency, problems), *(warnings or [])],
         **(extra or {}),
     )
 
 
-def _layer_report(d: LayerDecision, f: Factors | None) -> LayerReport:
+def _layer_report(d: LayerDecision, f: Factors | None, extra: Mapping[str, Any]) -> LayerReport:
     layer = d.layer
     energy, error = d.energy, d.rel_weight_error
     if f is not None:  # the factors as they are (calibration may have refined them)
@@ -81,6 +84,7 @@ def _layer_report(d: LayerDecision, f: Factors | None) -> LayerReport:
         params_after=d.params_after,
         macs_before=d.macs_before,
         macs_after=d.macs_after,
+        **extra,
     )
 
 
