@@ -232,8 +232,9 @@ def _has_samples(c: Conversion) -> bool:
 #: A stage's code: reads and updates the conversion, reports progress within the stage.
 Step = Callable[[Conversion, StageProgress], None]
 
-#: The code of each stage of ``_stages.STAGES`` and, from the conversion (options and files given), whether it
-#: runs. A stage of the table without an entry here does not run.
+#: The code of each stage of ``_stages.STAGES`` and whether it runs, decided before the first stage from the
+#: options and the files given (``Conversion.config``, ``inputs_path``…). A stage of the table without an entry
+#: here does not run.
 STEPS: dict[str, tuple[Callable[[Conversion], bool], Step]] = {
     "load": (_always, _load),
     "plan": (_always, _plan),

@@ -42,10 +42,12 @@ async def get_job(
     owner: OwnerDep,
     jobs: JobsDep,
     wait: Annotated[float, Query(ge=0, le=600, description="Seconds to block until the job has finished.")] = 0,
-) -> JobPublic:
+) -> Response:
     """Get a job (with `wait`, once it has finished or the time is up)."""
     job = await (jobs.wait(owner, job_id, wait) if wait > 0 else jobs.get(owner, job_id))
-    return JobPublic.from_job(job)
+    # Serialised here, once: FastAPI would validate the model again before serialising it (the endpoint is
+    # polled; response_model still documents the shape).
+    return Response(JobPublic.from_job(job).model_dump_json(by_alias=True), media_type="application/json")
 
 
 @router.get("/{job_id}/model", response_class=StreamingResponse,
