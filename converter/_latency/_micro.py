@@ -164,6 +164,6 @@ def _torchscript(shape: LayerShape, batch: int, dest: Path, seed: int) -> Path:
 
     example = torch.zeros(batch, shape.in_channels, *shape.in_spatial)
     with torch.no_grad():
-        traced = torch.jit.trace(Micro().eval(), example)
+        traced = torch.jit.trace(Micro().eval(), example, check_trace=False)
     traced.save(str(dest))
     return dest
