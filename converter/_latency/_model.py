@@ -87,17 +87,15 @@ class LatencyModel:
 
     Args:
         timer: the candidate timer for the target backend.
-        focus: per layer, the ranks to time per order (``focus_ranks``).
         macs: ``macs(layer, order, rank)``, the counted MACs (for scaling beyond timed ranks).
         budget_s: wall-clock seconds for all timing.
         progress: called with the share of layers done.
     """
 
-    def __init__(self, timer: CandidateTimer, focus: Callable[[ConvLayer], dict[Order, tuple[int, ...]]],
+    def __init__(self, timer: CandidateTimer,
                  macs: Callable[[ConvLayer, Order | None, int | None], int | None], budget_s: float,
                  progress: Callable[[float], None] | None = None) -> None:
         self.timer = timer
-        self.focus = focus
         self.macs = macs
         self.budget_s = budget_s
         self.progress = progress
@@ -110,18 +108,19 @@ class LatencyModel:
     def block(self) -> int:
         return self.timer.backend.block
 
-    def prepare(self, layers: Sequence[ConvLayer]) -> None:
-        """Time the candidates of ``layers`` (largest by MACs first) within the budget."""
+    def prepare(self, focus: Sequence[tuple[ConvLayer, dict[Order, tuple[int, ...]]]]) -> None:
+        """Time the candidates of each layer at its focus ranks per order (``focus_ranks``), largest layer (by
+        MACs) first, within the budget."""
         start = time.perf_counter()
-        todo = [lay for lay in layers if lay.name not in self.times]
-        todo.sort(key=lambda lay: -(self.macs(lay, None, None) or 0))
-        for i, layer in enumerate(todo):
+        todo = [(lay, ranks) for lay, ranks in focus if lay.name not in self.times]
+        todo.sort(key=lambda item: -(self.macs(item[0], None, None) or 0))
+        for i, (layer, ranks) in enumerate(todo):
             shape = LayerShape.of(layer)
             left = self.budget_s - (time.perf_counter() - start)
             if shape is None or left <= 0:
                 self.summary.layers_untimed.append(layer.name)
                 continue
-            cands = self._candidates(layer, shape)
+            cands = self._candidates(layer, shape, ranks)
             before = self.timer.cached_layers
             self.times[layer.name] = self.timer.time_layer(shape, cands, budget_s=min(left, max(2.0, left / 4)))
             if self.timer.cached_layers > before:
@@ -134,9 +133,10 @@ class LatencyModel:
         self.summary.spent_s += time.perf_counter() - start
         self.timer.cache.save()
 
-    def _candidates(self, layer: ConvLayer, shape: LayerShape) -> list[Candidate]:
+    def _candidates(self, layer: ConvLayer, shape: LayerShape,
+                    focus: dict[Order, tuple[int, ...]]) -> list[Candidate]:
         out: list[Candidate] = []
-        for order, ranks in self.focus(layer).items():
+        for order, ranks in focus.items():
             for rank in ranks:
                 out.extend(Candidate(order, rank, low) for low in lowerings_for(order, rank, layer.groups))
                 up = rounded_rank(shape, order, rank, self.block)

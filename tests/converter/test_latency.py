@@ -281,9 +281,9 @@ def test_focus_ranks_per_policy() -> None:
 
 def test_latency_model_times_focus_ranks_and_interpolates() -> None:
     timer = _FakeTimer()
-    model = LatencyModel(timer, lambda lay: {"dw-pw": (1, 4)}, _macs, budget_s=10)  # type: ignore[arg-type]
+    model = LatencyModel(timer, _macs, budget_s=10)  # type: ignore[arg-type]
     layer = _layer()
-    model.prepare([layer])
+    model.prepare([(layer, {"dw-pw": (1, 4)})])
     assert {c.rank for c in timer.asked[0]} == {1, 4}
     assert model.latency(layer, None, None, None) == 4.0
     assert model.latency(layer, "dw-pw", 4, "fused") == pytest.approx(6.0)
@@ -295,8 +295,8 @@ def test_latency_model_times_focus_ranks_and_interpolates() -> None:
 
 def test_latency_model_respects_the_budget() -> None:
     timer = _FakeTimer()
-    model = LatencyModel(timer, lambda lay: {"dw-pw": (2,)}, _macs, budget_s=0.0)  # type: ignore[arg-type]
-    model.prepare([_layer("a"), _layer("b")])
+    model = LatencyModel(timer, _macs, budget_s=0.0)  # type: ignore[arg-type]
+    model.prepare([(_layer("a"), {"dw-pw": (2,)}), (_layer("b"), {"dw-pw": (2,)})])
     assert timer.asked == [] and model.summary.layers_untimed == ["a", "b"]
 
 
