@@ -28,6 +28,7 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from ._decompose import Decomposition, decompose, lower
+    from ._html import render_html
     from ._pipeline import ConversionResult, convert
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "convert",
     "decompose",
     "lower",
+    "render_html",
 ]
 
 _LAZY = {
@@ -58,6 +60,7 @@ _LAZY = {
     "decompose": "._decompose",
     "lower": "._decompose",
     "Decomposition": "._decompose",
+    "render_html": "._html",
 }
 
 

@@ -35,12 +35,12 @@ def cli() -> None:
               help="A .npz of verification inputs: an 'inputs' array, or arrays named like the model's inputs.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the JSON report to this file.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the report as one self-contained HTML page (charts, sortable layer table).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="Where the verification runs.")
 @handle_errors
-def convert(model: Path, output: Path, inputs: Path | None, report_path: Path | None, as_json: bool, device: str,
-            **kwargs: Any) -> None:
+def convert(model: Path, output: Path, inputs: Path | None, report_path: Path | None, html_path: Path | None,
+            as_json: bool, **kwargs: Any) -> None:
     """Convert MODEL (ONNX, ONNX .zip with external data, or TorchScript) and report on the result."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -57,18 +57,60 @@ def convert(model: Path, output: Path, inputs: Path | None, report_path: Path | 
     with Progress(TextColumn("{task.description:<8}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                   TimeElapsedColumn(), console=err, transient=True, disable=as_json or not err.is_terminal) as bar:
         task = bar.add_task("load", total=1.0)
-        result = converter.convert(model, output, config=config, inputs=inputs, device=device,
+        result = converter.convert(model, output, config=config, inputs=inputs,
                                    progress=lambda stage, frac: bar.update(task, completed=frac, description=stage))
     report = result.report
     text = report.model_dump_json(indent=2)
+    written = [str(result.output_path)]
     if report_path is not None:
-        report_path.write_text(text + "\n")
+        _write(report_path, text + "\n")
+        written.append(str(report_path))
+    if html_path is not None:
+        _write(html_path, converter.render_html(report, title=model.name))
+        written.append(str(html_path))
     if as_json:
         click.echo(text)
         return
     out = Console()
     render_report(report, out, title=f"{model.name} → {result.output_path.name} ({report.format})")
-    out.print(f"wrote {result.output_path}" + (f" and {report_path}" if report_path else ""))
+    out.print("wrote " + ", ".join(written), highlight=False)
+
+
+def _write(path: Path, text: str) -> None:
+    """Write a report file; a file-system failure is the user's one-line error, not a traceback."""
+    from converter import SepconvError
+
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise SepconvError(f"could not write {path}: {e.strerror or e}") from e
+
+
+@cli.command()
+@click.argument("report_json", metavar="REPORT", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the HTML page [default: REPORT with the suffix .html].")
+@click.option("--title", default=None, help="The page's title [default: the report's file name].")
+@handle_errors
+def report(report_json: Path, output: Path | None, title: str | None) -> None:
+    """Render a saved JSON report (from --report, GET /jobs/{id}/report or the SDK) as one HTML page."""
+    import json
+
+    from converter import InvalidOptionsError, render_html
+
+    try:
+        data = json.loads(report_json.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise InvalidOptionsError(f"{report_json} is not a JSON file: {e}") from None
+    if not isinstance(data, dict):
+        raise InvalidOptionsError(f"{report_json} is not a sepconv report (a JSON object)")
+    try:
+        page = render_html(data, title=title or report_json.stem)
+    except InvalidOptionsError as e:
+        raise InvalidOptionsError(f"{report_json}: {e}") from None
+    output = output or report_json.with_suffix(".html")
+    _write(output, page)
+    click.echo(f"wrote {output}")
 
 
 def _service_settings(**overrides: Any) -> Any:

@@ -39,6 +39,7 @@ import torch
 
 from .._decompose import ConvStep, Lowered
 from .._errors import ConversionError, InvalidOptionsError, UnsupportedModelError, VerificationError, one_line
+from .._graphcheck import check_torchscript, check_torchscript_archive
 from ._base import ConvLayer, InputSpec, ModelStats, Rewrite, Runner, register
 
 __all__ = ["TorchScriptAdapter", "TorchScriptModel"]
@@ -513,17 +514,27 @@ class TorchScriptAdapter:
         )
 
     def load(self, path: Path, workdir: Path) -> TorchScriptModel:
-        """Load on the CPU, switch to eval mode and freeze.
+        """Load on the CPU, check its graphs (``_graphcheck``: only tensor math ops, unless trusted), switch to eval
+        mode and freeze.
 
         Raises:
-            UnsupportedModelError: the file cannot be loaded or frozen (corrupt, truncated, not TorchScript).
+            UnsupportedModelError: the file cannot be loaded or frozen (corrupt, truncated, not TorchScript), or
+                its graph holds an op outside the allowlist.
         """
+        check_torchscript_archive(path)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                frozen = torch.jit.freeze(torch.jit.load(str(path), map_location="cpu").eval())
+                loaded = torch.jit.load(str(path), map_location="cpu").eval()
         except Exception as e:  # torch raises RuntimeError, ValueError, pickle and zip errors alike
             raise UnsupportedModelError(f"TorchScript file could not be loaded: {one_line(e, 200)}") from e
+        check_torchscript(loaded)  # before freezing: its constant propagation runs ops
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                frozen = torch.jit.freeze(loaded)
+        except Exception as e:
+            raise UnsupportedModelError(f"TorchScript file could not be frozen: {one_line(e, 200)}") from e
         return TorchScriptModel(module=frozen)
 
     def input_specs(self, model: TorchScriptModel) -> list[InputSpec]:

@@ -18,7 +18,7 @@ and kills it on cancellation. Events on the pipe (one JSON object per line)::
 
     {"event": "sandbox", "network": "isolated" | "shared"}
     {"event": "format", "format": "onnx"}
-    {"event": "progress", "stage": "plan", "progress": 0.4}
+    {"event": "progress", "stage": "plan", "progress": 0.4, "detail": null}
     {"event": "done", "format": "onnx", "output": "out/model.onnx", "report": "report.json"}
     {"event": "error", "code": "unsupported_model", "message": "…"}
 
@@ -123,12 +123,14 @@ def _convert(spec: dict[str, Any], channel: _Channel) -> None:
     model = Path(spec["model"])
     adapter = detect_format(model)
     channel.emit(event="format", format=adapter.name)
-    config = converter.ConversionConfig.model_validate(spec["options"])
+    # Never trusted here, whatever the stored options say: the graph check always runs in the service.
+    config = converter.ConversionConfig.model_validate({**spec["options"], "trust_model": False})
     out_dir = Path(spec["output_dir"])
     out_dir.mkdir(exist_ok=True)
     result = converter.convert(
         model, out_dir / f"model{adapter.suffix}", config=config, inputs=spec.get("inputs"),
-        progress=lambda stage, fraction: channel.emit(event="progress", stage=stage, progress=fraction))
+        progress=lambda stage, fraction, detail: channel.emit(event="progress", stage=stage, progress=fraction,
+                                                              detail=detail))
     Path(spec["report"]).write_text(result.report.model_dump_json())
     channel.emit(event="done", format=result.format, output=str(result.output_path), report=spec["report"])
 

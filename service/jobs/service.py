@@ -11,6 +11,7 @@ never block the event loop. Jobs are executed elsewhere (``executor``); this mod
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -23,7 +24,8 @@ import anyio
 from anyio import to_thread
 from sqlalchemy import Engine
 
-from converter import ConversionConfig
+from converter import ConversionConfig, InvalidOptionsError, render_html
+from converter._config import REPEATABLE_FIELDS
 from converter.formats import sniff_model
 
 from ..core.config import Settings
@@ -41,7 +43,7 @@ from .errors import (
 )
 from .executor import Executor, ExecutorUnavailableError
 
-__all__ = ["FieldPart", "FilePart", "JobService"]
+__all__ = ["SERVICE_REFUSED_OPTIONS", "FieldPart", "FilePart", "JobService"]
 
 log = logging.getLogger("sepconv.jobs")
 
@@ -53,6 +55,9 @@ SUBMIT_FLUSH = 1024 * 1024
 FORM_ALLOWANCE = 1024 * 1024
 #: Retry-After (seconds) of a "queue full" answer.
 RETRY_AFTER_S = 30
+
+#: ConversionConfig options a library user may set but the service refuses.
+SERVICE_REFUSED_OPTIONS = ("trust_model",)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -84,23 +89,14 @@ def clean_filename(name: str | None) -> str:
     return base[-200:]
 
 
-def _is_collection(name: str) -> bool:
-    core = ConversionConfig.model_fields[name].annotation
-    while typing.get_origin(core) is typing.Annotated:
-        core = typing.get_args(core)[0]
-    return typing.get_origin(core) in (list, dict) or core in (list, dict)
-
-
 def options_from_form(fields: dict[str, list[str]]) -> dict[str, Any]:
     """Form fields (each possibly repeated) → keyword options for ``ConversionConfig.from_options``: list and
     dict options take every value; any other option must be given once."""
-    from converter import InvalidOptionsError
-
     out: dict[str, Any] = {}
     for name, values in fields.items():
         if name not in ConversionConfig.model_fields:
             out[name] = values[0]  # refused by the config as an unknown option, by name
-        elif _is_collection(name):
+        elif name in REPEATABLE_FIELDS:
             out[name] = values
         elif len(values) > 1:
             raise InvalidOptionsError(f"invalid options: {name}: given {len(values)} times; give it once")
@@ -183,6 +179,10 @@ class JobService:
             if model is None:
                 raise BadRequestError("the request has no 'model' file part")
             config = ConversionConfig.from_options(**options_from_form(fields))
+            refused = [name for name in SERVICE_REFUSED_OPTIONS if getattr(config, name)]
+            if refused:
+                raise InvalidOptionsError(f"invalid options: {refused[0]}: not accepted by the service (uploaded "
+                                          "graphs are always checked)")
             job = Job(id=job_id, owner=owner, status=JobStatus.QUEUED, stage=JobStage.QUEUED, progress=0.0,
                       filename=model[0], options=config.model_dump(mode="json", exclude_unset=True),
                       input_key=files.input_key(job_id), input_bytes=model[1],
@@ -296,6 +296,21 @@ class JobService:
         job = await self._succeeded(owner, job_id, "report")
         return await self._open(job, job.report_key)
 
+    async def report_html(self, owner: str, job_id: str) -> str:
+        """The report as one self-contained HTML page (``converter.render_html``), titled with the model's name.
+
+        Raises:
+            JobNotFoundError: no such job.
+            JobNotReadyError: the job has not succeeded.
+        """
+        job = await self._succeeded(owner, job_id, "report")
+        chunks = await self._open(job, job.report_key)
+
+        def render() -> str:
+            return render_html(json.loads(b"".join(chunks)), title=job.filename)
+
+        return await to_thread.run_sync(render)
+
     async def _succeeded(self, owner: str, job_id: str, what: str) -> Job:
         job = await self.get(owner, job_id)
         if job.status != JobStatus.SUCCEEDED:
@@ -349,7 +364,5 @@ def _check_model(head: bytes, complete: bool) -> None:
 
 
 def _check_npz(head: bytes, complete: bool) -> None:
-    from converter import InvalidOptionsError
-
     if not head.startswith(b"PK\x03\x04"):
         raise InvalidOptionsError("inputs: expected a .npz file (numpy.savez) of verification inputs")

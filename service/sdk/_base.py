@@ -285,6 +285,14 @@ class _BaseClient:
     def _report_call(self, job_id: str) -> Call:
         return Call("GET", self._job_path(job_id, "/report"))
 
+    def _report_html_call(self, job_id: str) -> Call:
+        return Call("GET", self._job_path(job_id, "/report.html"), stream=True)
+
+    @staticmethod
+    def _report_html_target(path: Path, job_id: str) -> Path:
+        """The HTML report's file: ``path``, or ``<job id>-report.html`` inside ``path`` when it is a folder."""
+        return path / f"{job_id}-report.html" if path.is_dir() else path
+
     def _model_call(self, job_id: str) -> Call:
         return Call("GET", self._job_path(job_id, "/model"), stream=True)
 

@@ -212,6 +212,31 @@ class Client(_BaseClient):
         """
         return self._send(self._report_call(job_id), self._parse_report)
 
+    def download_report_html(self, job_id: str, path: str | Path) -> Path:
+        """Download the report of a succeeded job as one self-contained HTML page (charts, sortable layer table).
+
+        Written atomically, like ``download_model``.
+
+        Args:
+            job_id: The job.
+            path: The file to write, or an existing directory to write ``<job id>-report.html`` into.
+
+        Returns:
+            The path written.
+
+        Raises:
+            NotReady: The job has not succeeded.
+        """
+        out = self._report_html_target(Path(path), job_id)
+
+        def consume(response: httpx.Response) -> Path:
+            with atomic_write(out) as f:
+                for chunk in response.iter_bytes():
+                    f.write(chunk)
+            return out
+
+        return self._send(self._report_html_call(job_id), consume)
+
     def download_model(self, job_id: str, path: str | Path) -> Path:
         """Download the converted model of a succeeded job.
 
@@ -381,6 +406,18 @@ class AsyncClient(_BaseClient):
     async def get_report(self, job_id: str) -> Report:
         """The conversion report of a succeeded job; see ``Client.get_report``."""
         return await self._send(self._report_call(job_id), self._parse_report)
+
+    async def download_report_html(self, job_id: str, path: str | Path) -> Path:
+        """Download the report as one self-contained HTML page; see ``Client.download_report_html``."""
+        out = self._report_html_target(Path(path), job_id)
+
+        async def consume(response: httpx.Response) -> Path:
+            with atomic_write(out) as f:
+                async for chunk in response.aiter_bytes():
+                    f.write(chunk)
+            return out
+
+        return await self._send(self._report_html_call(job_id), consume)
 
     async def download_model(self, job_id: str, path: str | Path) -> Path:
         """Download the converted model atomically; see ``Client.download_model``."""

@@ -10,7 +10,7 @@ import converter
 EXPECTED = {
     "DEFAULT_ENERGY", "ConversionConfig", "ConversionError", "ConversionResult", "Counts", "Decomposition",
     "Fidelity", "InvalidOptionsError", "LayerReport", "Latency", "Report", "SepconvError", "Timings",
-    "UnsupportedModelError", "VerificationError", "__version__", "convert", "decompose", "lower",
+    "UnsupportedModelError", "VerificationError", "__version__", "convert", "decompose", "lower", "render_html",
 }
 
 

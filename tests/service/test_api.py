@@ -29,8 +29,8 @@ from tests.service.helpers import (
 
 pytestmark = pytest.mark.asyncio
 
-JOB_KEYS = {"id", "status", "stage", "progress", "filename", "format", "options", "created_at", "started_at",
-            "finished_at", "attempts", "error", "links"}
+JOB_KEYS = {"id", "status", "stage", "progress", "stage_detail", "filename", "format", "options", "created_at",
+            "started_at", "finished_at", "attempts", "error", "links"}
 
 
 def assert_error(r: httpx.Response, status: int, code: str) -> dict:
@@ -72,7 +72,7 @@ async def test_missing_or_unknown_key_is_401_on_every_job_endpoint(api, model_fi
     job = await submit(api, model_files["onnx"], key=KEY_ALICE)
     calls = [("POST", "/convert"), ("GET", "/jobs"), ("GET", f"/jobs/{job['id']}"),
              ("GET", f"/jobs/{job['id']}/model"), ("GET", f"/jobs/{job['id']}/report"),
-             ("DELETE", f"/jobs/{job['id']}")]
+             ("GET", f"/jobs/{job['id']}/report.html"), ("DELETE", f"/jobs/{job['id']}")]
     for headers in ({}, auth("not-a-configured-key-at-all"), {"Authorization": f"Basic {KEY_ALICE}"}):
         for method, path in calls:
             r = await api.request(method, path, headers=headers)
@@ -85,7 +85,8 @@ async def test_missing_or_unknown_key_is_401_on_every_job_endpoint(api, model_fi
 async def test_another_keys_job_is_404_on_every_endpoint(api, model_files):
     job = await submit(api, model_files["onnx"], key=KEY_ALICE)
     for method, path in [("GET", f"/jobs/{job['id']}"), ("GET", f"/jobs/{job['id']}/model"),
-                         ("GET", f"/jobs/{job['id']}/report"), ("DELETE", f"/jobs/{job['id']}"),
+                         ("GET", f"/jobs/{job['id']}/report"), ("GET", f"/jobs/{job['id']}/report.html"),
+                         ("DELETE", f"/jobs/{job['id']}"),
                          ("GET", f"/jobs/{job['id']}?wait=0.2")]:
         r = await api.request(method, path, headers=auth(KEY_BOB))
         assert_error(r, 404, "not_found")
@@ -230,7 +231,7 @@ async def test_list_is_paginated_newest_first(api, model_files):
 
 async def test_results_of_an_unfinished_job_are_409(api, model_files):
     job = await submit(api, model_files["onnx"], key=KEY_ALICE)
-    for what in ("model", "report"):
+    for what in ("model", "report", "report.html"):
         err = assert_error(await api.get(f"/jobs/{job['id']}/{what}", headers=auth(KEY_ALICE)), 409, "not_ready")
         assert "queued" in err["message"]
 

@@ -118,6 +118,10 @@ async def test_async_client_converts_downloads_and_reports(make_settings: Callab
         assert path == out / "vgg-sepconv.onnx"
         onnx.checker.check_model(onnx.load(str(path)))
         assert [p.name for p in out.iterdir()] == ["vgg-sepconv.onnx"]  # no temporary file left
+        html = await job.download_report_html(tmp_path / "report.html")
+        assert html == tmp_path / "report.html"
+        text = html.read_text()
+        assert "<title>vgg.onnx · sepconv report</title>" in text and 'id="plot-params"' in text
 
         page = await client.list_jobs()
         assert page.count == 1 and page.data[0].id == job.id
@@ -148,6 +152,8 @@ def test_blocking_client_converts_torchscript(make_settings: Callable[..., Setti
         assert job.report.format == "torchscript" and job.report is job.report
         target = tmp_path / "slim.pt"
         assert job.download(target) == target and target.stat().st_size > 0
+        page = client.download_report_html(job.id, tmp_path)
+        assert page == tmp_path / f"{job.id}-report.html" and "<svg" in page.read_text()
         assert client.get_job(job.id).refresh().status == "succeeded"
         client.delete_job(job.id)
         assert client.list_jobs().count == 0
@@ -184,6 +190,9 @@ async def test_the_contracts_errors_are_the_sdks_types(make_settings: Callable[.
         with pytest.raises(NotReady):
             await job.download(tmp_path / "slim.onnx")
         assert not (tmp_path / "slim.onnx").exists()
+        with pytest.raises(NotReady):
+            await job.download_report_html(tmp_path / "report.html")
+        assert not (tmp_path / "report.html").exists()
         with pytest.raises(WaitTimeout, match="still queued") as wait:
             await job.wait(timeout=0.3)
         assert wait.value.job.status == "queued"

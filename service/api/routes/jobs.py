@@ -6,7 +6,7 @@ from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import HTMLResponse, StreamingResponse
 
 from ...schemas import JobPublic, JobsPublic
 from ..deps import JobsDep, OwnerDep
@@ -67,6 +67,22 @@ async def get_model(job_id: str, owner: OwnerDep, jobs: JobsDep) -> StreamingRes
 async def get_report(job_id: str, owner: OwnerDep, jobs: JobsDep) -> StreamingResponse:
     """Download the JSON report."""
     return StreamingResponse(await jobs.open_report(owner, job_id), media_type="application/json")
+
+
+#: The report page holds its own styles and script and needs nothing else; keep it that way when it is opened from
+#: the API's origin (a layer name is user input, and it is escaped, but a policy costs nothing).
+_REPORT_CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:; "
+               "frame-ancestors 'self'")
+
+
+@router.get("/{job_id}/report.html", response_class=HTMLResponse,
+            responses={200: {"content": {"text/html": {"schema": {"type": "string"}}},
+                             "description": "The report as one self-contained HTML page."},
+                       409: ERROR_RESPONSES[409], **_COMMON})
+async def get_report_html(job_id: str, owner: OwnerDep, jobs: JobsDep) -> HTMLResponse:
+    """Download the report as one self-contained HTML page."""
+    return HTMLResponse(await jobs.report_html(owner, job_id),
+                        headers={"Content-Security-Policy": _REPORT_CSP, "X-Content-Type-Options": "nosniff"})
 
 
 @router.delete("/{job_id}", status_code=204, response_class=Response, responses=_COMMON)

@@ -1,0 +1,509 @@
+"""The conversion report as one self-contained HTML page: styles, the table-sorting script and the charts (inline
+SVG, ``_svg.py``) are all inside the file, so it opens with no network, prints, and reads on a phone.
+
+It renders what the report holds and nothing it does not: every section reads its keys defensively from the
+report's JSON form, so a report from an older converter (no latency, no accuracy) renders its parts, and a newer
+report's unknown keys are shown in a last "other" section rather than dropped. It computes nothing that the
+report does not state, except ratios of numbers in it. Every string from the report (layer names, reasons,
+warnings) is escaped: a model's layer names are user input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from html import escape
+from typing import Any
+
+from . import _svg
+from ._errors import InvalidOptionsError
+from ._report import Report
+
+__all__ = ["render_html"]
+
+_HANDLED = {"schema_version", "sepconv_version", "format", "params", "macs", "file_bytes", "policy", "fidelity",
+            "latency", "layers", "timings", "warnings", "accuracy"}
+_STAGES = ("load", "plan", "measure", "rewrite", "calibrate", "finetune", "save", "verify")
+_ACCURACY_STAGES = (("original", "original"), ("data_free", "data-free"), ("calibrated", "calibrated"),
+                    ("finetuned", "fine-tuned"))
+
+
+def render_html(report: Report | Mapping[str, Any], *, title: str | None = None) -> str:
+    """The report as a self-contained HTML document.
+
+    Args:
+        report: a ``Report``, or a report's JSON object (a dict): with a dict, keys this version does not know
+            are rendered too.
+        title: what the page is about, usually the model's file name.
+
+    Raises:
+        InvalidOptionsError: ``report`` is not a conversion report.
+    """
+    if isinstance(report, Report):
+        data = report.model_dump(mode="json")
+    else:
+        try:
+            Report.model_validate(report)
+        except Exception as e:
+            raise InvalidOptionsError(f"not a sepconv report: {_first_error(e)}") from None
+        data = dict(report)
+    title = title or "sepconv report"
+    body = [_header(data, title), _warnings(data), _cards(data), _charts(data), _table(data), _details(data)]
+    return _PAGE.format(title=escape(f"{title} · sepconv report"), css=_CSS, js=_JS,
+                        body="\n".join(part for part in body if part))
+
+
+def _first_error(e: Exception) -> str:
+    errors = getattr(e, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return f"{'.'.join(map(str, first.get('loc', ()))) or 'report'}: {first.get('msg')}"
+    return str(e).splitlines()[0]
+
+
+# -- formatting ------------------------------------------------------------------------------------------------
+
+def _num(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:g}" if isinstance(n, float) else str(n)
+
+
+def _bytes(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit, div in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if n >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _pct(v: float | None, digits: int = 1) -> str:
+    return "?" if v is None else f"{v * 100:.{digits}f} %"
+
+
+def _ms(v: float) -> str:
+    return f"{v:.3g} ms"
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _get(d: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(d, Mapping):
+            return None
+        d = d.get(key)
+    return d
+
+
+def _ratio(counts: Any) -> float | None:
+    a, b = _get(counts, "original"), _get(counts, "converted")
+    return b / a if _is_num(a) and _is_num(b) and a else None
+
+
+# -- sections --------------------------------------------------------------------------------------------------
+
+def _policy_text(policy: Any) -> str:
+    if not isinstance(policy, Mapping):
+        return ""
+    text = f"{policy.get('kind')}={policy.get('value')}"
+    if _is_num(policy.get("achieved")):
+        text += f" (achieved {policy['achieved']:.3f})"
+    return text + f", order {policy.get('order')}, lowering {policy.get('lowering')}"
+
+
+def _ci_label(latency: Mapping[str, Any]) -> str:
+    level = latency.get("confidence")
+    return f"{level * 100:g} % CI" if _is_num(level) and 0 < level < 1 else "CI"
+
+
+def _speedup_interval(latency: Mapping[str, Any]) -> tuple[float, float] | None:
+    """The speed-up's confidence interval, under whichever of the usual spellings the report uses."""
+    for key in ("speedup_ci", "speedup_ci95", "speedup_interval"):
+        v = latency.get(key)
+        if isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2 and all(map(_is_num, v)):
+            return float(v[0]), float(v[1])
+        if isinstance(v, Mapping):
+            lo = next((v[k] for k in ("low", "lo", "lower") if _is_num(v.get(k))), None)
+            hi = next((v[k] for k in ("high", "hi", "upper") if _is_num(v.get(k))), None)
+            if lo is not None and hi is not None:
+                return float(lo), float(hi)
+    for lo_key, hi_key in (("speedup_ci_low", "speedup_ci_high"), ("speedup_low", "speedup_high"),
+                           ("speedup_lo", "speedup_hi")):
+        if _is_num(latency.get(lo_key)) and _is_num(latency.get(hi_key)):
+            return float(latency[lo_key]), float(latency[hi_key])
+    return None
+
+
+def _accuracy_stages(accuracy: Any) -> list[tuple[str, float]]:
+    if not isinstance(accuracy, Mapping):
+        return []
+    return [(label, float(accuracy[key])) for key, label in _ACCURACY_STAGES if _is_num(accuracy.get(key))]
+
+
+def _fmt_metric(accuracy: Mapping[str, Any]) -> Callable[[float], str]:
+    values = [v for _, v in _accuracy_stages(accuracy)]
+    if values and all(0.0 <= v <= 1.0 for v in values):
+        return lambda v: _pct(v)
+    return lambda v: f"{v:.4g}"
+
+
+def _verdict(d: Mapping[str, Any]) -> str:
+    layers = d.get("layers") or []
+    n_conv = sum(1 for la in layers if _get(la, "status") == "converted")
+    parts = [f"{n_conv} of {len(layers)} convolutions converted"]
+    for key, name, fmt in (("params", "params", _num), ("macs", "MACs", _num), ("file_bytes", "size", _bytes)):
+        counts = d.get(key)
+        r = _ratio(counts)
+        if r is not None:
+            parts.append(f"{name} {fmt(counts['original'])} → {fmt(counts['converted'])} ({_pct(r)})")
+    lat = d.get("latency")
+    if isinstance(lat, Mapping) and _is_num(lat.get("speedup")):
+        text = f"speed-up {lat['speedup']:.2f}×"
+        ci = _speedup_interval(lat)
+        if ci:
+            text += f" ({_ci_label(lat)} {ci[0]:.2f}–{ci[1]:.2f}×)"
+        parts.append(text)
+    fid = d.get("fidelity")
+    if isinstance(fid, Mapping) and _is_num(fid.get("rel_l2")):
+        text = f"output error {fid['rel_l2']:.3g}"
+        if _is_num(fid.get("top1_agreement")):
+            text += f", top-1 agreement {_pct(fid['top1_agreement'])}"
+        parts.append(text)
+    acc = d.get("accuracy")
+    stages = _accuracy_stages(acc)
+    if stages:
+        fmt = _fmt_metric(acc)
+        metric = _get(acc, "metric") or "accuracy"
+        parts.append(f"{metric} " + " → ".join(fmt(v) for _, v in (stages[0], stages[-1]))
+                     + (f" ({stages[-1][0]})" if len(stages) > 1 else ""))
+    return " · ".join(parts)
+
+
+def _header(d: Mapping[str, Any], title: str) -> str:
+    meta = [f"format <b>{escape(str(d.get('format')))}</b>"]
+    policy = _policy_text(d.get("policy"))
+    if policy:
+        meta.append(f"policy <b>{escape(policy)}</b>")
+    meta.append(f"sepconv {escape(str(d.get('sepconv_version', '?')))}")
+    cls = "verdict warn" if d.get("warnings") else "verdict"
+    return (f"<header><h1>{escape(title)}</h1><p class=\"meta\">{' · '.join(meta)}</p>"
+            f"<p class=\"{cls}\" id=\"verdict\">{escape(_verdict(d))}</p></header>")
+
+
+def _warnings(d: Mapping[str, Any]) -> str:
+    warnings = [w for w in d.get("warnings") or [] if w]
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{escape(str(w))}</li>" for w in warnings)
+    return (f'<section class="warnings" role="alert" id="warnings"><h2>⚠ {len(warnings)} warning'
+            f"{'s' if len(warnings) > 1 else ''}</h2><ul>{items}</ul></section>")
+
+
+def _card(name: str, value: str, sub: str = "") -> str:
+    return (f'<div class="card"><div class="k">{escape(name)}</div><div class="v">{escape(value)}</div>'
+            f'<div class="s">{escape(sub)}</div></div>')
+
+
+def _cards(d: Mapping[str, Any]) -> str:
+    cards = []
+    for key, name, fmt in (("params", "parameters", _num), ("macs", "MACs per sample", _num),
+                           ("file_bytes", "file size", _bytes)):
+        counts = d.get(key)
+        if isinstance(counts, Mapping):
+            r = _ratio(counts)
+            cards.append(_card(name, fmt(counts.get("converted")),
+                               f"from {fmt(counts.get('original'))}" + (f" · {_pct(r)}" if r is not None else "")))
+    lat = d.get("latency")
+    if isinstance(lat, Mapping) and _is_num(lat.get("speedup")):
+        ci = _speedup_interval(lat)
+        sub = f"p50 {_ms(lat['original_ms'])} → {_ms(lat['converted_ms'])}" if _is_num(
+            lat.get("original_ms")) and _is_num(lat.get("converted_ms")) else ""
+        if ci:
+            sub = f"{_ci_label(lat)} {ci[0]:.2f}–{ci[1]:.2f}× · " + sub
+        cards.append(_card("speed-up", f"{lat['speedup']:.2f}×", sub))
+    fid = d.get("fidelity")
+    if isinstance(fid, Mapping) and _is_num(fid.get("rel_l2")):
+        sub = f"cosine {fid['cosine']:.4f}" if _is_num(fid.get("cosine")) else ""
+        if _is_num(fid.get("top1_agreement")):
+            sub += f" · top-1 {_pct(fid['top1_agreement'])}"
+        cards.append(_card("output error (rel. L2)", f"{fid['rel_l2']:.3g}",
+                           sub + f" · {fid.get('samples')} {fid.get('inputs')} sample(s)"))
+    acc = d.get("accuracy")
+    stages = _accuracy_stages(acc)
+    if stages:
+        fmt = _fmt_metric(acc)
+        cards.append(_card(str(_get(acc, "metric") or "accuracy"), fmt(stages[-1][1]),
+                           f"{stages[-1][0]} · original {fmt(stages[0][1])}" if len(stages) > 1 else stages[0][0]))
+    return f'<section class="cards">{"".join(cards)}</section>' if cards else ""
+
+
+def _figure(title: str, svg: str, note: str = "", fid: str = "") -> str:
+    ident = f' id="{fid}"' if fid else ""
+    return (f"<figure{ident}><figcaption>{escape(title)}</figcaption>{svg}"
+            + (f'<p class="note">{escape(note)}</p>' if note else "") + "</figure>")
+
+
+def _layer_rows(layers: Sequence[Mapping[str, Any]], keys: Sequence[str], scale: float = 1.0
+                ) -> list[tuple[str, list[float | None]]]:
+    rows = []
+    for la in layers:
+        vals = [float(la[k]) * scale if _is_num(la.get(k)) else None for k in keys]
+        rows.append((str(la.get("name", "?")), vals))
+    return rows
+
+
+def _output_error_keys(layers: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Per-layer output-error keys present in the report (added by calibration/fine-tuning), in first-seen order."""
+    keys: list[str] = []
+    for la in layers:
+        for k, v in la.items():
+            if "output" in k and "error" in k and _is_num(v) and k not in keys:
+                keys.append(k)
+    return keys
+
+
+def _charts(d: Mapping[str, Any]) -> str:
+    layers = [la for la in d.get("layers") or [] if isinstance(la, Mapping)]
+    both = [("original", _svg.ORIGINAL), ("converted", _svg.CONVERTED)]
+    figs = []
+    if layers:
+        figs.append(_figure("Parameters per layer", _svg.hbars(
+            _layer_rows(layers, ("params_before", "params_after")), both, fmt=_num,
+            label="parameters per layer, before and after"), fid="plot-params"))
+        if any(_is_num(la.get("macs_before")) for la in layers):
+            figs.append(_figure("MACs per layer (per sample)", _svg.hbars(
+                _layer_rows(layers, ("macs_before", "macs_after")), both, fmt=_num,
+                label="MACs per layer, before and after"), fid="plot-macs"))
+    converted = [la for la in layers if la.get("status") == "converted"]
+    if converted:
+        figs.append(_figure("Rank per converted layer", _svg.hbars(
+            _layer_rows(converted, ("rank",)), [("rank", _svg.CONVERTED)], fmt=lambda v: f"{v:g}",
+            label="rank per converted layer"), fid="plot-rank"))
+        extra = _output_error_keys(converted)
+        keys = ["energy", "rel_weight_error", *extra]
+        palette = ["#2da44e", "#cf222e", "#f0883e", "#a371f7", "#1f6feb"]
+        series = [(k.replace("_", " "), palette[i % len(palette)]) for i, k in enumerate(keys)]
+        figs.append(_figure("Kept energy and errors per converted layer", _svg.dots(
+            _layer_rows(converted, keys), series, lo=0.0,
+            hi=max(1.0, *(v for _, vals in _layer_rows(converted, keys) for v in vals if v is not None)),
+            fmt=lambda v: f"{v:.2g}",
+            label="kept energy and weight error" + (" and output error" if extra else "") + " per layer"),
+            "kept energy: share of the kernel's squared singular values kept; weight error: relative L2 of the "
+            "kernel" + ("; output errors: relative L2 of the layer's output on real data" if extra else ""),
+            fid="plot-energy"))
+    lat = d.get("latency")
+    if isinstance(lat, Mapping):
+        fig = _latency_figure(lat)
+        if fig:
+            figs.append(fig)
+    acc = d.get("accuracy")
+    stages = _accuracy_stages(acc)
+    if stages:
+        fmt = _fmt_metric(acc)
+        colours = [_svg.ORIGINAL] + [_svg.CONVERTED] * (len(stages) - 1)
+        pct = all(0.0 <= v <= 1.0 for _, v in stages)
+        samples = _get(acc, "samples")
+        figs.append(_figure(f"{_get(acc, 'metric') or 'accuracy'} by recovery stage", _svg.vbars(
+            [(n, v, c) for (n, v), c in zip(stages, colours, strict=True)], lo=0.0, hi=1.0 if pct else None,
+            fmt=fmt, label="accuracy by recovery stage"),
+            f"on {samples} held-out sample(s)" if _is_num(samples) else "", fid="plot-accuracy"))
+    timings = d.get("timings")
+    if isinstance(timings, Mapping):
+        segments = _timing_segments(timings)
+        if segments:
+            figs.append(_figure("Time per stage", _svg.stacked(segments, fmt=lambda v: f"{v:.2f} s",
+                                                               label="wall-clock seconds per stage"),
+                                fid="plot-timings"))
+    return f'<section class="charts">{"".join(figs)}</section>' if figs else ""
+
+
+def _latency_figure(lat: Mapping[str, Any]) -> str:
+    """Both models' latency distributions when the report has the runs, else their percentiles."""
+    setting = ", ".join(f"{k} {lat[k]}" for k in ("backend", "device", "threads", "batch", "runs")
+                        if lat.get(k) is not None)
+    samples = {}
+    for model in ("original", "converted"):
+        for key, v in lat.items():
+            if (key.startswith(model) and isinstance(v, list) and len(v) > 1 and all(map(_is_num, v))
+                    and model not in samples):
+                samples[model] = [float(x) for x in v]
+    colours = {"original": _svg.ORIGINAL, "converted": _svg.CONVERTED}
+    if len(samples) == 2:
+        svg = _svg.histogram([(m, colours[m], samples[m]) for m in ("original", "converted")], fmt=_ms,
+                             label="latency distribution of both models")
+        return _figure("Latency per run", svg, f"{setting}; dashed lines: medians", fid="plot-latency")
+    series = []
+    for model in ("original", "converted"):
+        pts = [("p50", float(lat[f"{model}_ms"]))] if _is_num(lat.get(f"{model}_ms")) else []
+        for p in ("p90", "p95", "p99"):
+            v = lat.get(f"{model}_{p}_ms")
+            if _is_num(v):
+                pts.append((p, float(v)))
+        series.append((model, colours[model], pts))
+    if not any(pts for _, _, pts in series):
+        return ""
+    svg = _svg.ranges(series, fmt=_ms, label="latency percentiles of both models")
+    return _figure("Latency percentiles", svg, setting, fid="plot-latency")
+
+
+def _timing_segments(timings: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """Disjoint parts of the run: the per-stage timings when the report has them, else the legacy steps."""
+    staged = [(s, float(timings[f"{s}_s"])) for s in _STAGES if _is_num(timings.get(f"{s}_s"))]
+    if len(staged) > 2 and any(s not in ("load", "save", "verify") for s, _ in staged):
+        return staged
+    legacy = [(s, float(timings[f"{s}_s"])) for s in ("load", "convert", "save", "verify")
+              if _is_num(timings.get(f"{s}_s"))]
+    return legacy
+
+
+_COLUMNS: tuple[tuple[str, str, bool], ...] = (
+    # (key, header, numeric)
+    ("name", "layer", False), ("op", "op", False), ("kernel", "kernel", False), ("in_channels", "in", True),
+    ("out_channels", "out", True), ("groups", "groups", True), ("status", "status", False),
+    ("reason", "reason", False), ("order", "order", False), ("rank", "rank", True), ("energy", "energy", True),
+    ("rel_weight_error", "weight err.", True), ("params_before", "params before", True),
+    ("params_after", "params after", True), ("macs_before", "MACs before", True), ("macs_after", "MACs after", True),
+)
+
+
+def _cell(key: str, v: Any) -> tuple[str, str]:
+    """(display text, sort value) of one table cell."""
+    if v is None:
+        return "", ""
+    if key == "kernel" and isinstance(v, list):
+        return "×".join(map(str, v)), str(math.prod(v) if all(map(_is_num, v)) else 0)
+    if key == "energy" and _is_num(v):
+        return _pct(v), repr(v)
+    if ("error" in key) and _is_num(v):
+        return f"{v:.3g}", repr(v)
+    if key.startswith(("params", "macs")) and _is_num(v):
+        return _num(v), repr(v)
+    return str(v), repr(v) if _is_num(v) else str(v)
+
+
+def _table(d: Mapping[str, Any]) -> str:
+    layers = [la for la in d.get("layers") or [] if isinstance(la, Mapping)]
+    if not layers:
+        return ""
+    columns = list(_COLUMNS)
+    for key in _output_error_keys(layers):
+        columns.insert(len(columns) - 4, (key, key.replace("_", " "), True))
+    head = "".join(f'<th data-type="{"num" if num else "text"}" scope="col" tabindex="0">{escape(h)}</th>'
+                   for _, h, num in columns)
+    rows = []
+    for la in layers:
+        cells = []
+        for key, _, _ in columns:
+            text, sort = _cell(key, la.get(key))
+            cls = ' class="name"' if key == "name" else (' class="reason"' if key == "reason" else "")
+            cells.append(f'<td{cls} data-v="{escape(sort)}">{escape(text)}</td>')
+        rows.append(f'<tr class="{escape(str(la.get("status", "")))}">{"".join(cells)}</tr>')
+    return (f'<section id="layers"><h2>Layers</h2><p class="note">Click a column to sort. '
+            f"Full layer names as in the JSON report.</p><div class=\"scroll\"><table id=\"layer-table\">"
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div></section>")
+
+
+def _kv(mapping: Mapping[str, Any]) -> str:
+    rows = []
+    for k, v in mapping.items():
+        if isinstance(v, list) and len(v) > 8 and all(map(_is_num, v)):
+            v = f"{len(v)} values, {min(v):.4g}–{max(v):.4g}"
+        elif isinstance(v, Mapping | list):
+            v = json.dumps(v, separators=(", ", ": "))
+        rows.append(f"<tr><th scope=\"row\">{escape(str(k))}</th><td>{escape(str(v))}</td></tr>")
+    return f'<table class="kv">{"".join(rows)}</table>'
+
+
+def _details(d: Mapping[str, Any]) -> str:
+    parts = []
+    for key, name in (("policy", "Policy"), ("fidelity", "Output fidelity"), ("latency", "Latency"),
+                      ("accuracy", "Accuracy"), ("timings", "Timings (s)")):
+        if isinstance(d.get(key), Mapping):
+            parts.append(f"<details open><summary>{name}</summary>{_kv(d[key])}</details>")
+    other = {k: v for k, v in d.items() if k not in _HANDLED}
+    if other:
+        parts.append(f"<details open><summary>Other report keys</summary>{_kv(other)}</details>")
+    return f'<section id="details"><h2>Details</h2>{"".join(parts)}</section>' if parts else ""
+
+
+_CSS = """
+:root{--fg:#1f2328;--muted:#57606a;--line:#d0d7de;--bg:#fff;--accent:#1f6feb}
+*{box-sizing:border-box}
+body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);background:var(--bg)}
+main{max-width:1180px;margin:0 auto;padding:16px}
+h1{font-size:1.45rem;margin:.2rem 0;word-break:break-all}
+h2{font-size:1.1rem;margin:1.2rem 0 .5rem}
+.meta{color:var(--muted);margin:.2rem 0}
+.verdict{font-size:1.05rem;font-weight:600;padding:.6rem .8rem;border-left:4px solid var(--accent);background:#f6f8fa}
+.verdict.warn{border-left-color:#d4a72c}
+.warnings{background:#fff8c5;border:1px solid #d4a72c;border-radius:6px;padding:.3rem 1rem;margin:1rem 0}
+.warnings h2{margin:.4rem 0;color:#7d4e00}
+.warnings li{margin:.25rem 0}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(165px,1fr));gap:10px;margin:1rem 0}
+.card{border:1px solid var(--line);border-radius:6px;padding:.55rem .75rem}
+.card .k{color:var(--muted);font-size:.85rem}.card .v{font-size:1.35rem;font-weight:650}
+.card .s{color:var(--muted);font-size:.8rem}
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,520px),1fr));gap:14px}
+figure{margin:0;border:1px solid var(--line);border-radius:6px;padding:.6rem;break-inside:avoid}
+figcaption{font-weight:600;margin-bottom:.3rem}
+svg.chart{width:100%;height:auto;display:block}
+.note{color:var(--muted);font-size:.82rem;margin:.3rem 0}
+.scroll{overflow-x:auto;-webkit-overflow-scrolling:touch}
+table{border-collapse:collapse;font-size:.85rem;width:100%}
+th,td{padding:.3rem .45rem;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
+th{background:#f6f8fa;cursor:pointer;user-select:none;position:sticky;top:0}
+th[aria-sort=ascending]::after{content:" ▲"}th[aria-sort=descending]::after{content:" ▼"}
+td.name,td.reason{text-align:left}
+td.reason{white-space:normal;min-width:16rem;max-width:28rem}
+td.name{font-family:ui-monospace,monospace;font-size:.8rem}
+tr.skipped td{color:var(--muted)}
+table.kv{width:auto}table.kv th{cursor:default;text-align:left;position:static}
+table.kv td{text-align:left;white-space:normal;overflow-wrap:anywhere}
+details{margin:.5rem 0}summary{font-weight:600;cursor:pointer}
+@media (max-width:600px){main{padding:10px}h1{font-size:1.2rem}.verdict{font-size:.95rem}}
+@media print{main{max-width:none;padding:0}th{position:static}.scroll{overflow:visible}
+ figure,section.cards,.warnings{break-inside:avoid}body{font-size:11pt}}
+"""
+
+_JS = """
+(function(){
+  var table=document.getElementById('layer-table');if(!table)return;
+  var heads=table.tHead.rows[0].cells;
+  function sortBy(i){
+    var th=heads[i],asc=th.getAttribute('aria-sort')!=='ascending',num=th.dataset.type==='num';
+    var body=table.tBodies[0],rows=Array.prototype.slice.call(body.rows);
+    rows.sort(function(a,b){
+      var x=a.cells[i].dataset.v,y=b.cells[i].dataset.v,r;
+      if(num){
+        if(x===''||y==='')return (x==='')-(y==='');  // unknown values last, either way
+        r=(+x)-(+y);if(!asc)r=-r;}
+      else{r=x.localeCompare(y,undefined,{numeric:true});if(!asc)r=-r;}
+      return r;});
+    rows.forEach(function(r){body.appendChild(r);});
+    for(var j=0;j<heads.length;j++)heads[j].removeAttribute('aria-sort');
+    th.setAttribute('aria-sort',asc?'ascending':'descending');
+  }
+  for(var i=0;i<heads.length;i++)(function(i){
+    heads[i].addEventListener('click',function(){sortBy(i);});
+    heads[i].addEventListener('keydown',function(e){if(e.key==='Enter'||e.key===' '){e.preventDefault();sortBy(i);}});
+  })(i);
+})();
+"""
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="generator" content="sepconv">
+<title>{title}</title>
+<style>{css}</style></head>
+<body><main>
+{body}
+</main><script>{js}</script></body></html>
+"""
