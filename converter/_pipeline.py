@@ -30,11 +30,12 @@ from ._device import resolve_device
 from ._errors import ConversionError, InvalidOptionsError, map_errors
 from ._factorize import Factors, Spectra, factorize, rewrites
 from ._graphcheck import trusting
+from ._latency._stage import measure_step, verify_step
 from ._plan import Plan, plan
 from ._report import Fidelity, Latency, Report
 from ._stages import STAGE_NAMES, ProgressCallback, StageClock, StageProgress
 from ._summary import build_report
-from ._verify import load_user_inputs, random_inputs, resolve_input_shapes, verify
+from ._verify import load_user_inputs, resolve_input_shapes
 from .formats._base import ConvLayer, FormatAdapter, InputSpec, ModelStats, detect_format
 
 __all__ = ["STEPS", "Conversion", "ConversionResult", "ProgressCallback", "convert"]
@@ -145,6 +146,8 @@ def _plan(c: Conversion, _: StageProgress) -> None:
     assert c.adapter is not None
     c.layers = c.adapter.find_convs(c.model, c.per_sample)
     c.before = c.adapter.stats(c.model, c.per_sample)
+    if c.config.measure:
+        return  # the measure stage plans, on measured latency
     c.plan = plan(c.layers, c.config, c.cost_model, total_params=c.before.params, total_macs=c.before.macs,
                   spectra=c.spectra)
     c.factors = factorize(c.plan.decisions, c.spectra)
@@ -171,17 +174,6 @@ def _save(c: Conversion, _: StageProgress) -> None:
         shutil.copyfile(c.src, c.saved)
 
 
-def _verify(c: Conversion, _: StageProgress) -> None:
-    assert c.adapter is not None and c.saved is not None
-    cfg = c.config
-    if c.user_inputs is not None:
-        others = random_inputs([s for s in c.specs if s.name not in c.user_inputs], c.shapes, cfg.seed)
-        inputs, kind = {**others, **c.user_inputs}, "user"
-    else:
-        inputs, kind = random_inputs(c.specs, c.shapes, cfg.seed), "random"
-    c.fidelity, c.latency = verify(c.adapter, c.src, c.saved, inputs, kind, cfg, c.workdir("verify"), c.device)
-
-
 def _always(_: ConversionConfig) -> bool:
     return True
 
@@ -194,9 +186,10 @@ Step = Callable[[Conversion, StageProgress], None]
 STEPS: dict[str, tuple[Callable[[ConversionConfig], bool], Step]] = {
     "load": (_always, _load),
     "plan": (_always, _plan),
+    "measure": (lambda cfg: cfg.measure, measure_step),
     "rewrite": (_always, _rewrite),
     "save": (_always, _save),
-    "verify": (lambda cfg: cfg.verify, _verify),
+    "verify": (lambda cfg: cfg.verify, verify_step),
 }
 
 

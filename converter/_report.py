@@ -110,6 +110,8 @@ class LayerReport(_Model):
     params_after: int
     macs_before: int | None = None
     macs_after: int | None = None
+    latency_ms_before: float | None = None
+    latency_ms_after: float | None = None
 
 
 #: Wall-clock seconds of each step, derived from the stage table (``converter._stages``): ``load_s``,
