@@ -22,6 +22,7 @@ from ._cost import Candidate, Cost, CostModel, CountingCostModel, Lowering, macs
 from ._decompose import Order, energy_curve
 from ._errors import InvalidOptionsError
 from ._factorize import Spectra
+from ._latency._candidates import lowerings_for
 from ._policies import OVERRIDE, RANK_POLICIES, Option, RankPolicy, allocate
 from .formats._base import ConvLayer
 
@@ -111,7 +112,9 @@ def _candidates(layer: ConvLayer, config: ConversionConfig, spectra: Spectra) ->
     for order in _orders(config):
         curve = energy_curve(spectra.get(layer, order))
         for lowering in _lowerings(config):
-            out.extend(Candidate(layer, order, r, lowering, float(curve[r - 1])) for r in range(1, len(curve) + 1))
+            # auto lists a lowering only where it emits a graph of its own (rank 1: all are the same two convs)
+            out.extend(Candidate(layer, order, r, lowering, float(curve[r - 1])) for r in range(1, len(curve) + 1)
+                       if config.lowering != "auto" or lowering in lowerings_for(order, r, layer.groups))
     return out
 
 
