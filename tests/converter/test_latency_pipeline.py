@@ -221,3 +221,17 @@ def test_target_latency_end_to_end_and_throughput(tmp_path: Path) -> None:
     tp = r.latency.throughput
     assert tp is not None and tp.batch == 4 and tp.original_per_s > 0 and tp.converted_per_s > 0
     assert r.latency.original_p99_ms >= r.latency.original_ms and r.latency.speedup_low <= r.latency.speedup
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_measured_and_planned_on_cuda(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDA provider")
+    src = _low_rank_net(tmp_path, channels=32, size=24)
+    r = converter.convert(src, tmp_path / "out.onnx", rank=2, device="cuda", **FAST).report
+    assert r.policy["latency"]["backend"] == "onnxruntime-cuda" and r.policy["latency"]["channel_block"] == 1
+    assert r.latency.backend == "onnxruntime-cuda" and r.latency.device == "cuda"
+    assert r.latency.speedup_low <= r.latency.speedup <= r.latency.speedup_high
