@@ -192,10 +192,22 @@ def _per_layer(d: LayerDecision, options: list[Option], policy: RankPolicy, valu
     # Between the forms' candidates (same policy, so no rank is changed): the best among those worth converting
     # with; if none is, the best overall, whose rejection becomes the layer's skip reason. The default policy
     # promises speed: where latency was measured it prefers the fastest form.
-    prefer = _by_latency if config.default_policy and _timed(candidates) else policy.prefer
-    worth = [o for o in candidates if _rejection(o, d, config) is None]
-    best = min(worth or candidates, key=prefer)
+    worth = [o for o in candidates if _rejection(o, d, config) is None] or candidates
+    if _timed(worth) and config.default_policy:
+        best = min(worth, key=_by_latency)
+    elif _timed(worth):
+        # the policy's own criterion first (weight error at a rank, parameters at an energy); forms within
+        # _NEAR of the best by it are near-ties, broken by the measured latency
+        first = min(policy.prefer(o)[0] for o in worth)
+        near = [o for o in worth if policy.prefer(o)[0] <= first * (1 + _NEAR) + 1e-12]
+        best = min(near, key=lambda o: (o.cost.latency_ms, policy.prefer(o)))
+    else:
+        best = min(worth, key=policy.prefer)
     _choose(d, best, config, policy.describe(value) + notes.get(id(best), ""))
+
+
+#: Forms whose policy criterion (weight error, parameters) is within this share of the best are near-ties.
+_NEAR = 0.05
 
 
 def _timed(options: list[Option]) -> bool:

@@ -235,3 +235,26 @@ def test_measured_and_planned_on_cuda(tmp_path: Path) -> None:
     assert r.policy["latency"]["backend"] == "onnxruntime-cuda" and r.policy["latency"]["channel_block"] == 1
     assert r.latency.backend == "onnxruntime-cuda" and r.latency.device == "cuda"
     assert r.latency.speedup_low <= r.latency.speedup <= r.latency.speedup_high
+
+
+class _SlowPwDw(_Fake):
+    def costs(self, candidates: Sequence[Candidate]) -> list[Cost]:
+        return [Cost(c.params, c.macs, latency_ms=(c.latency_ms or 0) + (50.0 if cand.order == "pw-dw" else 0.0))
+                for cand, c in zip(candidates, super().costs(candidates), strict=True)]
+
+
+def test_rank_policy_breaks_near_ties_of_weight_error_by_latency() -> None:
+    # random weights: both forms keep about the same error at rank 2 (within 5 %), so the faster one is taken
+    lay = layer("a", n=16, m=16, seed=0)
+    errs = {o: plan([lay], ConversionConfig(rank=2, order=o), total_params=1, total_macs=None).decisions[0]
+            .rel_weight_error ** 2 for o in ("dw-pw", "pw-dw")}
+    assert abs(errs["dw-pw"] - errs["pw-dw"]) <= 0.05 * min(errs.values())
+    d = plan([lay], ConversionConfig(rank=2), _SlowPwDw(), total_params=1, total_macs=None).decisions[0]
+    assert d.order == "dw-pw"
+    # every output channel's C×k kernel of rank 2: PW→DW is exact at rank 2, DW→PW is not — error wins over speed
+    rng = np.random.default_rng(1)
+    w = np.einsum("ncr,nrk->nck", rng.standard_normal((16, 16, 2)), rng.standard_normal((16, 2, 9)))
+    exact = layer("b", n=16, m=16)
+    exact.weight = w.reshape(16, 16, 3, 3).astype(np.float32)
+    d = plan([exact], ConversionConfig(rank=2), _SlowPwDw(), total_params=1, total_macs=None).decisions[0]
+    assert d.order == "pw-dw" and d.rel_weight_error < 1e-3
