@@ -181,3 +181,18 @@ def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
             m.weight.data.copy_(0.5 + torch.rand(m.num_features, generator=g))
             m.bias.data.copy_(0.1 * torch.randn(m.num_features, generator=g))
     return model.eval()
+
+
+def decay_spectra(model: nn.Module, decay: float = 0.35) -> nn.Module:
+    """Give every spatial conv kernel a geometrically decaying spatial spectrum (singular values of the
+    ``[N·C, k]`` kernel matrix scaled by ``decay**r``), as trained kernels tend to have: the default policy's
+    energy target is then reached at a low rank. Random weights alone have flat spectra."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1) and m.groups == 1:
+                w = m.weight
+                flat = w.reshape(w.shape[0] * w.shape[1], -1).double()
+                u, s, vt = torch.linalg.svd(flat, full_matrices=False)
+                s = s * decay ** torch.arange(len(s), dtype=s.dtype)
+                w.copy_(((u * s) @ vt).reshape(w.shape))
+    return model
