@@ -26,6 +26,7 @@ import numpy as np
 
 from .._config import DEFAULT_ENERGY
 from .._decompose import Order
+from .._errors import one_line
 from ..formats._base import ConvLayer
 from ._candidates import Candidate, CandidateTimer, LayerTimes, lowerings_for, rounded_rank
 from ._micro import LayerShape
@@ -72,6 +73,7 @@ class MeasureSummary:
     layers_cached: int = 0
     layers_untimed: list[str] = field(default_factory=list)
     candidates_timed: int = 0
+    failures: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +81,7 @@ class MeasureSummary:
             "channel_block": self.block, "budget_s": self.budget_s, "spent_s": round(self.spent_s, 3),
             "layers_timed": self.layers_timed, "layers_cached": self.layers_cached,
             "layers_untimed": len(self.layers_untimed), "candidates_timed": self.candidates_timed,
+            **({"failures": self.failures[:5]} if self.failures else {}),
         }
 
 
@@ -122,7 +125,12 @@ class LatencyModel:
                 continue
             cands = self._candidates(layer, shape, ranks)
             before = self.timer.cached_layers
-            self.times[layer.name] = self.timer.time_layer(shape, cands, budget_s=min(left, max(2.0, left / 4)))
+            try:
+                self.times[layer.name] = self.timer.time_layer(shape, cands, budget_s=min(left, max(2.0, left / 4)))
+            except Exception as e:  # measuring is best effort: an untimed layer is decided on counts
+                self.summary.layers_untimed.append(layer.name)
+                self.summary.failures.append(f"{layer.name}: {type(e).__name__}: {one_line(e, 160)}")
+                continue
             if self.timer.cached_layers > before:
                 self.summary.layers_cached += 1
             else:

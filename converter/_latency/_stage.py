@@ -26,6 +26,7 @@ from ._candidates import CandidateTimer
 from ._costmodel import LatencyCostModel
 from ._guard import describe, never_slower
 from ._harness import Comparison, time_interleaved
+from ._micro import MICRO_FORMATS
 from ._model import LatencyModel
 from ._timers import timed_runner
 from ._whole import batched, compare_files, latency_report
@@ -61,6 +62,8 @@ def measure_step(c: Conversion, progress: StageProgress) -> None:
     total_ms = None
     if c.problems:
         info = {"measured": False, "reason": f"input shapes unknown ({c.problems[0]})"}
+    elif c.adapter.name not in MICRO_FORMATS:
+        info = {"measured": False, "reason": f"candidates cannot be timed in {c.adapter.name} format yet"}
     else:
         backend = _backend(c)
         timer = CandidateTimer(c.adapter, backend, _batch(c), TimingCache(backend), seed=cfg.seed)

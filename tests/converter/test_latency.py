@@ -366,3 +366,14 @@ def test_guard_with_noise_does_not_claim_faster() -> None:
         return _comparison(0.0102, 0.010, 0.4, seed=len(layers))
     r = never_slower(["a"], {"a": 0.3}, measure)
     assert r.unchanged
+
+
+def test_a_layer_whose_timing_fails_is_decided_on_counts() -> None:
+    class Broken(_FakeTimer):
+        def time_layer(self, shape: LayerShape, cands: list[Candidate], *, budget_s: float | None = None) -> LayerTimes:
+            raise RuntimeError("the runtime refused the micro-model")
+
+    model = LatencyModel(Broken(), _macs, budget_s=10)  # type: ignore[arg-type]
+    model.prepare([(_layer("a"), {"dw-pw": (2,)})])
+    assert model.latency(_layer("a"), None, None, None) is None
+    assert model.summary.layers_untimed == ["a"] and "refused" in model.summary.as_dict()["failures"][0]
