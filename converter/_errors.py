@@ -72,20 +72,27 @@ def one_line(e: BaseException, limit: int = 300, *, whole: bool = False) -> str:
     """
     text = str(e).strip()
     if not whole:
-        text = next((ln for ln in text.splitlines() if ln.strip()), "")
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        # TorchScript's interpreter puts a fixed header first, its TorchScript and Python tracebacks next, and the
+        # error itself ("RuntimeError: …") last.
+        text = lines[-1] if lines and lines[0].startswith("The following operation failed") else \
+            next(iter(lines), "")
     text = " ".join(text.split()) or type(e).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @contextlib.contextmanager
-def map_errors(what: str, to: type[SepconvError], *, limit: int = 300, type_name: bool = True,
-               whole: bool = False) -> Iterator[None]:
-    """Turn any exception raised in the block, other than a ``SepconvError``, into ``to`` with the message
-    ``"<what>: <Type>: <one line of the original>"`` (without the type when ``type_name`` is False), chained with
-    ``from``. ``SepconvError`` passes through; so do ``KeyboardInterrupt`` and ``SystemExit``."""
+def map_errors(what: str, to: type[Exception], *, keep: tuple[type[BaseException], ...] = (SepconvError,),
+               limit: int = 300, type_name: bool = True, whole: bool = False) -> Iterator[None]:
+    """Turn any exception raised in the block into ``to`` with the message ``"<what>: <Type>: <one line of the
+    original>"`` (without the type when ``type_name`` is False), chained with ``from``.
+
+    ``to`` itself and the types in ``keep`` (by default every ``SepconvError``: it already speaks to the user)
+    pass through unchanged, and so do ``KeyboardInterrupt`` and ``SystemExit``. The service uses it at its own
+    boundaries too (storage, the broker, the upload parser) with its own error types."""
     try:
         yield
-    except SepconvError:
+    except (to, *keep):
         raise
     except Exception as e:
         detail = one_line(e, limit, whole=whole)

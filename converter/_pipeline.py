@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import tempfile
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +30,14 @@ from ._errors import ConversionError, InvalidOptionsError, map_errors
 from ._factorize import Factors, Spectra, factorize, rewrites
 from ._graphcheck import trusting
 from ._latency._stage import measure_step, verify_step
+from ._ortlog import quiet_onnxruntime
 from ._plan import Plan, plan
 from ._report import Fidelity, Latency, Report
 from ._stages import STAGE_NAMES, ProgressCallback, StageClock, StageProgress
 from ._summary import build_report
 from ._verify import load_user_inputs, resolve_input_shapes
-from .formats._base import ConvLayer, FormatAdapter, InputSpec, ModelStats, detect_format
+from .formats import detect_format
+from .formats._base import ConvLayer, FormatAdapter, InputSpec, ModelStats
 
 __all__ = ["STEPS", "Conversion", "ConversionResult", "ProgressCallback", "convert"]
 
@@ -49,7 +50,7 @@ class ConversionResult:
 
     Attributes:
         report: the report (see ``Report``).
-        format: the model's format (``onnx``, ``torchscript``…).
+        format: the model's format (a name from ``converter.formats.format_names()``).
         output_path: where the converted model was written, when ``output`` was given.
         data: the converted model's bytes, when no ``output`` was given.
     """
@@ -170,26 +171,27 @@ def _save(c: Conversion, _: StageProgress) -> None:
         c.saved = c.adapter.save(c.model, c.staging / f"model{c.adapter.suffix}")
     else:
         # Nothing to convert: the user gets their file back byte for byte.
-        c.saved = c.staging / f"model{_suffix_like(c.src, c.adapter)}"
+        c.saved = c.staging / f"model{c.adapter.output_suffix(c.src)}"
         shutil.copyfile(c.src, c.saved)
 
 
-def _always(_: ConversionConfig) -> bool:
+def _always(_: Conversion) -> bool:
     return True
 
 
 #: A stage's code: reads and updates the conversion, reports progress within the stage.
 Step = Callable[[Conversion, StageProgress], None]
 
-#: The code of each stage of ``_stages.STAGES`` and, from the options, whether it runs. A stage of the table
-#: without an entry here does not run.
-STEPS: dict[str, tuple[Callable[[ConversionConfig], bool], Step]] = {
+#: The code of each stage of ``_stages.STAGES`` and whether it runs, decided before the first stage from the
+#: options and the files given (``Conversion.config``, ``inputs_path``…). A stage of the table without an entry
+#: here does not run.
+STEPS: dict[str, tuple[Callable[[Conversion], bool], Step]] = {
     "load": (_always, _load),
     "plan": (_always, _plan),
-    "measure": (lambda cfg: cfg.measure, measure_step),
+    "measure": (lambda c: c.config.measure, measure_step),
     "rewrite": (_always, _rewrite),
     "save": (_always, _save),
-    "verify": (lambda cfg: cfg.verify, verify_step),
+    "verify": (lambda c: c.config.verify, verify_step),
 }
 
 
@@ -225,6 +227,7 @@ def convert(
         VerificationError: a model would not run on the verification inputs.
     """
     cfg = ConversionConfig.from_options(config, **options)
+    quiet_onnxruntime()  # before any session exists: its log lines never reach the terminal raw
     with tempfile.TemporaryDirectory(prefix="sepconv-") as tmp:
         work = Path(tmp)
         if isinstance(model, bytes | bytearray | memoryview):
@@ -242,7 +245,7 @@ def convert(
 
 
 def _run(c: Conversion, progress: ProgressCallback | None) -> ConversionResult:
-    active = [name for name in STAGE_NAMES if name in STEPS and STEPS[name][0](c.config)]
+    active = [name for name in STAGE_NAMES if name in STEPS and STEPS[name][0](c)]
     clock = StageClock(progress, active)
     # Staged next to the destination (same file system, so the final move is a rename) and moved there only
     # after verification: a failed conversion never leaves a file at the destination.
@@ -287,7 +290,3 @@ def _mkdir(p: Path) -> Path:
     return p
 
 
-def _suffix_like(src: Path, adapter: FormatAdapter) -> str:
-    if adapter.name == "onnx" and zipfile.is_zipfile(src):
-        return ".zip"
-    return adapter.suffix

@@ -24,8 +24,8 @@ __all__ = ["CONVERTED", "ORIGINAL", "dots", "elide", "hbars", "histogram", "rang
 ORIGINAL = "#9aa5b1"
 CONVERTED = "#1f6feb"
 
-_W = 640  # viewBox width; the SVG scales to its container
-_LABEL_W = 170
+_W = 480  # viewBox width; the SVG scales to its container (about 0.75 on a phone, so text stays legible)
+_LABEL_W = 150
 _FONT = 13
 Series = tuple[str, str]  # (name, colour)
 
@@ -112,7 +112,7 @@ def hbars(rows: Sequence[tuple[str, Sequence[float | None]]], series: Sequence[S
     for i, (name, vals) in enumerate(rows):
         y = top + i * row_h
         body.append(f'<text x="{_LABEL_W - 6}" y="{y + per * bar_h / 2 + 4:.1f}" text-anchor="end">'
-                    f"<title>{escape(name)}</title>{escape(elide(name, 22))}</text>")
+                    f"<title>{escape(name)}</title>{escape(elide(name, 20))}</text>")
         for j, (v, (sname, colour)) in enumerate(zip(vals, series, strict=True)):
             if v is None:
                 continue
@@ -139,7 +139,7 @@ def dots(rows: Sequence[tuple[str, Sequence[float | None]]], series: Sequence[Se
     for i, (name, vals) in enumerate(rows):
         y = top + i * row_h + row_h / 2
         body.append(f'<text x="{_LABEL_W - 6}" y="{y + 4:.1f}" text-anchor="end"><title>{escape(name)}</title>'
-                    f"{escape(elide(name, 22))}</text>"
+                    f"{escape(elide(name, 20))}</text>"
                     f'<line x1="{_LABEL_W}" x2="{_W - 20}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eaeef2"/>')
         for v, (sname, colour) in zip(vals, series, strict=True):
             if v is None:
@@ -216,7 +216,7 @@ def histogram(series: Sequence[tuple[str, str, Sequence[float]]], *, fmt: Callab
 def ranges(series: Sequence[tuple[str, str, Sequence[tuple[str, float]]]], *, fmt: Callable[[float], str],
            label: str) -> str:
     """One line per series from its smallest to its largest named point (p50, p90, p99…), each point marked."""
-    row_h, top = 34.0, 20.0
+    row_h, top = 44.0, 20.0
     height = top + len(series) * row_h + 26
     allv = [v for _, _, pts in series for _, v in pts]
     lo, hi = 0.0, max(allv, default=1.0) * 1.05 or 1.0
@@ -230,10 +230,11 @@ def ranges(series: Sequence[tuple[str, str, Sequence[tuple[str, float]]]], *, fm
         xs = [sx(v) for _, v in pts]
         body.append(f'<line x1="{min(xs):.1f}" x2="{max(xs):.1f}" y1="{y:.1f}" y2="{y:.1f}" stroke="{colour}" '
                     f'stroke-width="3"/>')
-        for (pname, v), x in zip(pts, xs, strict=True):
+        for k, ((pname, v), x) in enumerate(zip(pts, xs, strict=True)):
+            ty = y - 9 if k % 2 == 0 else y + 17  # alternate above/below: close percentiles stay readable
             body.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{colour}"><title>{escape(name)} '
                         f"{escape(pname)}: {escape(fmt(v))}</title></circle>"
-                        f'<text x="{x:.1f}" y="{y - 9:.1f}" text-anchor="middle" font-size="11">{escape(pname)}</text>')
+                        f'<text x="{x:.1f}" y="{ty:.1f}" text-anchor="middle" font-size="11">{escape(pname)}</text>')
     return _svg(height, body, label)
 
 

@@ -43,6 +43,11 @@ def resolve_input_shapes(
         if user_inputs is not None and spec.name in user_inputs:
             shapes[spec.name] = tuple(int(d) for d in user_inputs[spec.name].shape)
             continue
+        if spec.scalar:
+            problems.append(f"input {spec.name!r} is a number (a non-tensor argument of forward) with no value to "
+                            f"guess; give it in --inputs as a 0-d array, e.g. np.savez('in.npz', "
+                            f"{spec.name}=np.array(16000), …)")
+            continue
         given = config.input_shape.get(spec.name)
         if given is not None:
             if spec.shape is not None:
@@ -102,7 +107,9 @@ def load_user_inputs(path: Path, specs: Sequence[InputSpec]) -> dict[str, np.nda
                                           f"expects {len(spec.shape)}")
             if a.dtype == object:
                 raise InvalidOptionsError(f"inputs file: array for {spec.name!r} is not numeric")
-            out[spec.name] = np.ascontiguousarray(a.astype(spec.dtype, copy=False))
+            a = a.astype(spec.dtype, copy=False)
+            # Not np.ascontiguousarray: it turns a 0-d array (a scalar input such as a sample rate) into shape (1,).
+            out[spec.name] = a if a.flags.c_contiguous else np.array(a, order="C")
     return out
 
 
@@ -117,9 +124,9 @@ def random_inputs(
         if np.issubdtype(spec.dtype, np.floating):
             out[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         elif spec.dtype == np.bool_:
-            out[spec.name] = rng.integers(0, 2, shape).astype(np.bool_)
+            out[spec.name] = np.asarray(rng.integers(0, 2, shape)).astype(np.bool_)
         else:
-            out[spec.name] = rng.integers(0, 10, shape).astype(spec.dtype)
+            out[spec.name] = np.asarray(rng.integers(0, 10, shape)).astype(spec.dtype)
     return out
 
 

@@ -53,9 +53,22 @@ Variable                       Default                          Meaning
 ``SEPCONV_CELERY_QUEUE``       ``sepconv``                      Celery queue conversion jobs are sent to.
 ``SEPCONV_CELERY_GPU_QUEUE``   ``sepconv-gpu``                  Celery queue declared for GPU work (fine-tuning,
                                                                 later); nothing is sent to it yet.
+``SEPCONV_ALLOW_UNCONFINED_CODE`` ``false``                     Accept TorchScript/``.pt2`` uploads even where the
+                                                                kernel offers no Landlock confinement (the
+                                                                conversion could then read the worker user's
+                                                                files); refused otherwise.
+``SEPCONV_REQUEUE_AFTER_S``    ``300``                          A job queued this long without being claimed is
+                                                                published again (a broker that lost its message);
+                                                                claims are idempotent, so a duplicate is harmless.
+``SEPCONV_SWEEP_INTERVAL_S``   ``600``                          How often partial uploads and storage objects of
+                                                                no job are swept (and once at start).
+``SEPCONV_SWEEP_GRACE_S``      ``3600``                         Age an orphaned object or partial upload must
+                                                                reach before a sweep deletes it.
 ``SEPCONV_TEST_HOOK``          unset                            Tests only: ``sleep`` or ``allocate`` makes every
                                                                 conversion hang or allocate memory without bound
-                                                                so the time and memory limits can be tested.
+                                                                so the time and memory limits can be tested;
+                                                                ``unchecked`` skips the graph check so that the
+                                                                confinement alone is tested.
 =============================  ===============================  ==================================================
 
 This module opens no connection and creates no file or folder; the database, storage and broker are opened by
@@ -110,7 +123,12 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     celery_queue: str = Field("sepconv", min_length=1)
     celery_gpu_queue: str = Field("sepconv-gpu", min_length=1)
-    test_hook: Literal["sleep", "allocate"] | None = None
+    # Hardening: confinement opt-out, re-publishing of stranded jobs, sweeps of leaked files.
+    allow_unconfined_code: bool = False
+    requeue_after_s: float = Field(300.0, ge=1.0)
+    sweep_interval_s: float = Field(600.0, ge=1.0)
+    sweep_grace_s: float = Field(3600.0, ge=0.0)
+    test_hook: Literal["sleep", "allocate", "unchecked"] | None = None
 
     _warnings: list[str] = PrivateAttr(default_factory=list)
 
@@ -169,6 +187,9 @@ class Settings(BaseSettings):
                 f"NO API KEYS ARE CONFIGURED: refusing to listen on {self.host!r} and binding to 127.0.0.1 instead. "
                 "Set SEPCONV_API_KEYS or SEPCONV_API_KEYS_FILE to serve other machines.")
             set_(self, "host", "127.0.0.1")
+        if self.allow_unconfined_code:
+            self._warnings.append("SEPCONV_ALLOW_UNCONFINED_CODE is set: TorchScript/.pt2 models are converted even "
+                                  "where the kernel cannot confine the conversion process to its job folder")
         if self.test_hook is not None:
             self._warnings.append(f"SEPCONV_TEST_HOOK={self.test_hook}: every conversion is sabotaged on purpose "
                                   "(tests only)")
@@ -211,8 +232,8 @@ class Settings(BaseSettings):
     @property
     def upkeep_interval_s(self) -> float:
         """How often the API process reaps expired leases and replaces dead embedded workers: twice per lease,
-        0.5–10 s (a dead worker is replaced sooner than a lease is reaped)."""
-        return max(0.5, min(self.job_lease_s / 2, 10.0))
+        0.5–2 s, so that a dead embedded worker's job is re-queued within seconds (``EmbeddedExecutor.maintain``)."""
+        return max(0.5, min(self.job_lease_s / 2, 2.0))
 
     @property
     def visibility_timeout_s(self) -> int:

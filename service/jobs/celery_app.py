@@ -25,6 +25,8 @@ from celery import Celery, signals
 from kombu import Queue
 from sqlalchemy.exc import OperationalError
 
+from converter._errors import map_errors
+
 from ..core.config import Settings, load_settings
 from ..core.db import get_engine
 from . import crud
@@ -132,11 +134,10 @@ class CeleryExecutor:
         pass
 
     def submit(self, job_id: str) -> None:
-        try:
+        with map_errors("the job queue (Celery broker) is unavailable", ExecutorUnavailableError, keep=(),
+                        type_name=False):
             self.app.send_task(TASK_NAME, args=[job_id], queue=self.settings.celery_queue, retry=True,
                                retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
-        except Exception as e:
-            raise ExecutorUnavailableError(f"the job queue (Celery broker) is unavailable: {e}") from e
 
     def resubmit(self, job_ids: list[str]) -> None:
         for job_id in job_ids:

@@ -36,13 +36,17 @@ from typing import Any
 
 import psutil
 
+from converter.formats import format_names
+
 from ..core.config import Settings
 from ..core.db import get_engine
 from ..core.storage import ObjectNotFoundError, Storage, open_storage
 from . import crud, files
+from .confine import landlock_abi, seccomp_supported
 from .sandbox import EXIT_OOM
 
-__all__ = ["JobRunner", "Outcome", "protect_worker_process", "sweep_stale_workdirs", "worker_name"]
+__all__ = ["JobRunner", "Outcome", "protect_worker_process", "sweep_stale_workdirs", "warn_if_unconfined",
+           "worker_name"]
 
 log = logging.getLogger("sepconv.runner")
 
@@ -109,6 +113,7 @@ class JobRunner:
         self.engine = get_engine(settings.database_url)
         self.storage = storage or open_storage(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url)
         sweep_stale_workdirs()
+        warn_if_unconfined(settings, worker_id)
 
     def run_next(self) -> Outcome | None:
         """Claim the oldest queued job and run it; None if there was none."""
@@ -159,10 +164,12 @@ class JobRunner:
             return Outcome("cancelled")
 
         outcome = self._supervise(claim, job.input_bytes, work, job.options, bool(job.inputs_key))
-        network = next((e.get("network") for e in outcome.events if e["event"] == "sandbox"), None)
-        if network == "shared":
-            log.info("job %s: the kernel refused a private network namespace; the conversion had network access",
-                     claim.job_id)
+        sandbox = next((e for e in outcome.events if e["event"] == "sandbox"), {})
+        if sandbox.get("network") == "shared":
+            log.info("job %s: the kernel refused a private network namespace and a socket filter; the conversion "
+                     "had network access", claim.job_id)
+        if sandbox and not sandbox.get("landlock"):
+            log.warning("job %s: the conversion ran without file-system confinement (no Landlock)", claim.job_id)
         if outcome.status == "stopped":
             crud.release(self.engine, claim)
         elif outcome.status == "failed":
@@ -224,6 +231,7 @@ class JobRunner:
             "memory_mb": s.job_memory_mb,
             "max_file_bytes": max(8 * input_bytes, 1024**3),
             "test_hook": s.test_hook,
+            "allow_unconfined": s.allow_unconfined_code,
             "parent_pid": os.getpid(),
         }
         spec_path = work / "spec.json"
@@ -309,6 +317,20 @@ class JobRunner:
         return _judge(proc.returncode, events, work, peak_vms, limit_bytes, s.job_memory_mb)
 
 
+def warn_if_unconfined(settings: Settings, worker_id: str) -> None:
+    """Say loudly, at a worker's start, when its kernel cannot confine conversions to their job folder."""
+    abi = landlock_abi()
+    if abi:
+        log.info("worker %s: conversions are confined by Landlock ABI %d%s", worker_id, abi,
+                 " and a socket filter" if seccomp_supported() else "")
+        return
+    what = ("TorchScript/.pt2 models are ACCEPTED anyway (SEPCONV_ALLOW_UNCONFINED_CODE)"
+            if settings.allow_unconfined_code else
+            "TorchScript/.pt2 models are refused (set SEPCONV_ALLOW_UNCONFINED_CODE=1 to accept them)")
+    log.warning("WORKER %s HAS NO FILE-SYSTEM CONFINEMENT: this kernel offers no Landlock, so a conversion can read "
+                "whatever the worker's user can read; %s. Use Linux >= 5.13 with Landlock enabled.", worker_id, what)
+
+
 def sweep_stale_workdirs() -> int:
     """Delete job folders left in the temporary directory by workers that died (``kill -9`` gives a worker no
     chance to clean up, and the folder holds a copy of the user's model); returns how many were removed."""
@@ -360,7 +382,7 @@ def _job_fields(event: dict[str, Any]) -> dict[str, Any]:
         if stage in {s.value for s in JobStage} and isinstance(progress, int | float) and 0 <= progress <= 1:
             return {"stage": stage, "progress": float(min(progress, 0.99)),
                     "stage_detail": _stage_detail(event.get("detail"))}
-    elif kind == "format" and event.get("format") in ("onnx", "torchscript"):
+    elif kind == "format" and event.get("format") in format_names():
         return {"format": event["format"]}
     return {}
 

@@ -11,20 +11,22 @@ or onnxruntime do:
   failed ``mmap``) and is reported as ``out_of_memory``;
 * ``RLIMIT_FSIZE`` bounds any one file it writes, ``RLIMIT_CORE`` = 0, ``RLIMIT_NOFILE`` a few hundred;
 * ``PR_SET_NO_NEW_PRIVS`` (no set-uid escalation), ``PR_SET_PDEATHSIG`` = SIGKILL (it dies with its worker);
-* when the kernel allows unprivileged user namespaces, a new user + network namespace: no network at all.
+* when the kernel allows unprivileged user namespaces, a new user + network namespace: no network at all;
+* Landlock: only its job folder (read-write) and what Python needs (read-only) can be opened; a seccomp filter:
+  no socket of any family (``service.jobs.confine``). Where the kernel has no Landlock, models that carry code
+  (``FormatInfo.carries_code``) are refused unless ``SEPCONV_ALLOW_UNCONFINED_CODE`` is set.
 
 The runner puts it in its own session and process group, enforces the wall-clock limit by killing that group,
 and kills it on cancellation. Events on the pipe (one JSON object per line)::
 
-    {"event": "sandbox", "network": "isolated" | "shared"}
+    {"event": "sandbox", "network": "isolated" | "shared", "landlock": 7, "seccomp": true}
     {"event": "format", "format": "onnx"}
     {"event": "progress", "stage": "plan", "progress": 0.4, "detail": null}
     {"event": "done", "format": "onnx", "output": "out/model.onnx", "report": "report.json"}
     {"event": "error", "code": "unsupported_model", "message": "…"}
 
-What this does *not* give: it is not a security boundary against a model crafted to exploit a memory-safety bug
-in torch's or onnx's parsers — the process still runs as the worker's user and can read what that user can read
-on the file system. Run workers as an unprivileged user in a container for that (see the README).
+What this does *not* give: the allowed read-only paths stay readable, and the kernel itself is the boundary (a
+kernel bug is out of reach); see the README's isolation section for what each deployment gets.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from .confine import Confinement, confine
+
+# Nothing heavy is imported at module level: until ``_confine`` has set the parent-death signal, a worker that dies
+# leaves this process running, so it must get there fast.
 
 __all__ = ["EXIT_ERROR", "EXIT_OOM", "is_memory_error", "main"]
 
@@ -80,20 +87,24 @@ def is_memory_error(e: BaseException | None) -> bool:
     return False
 
 
-def _confine(parent: int, memory_mb: int, max_file_bytes: int) -> str:
+def _confine(parent: int, memory_mb: int, max_file_bytes: int) -> tuple[str, Confinement]:
     libc = ctypes.CDLL(None, use_errno=True)
     network = "isolated" if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) == 0 else "shared"
     # After unshare: a change of credentials would clear the parent-death signal.
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the worker died before the line above took effect: do not run orphaned
         os._exit(1)
-    libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        os._exit(1)  # Landlock and seccomp need it; never run a model without
     os.umask(0o077)
+    confinement = confine(Path.cwd())  # the runner starts us in the job folder
+    if confinement.seccomp:
+        network = "isolated"  # no socket can be made at all
     _limit(resource.RLIMIT_AS, memory_mb * 1024 * 1024)
     _limit(resource.RLIMIT_FSIZE, max_file_bytes)
     _limit(resource.RLIMIT_CORE, 0)
     _limit(resource.RLIMIT_NOFILE, 512)
-    return network
+    return network, confinement
 
 
 def _limit(which: int, value: int) -> None:
@@ -116,15 +127,23 @@ def _test_hook(name: str) -> None:
             hog.append(bytearray(64 * 1024 * 1024))
 
 
-def _convert(spec: dict[str, Any], channel: _Channel) -> None:
+def _convert(spec: dict[str, Any], channel: _Channel, confinement: Confinement) -> None:
     import converter
-    from converter.formats import detect_format
+    from converter.formats import detect_format, format_info
 
     model = Path(spec["model"])
     adapter = detect_format(model)
     channel.emit(event="format", format=adapter.name)
-    # Never trusted here, whatever the stored options say: the graph check always runs in the service.
-    config = converter.ConversionConfig.model_validate({**spec["options"], "trust_model": False})
+    # Formats whose files carry code (TorchScript, torch.export programs) are refused where the kernel cannot
+    # confine the conversion, unless the operator accepts them.
+    if format_info(adapter.name).carries_code and not confinement.files_confined and not spec.get("allow_unconfined"):
+        raise converter.UnsupportedModelError(
+            f"{adapter.name} models carry code, and this worker's kernel offers no Landlock confinement; the "
+            "operator can accept them anyway with SEPCONV_ALLOW_UNCONFINED_CODE=1")
+    # Never trusted here, whatever the stored options say: the graph check always runs in the service. The
+    # ``unchecked`` test hook skips it so that the tests can show the confinement alone stopping a model.
+    trust = spec.get("test_hook") == "unchecked"
+    config = converter.ConversionConfig.model_validate({**spec["options"], "trust_model": trust})
     out_dir = Path(spec["output_dir"])
     out_dir.mkdir(exist_ok=True)
     result = converter.convert(
@@ -139,12 +158,12 @@ def main(argv: list[str]) -> int:
     """Run one conversion as described by the spec file ``argv[1]``, reporting on fd ``argv[2]``."""
     spec = json.loads(Path(argv[1]).read_text())
     channel = _Channel(int(argv[2]))
-    network = _confine(int(spec["parent_pid"]), int(spec["memory_mb"]), int(spec["max_file_bytes"]))
-    channel.emit(event="sandbox", network=network)
+    network, confinement = _confine(int(spec["parent_pid"]), int(spec["memory_mb"]), int(spec["max_file_bytes"]))
+    channel.emit(event="sandbox", network=network, landlock=confinement.landlock_abi, seccomp=confinement.seccomp)
     try:
-        if spec.get("test_hook"):
+        if spec.get("test_hook") in ("sleep", "allocate"):
             _test_hook(spec["test_hook"])
-        _convert(spec, channel)
+        _convert(spec, channel, confinement)
         return 0
     except BaseException as e:
         if is_memory_error(e):

@@ -11,13 +11,16 @@ never block the event loop. Jobs are executed elsewhere (``executor``); this mod
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import math
 import re
 import time
 import typing
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -26,7 +29,7 @@ from sqlalchemy import Engine
 
 from converter import ConversionConfig, InvalidOptionsError, render_html
 from converter._config import REPEATABLE_FIELDS
-from converter.formats import sniff_model
+from converter.formats import describe_unknown, format_info, formats, sniff_formats
 
 from ..core.config import Settings
 from ..core.storage import ObjectNotFoundError, ObjectWriter, Storage
@@ -42,12 +45,13 @@ from .errors import (
     UploadTooLargeError,
 )
 from .executor import Executor, ExecutorUnavailableError
+from .sweep import SweepResult, sweep_storage
 
 __all__ = ["SERVICE_REFUSED_OPTIONS", "FieldPart", "FilePart", "JobService"]
 
 log = logging.getLogger("sepconv.jobs")
 
-#: Bytes looked at to recognise a model (``sniff_model``).
+#: Bytes looked at to recognise a model (``converter.formats.sniff_formats``).
 SNIFF_BYTES = 4096
 #: Storage writes are batched to this size.
 SUBMIT_FLUSH = 1024 * 1024
@@ -124,6 +128,9 @@ class JobService:
         self.storage = storage
         self.executor = executor
         self.on_upload_bytes = on_upload_bytes
+        self._reads: dict[str, asyncio.Future[Job | None]] = {}
+        self._republished: dict[str, float] = {}
+        self._next_sweep = 0.0
 
     # -- submit ----------------------------------------------------------------------------------------------
 
@@ -163,7 +170,7 @@ class JobService:
                     if model is not None:
                         raise BadRequestError("give one 'model' file part")
                     key = files.input_key(job_id)
-                    size = await self._store(part.chunks, key, budget, _check_model)
+                    size = await self._store(part.chunks, key, budget, self._check_model)
                     stored.append(key)
                     budget -= size
                     model = (clean_filename(part.filename), size)
@@ -243,6 +250,9 @@ class JobService:
                     await to_thread.run_sync(writer.abort)
             raise
 
+    def _check_model(self, head: bytes, complete: bool) -> None:
+        _check_model(head, complete, refuse_code=not self.settings.allow_unconfined_code and not _kernel_confines())
+
     async def _forget(self, job: Job) -> None:
         await to_thread.run_sync(files.delete_job_files, self.storage, job)
         await to_thread.run_sync(crud.delete_job, self.engine, job.id)
@@ -252,11 +262,19 @@ class JobService:
     async def get(self, owner: str, job_id: str) -> Job:
         """The owner's job.
 
+        Concurrent lookups of one job share one database read (started no earlier than the first of them
+        arrived), so clients polling the same job cost one query per round, not one each.
+
         Raises:
             JobNotFoundError: no such job for this owner.
         """
-        job = await to_thread.run_sync(crud.get_job, self.engine, job_id, owner)
-        if job is None:
+        pending = self._reads.get(job_id)
+        if pending is None:
+            pending = asyncio.ensure_future(to_thread.run_sync(crud.get_job, self.engine, job_id))
+            self._reads[job_id] = pending
+            pending.add_done_callback(lambda _: self._reads.pop(job_id, None))
+        job = await asyncio.shield(pending)
+        if job is None or job.owner != owner:
             raise JobNotFoundError(f"no job {job_id!r}")
         return job
 
@@ -353,14 +371,54 @@ class JobService:
                         ", ".join(requeued))
             await to_thread.run_sync(self.executor.resubmit, requeued)
         await to_thread.run_sync(self.executor.maintain)
+        await self._republish_stale()
+        if time.monotonic() >= self._next_sweep:
+            await self.sweep()
+
+    async def sweep(self) -> SweepResult:
+        """Remove leaked partial uploads and objects of no job (``sweep``); the next one is due in
+        ``SEPCONV_SWEEP_INTERVAL_S``."""
+        self._next_sweep = time.monotonic() + self.settings.sweep_interval_s
+        return await to_thread.run_sync(sweep_storage, self.engine, self.storage, self.settings.sweep_grace_s)
+
+    async def _republish_stale(self) -> None:
+        """Publish again the jobs queued longer than ``SEPCONV_REQUEUE_AFTER_S`` (a broker that lost its messages:
+        a flush, a restart without persistence); each at most once per that period. Claims are idempotent, so a
+        message that was not lost after all only costs a skipped delivery."""
+        after = self.settings.requeue_after_s
+        stale = await to_thread.run_sync(crud.stale_queued, self.engine, utcnow() - timedelta(seconds=after))
+        now = time.monotonic()
+        self._republished = {j: t for j, t in self._republished.items() if j in set(stale)}
+        due = [j for j in stale if now - self._republished.get(j, -math.inf) >= after]
+        if due:
+            log.warning("re-publishing %d job(s) queued for more than %g s without a worker taking them: %s",
+                        len(due), after, ", ".join(due[:20]))
+            await to_thread.run_sync(self.executor.resubmit, due)
+            self._republished.update(dict.fromkeys(due, now))
 
 
-def _check_model(head: bytes, complete: bool) -> None:
+def _check_model(head: bytes, complete: bool, *, refuse_code: bool = False) -> None:
     if not head:
         raise UnsupportedUploadError("the uploaded model is empty")
-    if sniff_model(head) is None:
-        raise UnsupportedUploadError("not a model sepconv reads: expected an ONNX file, an ONNX .zip with external "
-                                     "data, or TorchScript")
+    kinds = sniff_formats(head)
+    if not kinds:
+        raise UnsupportedUploadError(describe_unknown(None, head))
+    if refuse_code and any(format_info(k).carries_code for k in kinds):
+        raise UnsupportedUploadError(f"{_code_titles()} carry code, and this server's kernel offers no Landlock "
+                                     "confinement for their conversion; the operator can accept them with "
+                                     "SEPCONV_ALLOW_UNCONFINED_CODE=1")
+
+
+def _code_titles() -> str:
+    names = [f.name for f in formats() if f.carries_code]
+    return "models in the formats " + ", ".join(names) if len(names) != 1 else f"{names[0]} models"
+
+
+@functools.cache
+def _kernel_confines() -> bool:
+    from .confine import landlock_abi
+
+    return landlock_abi() > 0
 
 
 def _check_npz(head: bytes, complete: bool) -> None:

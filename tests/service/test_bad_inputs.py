@@ -34,3 +34,14 @@ async def test_bad_options(api, model_files, fields, code, text):
     r = await api.post("/convert", headers=auth(KEY_ALICE), data={**FAST, **fields},
                        files=upload(model_files["torchscript"], name="vgg.pt"))
     assert text in _assert_error(r, 400, code)
+
+
+async def test_torchscript_refused_at_upload_where_the_kernel_cannot_confine(api, model_files, monkeypatch):
+    from service.jobs import service as jobs_service
+
+    monkeypatch.setattr(jobs_service, "_kernel_confines", lambda: False)
+    r = await api.post("/convert", headers=auth(KEY_ALICE), data=FAST,
+                       files=upload(model_files["torchscript"], name="vgg.pt"))
+    assert "SEPCONV_ALLOW_UNCONFINED_CODE" in _assert_error(r, 415, "unsupported_model")
+    r = await api.post("/convert", headers=auth(KEY_ALICE), data=FAST, files=upload(model_files["onnx"]))
+    assert r.status_code == 202, r.text

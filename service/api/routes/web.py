@@ -1,0 +1,46 @@
+"""``/`` and ``/web/…``: the web page (``service/web``), a form over the public API. Not part of the API's schema."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+
+# The report's own script, to allow it by hash (converter's private module: this page and the report ship together).
+from converter._html import REPORT_SCRIPT
+
+__all__ = ["WEB_DIR", "router"]
+
+WEB_DIR = Path(__file__).resolve().parents[2] / "web"
+
+# The page shows the report in a sandboxed iframe (srcdoc), which inherits this policy: the report's one inline
+# script (sorting its table) is allowed by its hash, and nothing else inline runs.
+_REPORT_HASH = base64.b64encode(hashlib.sha256(REPORT_SCRIPT.encode()).digest()).decode()
+CSP = ("default-src 'self'; "
+       f"script-src 'self' 'sha256-{_REPORT_HASH}'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+       "frame-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+       "frame-ancestors 'none'")
+_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/")
+async def index() -> FileResponse:
+    """The web page."""
+    return FileResponse(WEB_DIR / "index.html", media_type="text/html; charset=utf-8", headers=_HEADERS)
+
+
+@router.get("/web/app.js")
+async def script() -> FileResponse:
+    """The page's script."""
+    return FileResponse(WEB_DIR / "app.js", media_type="text/javascript; charset=utf-8", headers=_HEADERS)
+
+
+@router.get("/web/app.css")
+async def style() -> FileResponse:
+    """The page's style sheet."""
+    return FileResponse(WEB_DIR / "app.css", media_type="text/css; charset=utf-8", headers=_HEADERS)
