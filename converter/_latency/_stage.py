@@ -20,7 +20,7 @@ from .._graphcheck import trusting
 from .._plan import plan
 from .._report import Latency
 from .._stages import StageProgress
-from .._verify import random_inputs, verify
+from .._verify import batches, random_inputs, verify
 from ._cache import Backend, TimingCache, backend_for
 from ._candidates import CandidateTimer
 from ._costmodel import LatencyCostModel
@@ -51,8 +51,14 @@ def _inputs(c: Conversion) -> tuple[dict[str, np.ndarray], str]:
 
 
 def _batch(c: Conversion) -> int:
+    """The batch latency is planned for and measured at: the verification inputs' batch, at most ``batch_size``
+    (verification times its first batch)."""
     first = next(iter(c.shapes.values()), None)
-    return int(first[0]) if first else 1
+    return min(int(first[0]), c.config.batch_size) if first else 1
+
+
+def _timed_inputs(inputs: dict[str, np.ndarray], c: Conversion) -> dict[str, np.ndarray]:
+    return next(batches(inputs, c.config.batch_size))
 
 
 def measure_step(c: Conversion, progress: StageProgress) -> None:
@@ -86,7 +92,7 @@ def measure_step(c: Conversion, progress: StageProgress) -> None:
 def _model_ms(c: Conversion, backend: Backend) -> float:
     """The original model's median latency (for ``target_latency``)."""
     assert c.adapter is not None
-    inputs, _ = _inputs(c)
+    inputs = _timed_inputs(_inputs(c)[0], c)
     with map_errors("the original model could not be timed", VerificationError, limit=400, type_name=False):
         run = timed_runner(c.adapter, c.src, c.workdir("measure-model"), backend.threads, backend.device, inputs)
         (t,) = time_interleaved([run], min_runs=5, max_runs=max(5, c.config.latency_runs // 2), warmup=2)
@@ -108,12 +114,13 @@ def verify_step(c: Conversion, progress: StageProgress) -> None:
         c.latency = None
         return
     results: dict[frozenset, Comparison] = {}
+    timed = _timed_inputs(inputs, c)
 
     def measure(names: list[str]) -> Comparison:
         key = frozenset(names)
         if key != frozenset(f.layer.name for f in c.factors):
             _reassemble(c, names)
-        cmp = compare_files(c.adapter, c.src, c.saved, inputs, threads=backend.threads, device=backend.device,
+        cmp = compare_files(c.adapter, c.src, c.saved, timed, threads=backend.threads, device=backend.device,
                             workdir=c.workdir(f"latency-{len(results)}"), runs=cfg.latency_runs, seed=cfg.seed)
         results[key] = cmp
         progress.update(0.3 + 0.3 * len(results))
@@ -148,7 +155,7 @@ def verify_step(c: Conversion, progress: StageProgress) -> None:
                               f"with them it was not faster; without them {describe(cmp)}")
             c.fidelity, _ = verify(c.adapter, c.src, c.saved, inputs, kind, cfg, c.workdir("verify-final"),
                                    c.device, latency=False)
-    c.latency = _latency(c, cmp, inputs, backend)
+    c.latency = _latency(c, cmp, timed, backend)
 
 
 def _gains(c: Conversion) -> dict[str, float | None]:
