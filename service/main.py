@@ -21,6 +21,7 @@ from converter import __version__
 
 from .api.deps import AppState
 from .api.errors import install_error_handlers
+from .api.fastpath import JobStatusFastPath
 from .api.routes import convert, health, jobs, web
 from .core.auth import KeyRing
 from .core.config import Settings, load_settings
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
     )
     app.state.sepconv = state
     install_error_handlers(app)
+    app.add_middleware(JobStatusFastPath, state=state)
     app.include_router(convert.router)
     app.include_router(jobs.router)
     app.include_router(health.router)
@@ -117,7 +119,8 @@ def _document_errors_truthfully(app: FastAPI) -> None:
 
 
 async def _upkeep(state: AppState) -> None:
-    every = max(0.5, min(state.settings.job_lease_s / 2, 10.0))
+    # Often enough that a dead embedded worker's job is re-queued within seconds (``EmbeddedExecutor.maintain``).
+    every = max(0.5, min(state.settings.job_lease_s / 2, 2.0))
     while True:
         await asyncio.sleep(every)
         try:

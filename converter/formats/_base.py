@@ -122,19 +122,28 @@ class ConvLayer:
 
 @dataclass(frozen=True)
 class Rewrite:
-    """Replace ``layer`` by the convs of ``lowered`` (new nodes named ``node_name(layer.name, step.name)``)."""
+    """Replace ``layer`` by the convs of ``lowered`` (new nodes named ``node_name(layer.name, step.name)``).
+
+    ``bias``, when given (``[out_channels]``, e.g. refitted by calibration), replaces the layer's own bias (or
+    adds one where it had none) on the step that carries the bias; None keeps the original."""
 
     layer: ConvLayer
     lowered: Lowered
+    bias: np.ndarray | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """A model input: name, dims (int, or a str/None for a symbolic or unknown dim), numpy dtype."""
+    """A model input: name, dims (int, or a str/None for a symbolic or unknown dim), numpy dtype.
+
+    ``scalar``: a non-tensor argument (TorchScript ``forward(x, sr: int)``): shape ``()``, passed to the model
+    as a Python number; it has no meaningful random value, so the user gives it (a 0-d array in the ``.npz``).
+    """
 
     name: str
     shape: tuple[int | str | None, ...] | None
     dtype: np.dtype
+    scalar: bool = False
 
 
 @dataclass(frozen=True)

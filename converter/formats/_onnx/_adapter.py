@@ -185,6 +185,12 @@ class OnnxAdapter:
         m = _unwrap(model)
         return ModelStats(params=count_params(m), macs=count_macs(m, _table(model, input_shapes)))
 
+    def tap(self, model: Any, layers: Sequence[ConvLayer], workdir: Path, threads: int | None = None) -> Any:
+        """A ``formats._taps.Tap`` of the (not yet rewritten) model for these layers: calibration's hook."""
+        from ._tap import build_tap
+
+        return build_tap(self, model, layers, workdir, threads)
+
     def runner(self, path: Path, workdir: Path, threads: int | None, device: str = "cpu") -> tuple[Runner, str]:
         """An onnxruntime session on the saved file (see ``_runner.make_runner``)."""
         return make_runner(path, workdir, threads, device)

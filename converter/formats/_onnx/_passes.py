@@ -67,9 +67,11 @@ class _Names:
 
 
 
-def _replace(model: ir.Model, name: str, node: ir.Node, lowered: Lowered, names: _Names) -> None:
+def _replace(model: ir.Model, name: str, node: ir.Node, lowered: Lowered, names: _Names,
+             new_bias: np.ndarray | None = None) -> None:
     """Replace one Conv node by the convs of ``lowered``; the last new node produces the conv's output value
-    (same name, type and shape), so consumers and graph outputs do not change."""
+    (same name, type and shape), so consumers and graph outputs do not change. ``new_bias`` replaces the
+    conv's bias."""
     graph = node.graph
     assert graph is not None
     x = node.inputs[0]
@@ -82,9 +84,9 @@ def _replace(model: ir.Model, name: str, node: ir.Node, lowered: Lowered, names:
     legacy = model.ir_version < 4  # IR < 4: every initializer must be a main-graph input
     new_nodes: list[ir.Node] = []
 
-    def add_weight(step: ConvStep) -> ir.Value:
-        array = np.ascontiguousarray(step.weight.astype(dtype.numpy()))
-        wname = names.value(node_name(name, step.name) + ".weight")
+    def add_weight(step: ConvStep, array: np.ndarray | None = None, suffix: str = ".weight") -> ir.Value:
+        array = np.ascontiguousarray((step.weight if array is None else array).astype(dtype.numpy()))
+        wname = names.value(node_name(name, step.name) + suffix)
         value = ir.Value(name=wname, shape=ir.Shape(array.shape), type=ir.TensorType(dtype),
                          const_value=ir.Tensor(array, dtype=dtype, name=wname))
         target = model.graph if legacy else graph
@@ -95,7 +97,9 @@ def _replace(model: ir.Model, name: str, node: ir.Node, lowered: Lowered, names:
 
     def conv(step: ConvStep, inp: ir.Value) -> ir.Value:
         inputs: list[ir.Value | None] = [inp, add_weight(step)]
-        if step.bias and bias is not None:
+        if step.bias and new_bias is not None:
+            inputs.append(add_weight(step, new_bias, ".bias"))
+        elif step.bias and bias is not None:
             inputs.append(bias)
         attrs = [ir.AttrInt64("group", step.groups),
                  ir.AttrInt64s("kernel_shape", kernel if step.spatial else [1] * len(kernel))]
@@ -142,11 +146,13 @@ class DecomposeConvsPass(ir.passes.InPlacePass):
             if node is None:
                 raise ConversionError(f"layer {name!r}: no such convolution in the model (or listed twice)")
             _check_lowered(model, name, node, rw.lowered)
+            if rw.bias is not None and tuple(np.shape(rw.bias)) != (rw.lowered.steps[-1].weight.shape[0],):
+                raise ConversionError(f"layer {name!r}: the replacement bias has shape {np.shape(rw.bias)}")
             todo.append((name, node, rw))
         names = _Names(model)
         for name, node, rw in todo:
             try:
-                _replace(model, name, node, rw.lowered, names)
+                _replace(model, name, node, rw.lowered, names, rw.bias)
             except ConversionError:
                 raise
             except Exception as e:

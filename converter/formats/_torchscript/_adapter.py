@@ -76,8 +76,10 @@ class _Emitter:
         return out
 
 
-def _replace(graph: torch._C.Graph, node: torch._C.Node, layer: ConvLayer, lowered: Lowered) -> None:
-    """Replace one conv node by the convs of ``lowered`` (the node's weight is a constant, not transposed)."""
+def _replace(graph: torch._C.Graph, node: torch._C.Node, layer: ConvLayer, lowered: Lowered,
+             new_bias: np.ndarray | None = None) -> None:
+    """Replace one conv node by the convs of ``lowered`` (the node's weight is a constant, not transposed);
+    ``new_bias`` replaces the conv's bias."""
     args = conv_args(node)
     weight = const(args.weight)
     rank = weight.dim() - 2
@@ -87,6 +89,9 @@ def _replace(graph: torch._C.Graph, node: torch._C.Node, layer: ConvLayer, lower
     none = emit.constant(None)
     pointwise = (emit.constant([1] * rank), emit.constant([0] * rank), emit.constant([1] * rank))
     kind = f"aten::conv{rank}d"
+    if new_bias is not None:
+        b = torch.from_numpy(np.array(new_bias, copy=True)).to(dtype=weight.dtype, device=weight.device)
+        replacement = emit.constant(b, node_name(layer.name, "bias"))
 
     def conv(step: ConvStep, x: torch._C.Value) -> torch._C.Value:
         w = torch.from_numpy(np.array(step.weight, copy=True)).to(dtype=weight.dtype, device=weight.device)
@@ -94,7 +99,7 @@ def _replace(graph: torch._C.Graph, node: torch._C.Node, layer: ConvLayer, lower
         # Only the spatial conv takes the original stride/padding/dilation (a str padding picks the
         # ``.padding`` overload); 1×1 convs run with stride 1, no padding.
         stride, padding, dilation = (args.stride, args.padding, args.dilation) if step.spatial else pointwise
-        bias = args.bias if step.bias else none
+        bias = (replacement if new_bias is not None else args.bias) if step.bias else none
         return emit.node(kind, [x, wv, bias, stride, padding, dilation, emit.constant(int(step.groups))],
                          tensor_t, node_name(layer.name, step.name))
 
@@ -280,11 +285,13 @@ class TorchScriptAdapter:
             except ValueError as e:
                 raise ConversionError(f"layer {layer.name}: could not rewrite the TorchScript graph: "
                                       f"{one_line(e, 200)}") from e
+            if rw.bias is not None and tuple(np.shape(rw.bias)) != (weight.shape[0],):
+                raise ConversionError(f"layer {layer.name}: the replacement bias has shape {np.shape(rw.bias)}")
             used.add(ref.index)
-            targets.append((node, layer, rw.lowered))
-        for node, layer, lowered in targets:
+            targets.append((node, layer, rw.lowered, rw.bias))
+        for node, layer, lowered, bias in targets:
             try:
-                _replace(graph, node, layer, lowered)
+                _replace(graph, node, layer, lowered, bias)
             except (RuntimeError, ValueError, TypeError) as e:
                 raise ConversionError(f"layer {layer.name}: could not rewrite the TorchScript graph: "
                                       f"{one_line(e, 200)}") from e
@@ -321,6 +328,13 @@ class TorchScriptAdapter:
         """
         return ModelStats(params=_params(model.module), macs=_macs(model, input_shapes))
 
+    def tap(self, model: TorchScriptModel, layers: Sequence[ConvLayer], workdir: Path,
+            threads: int | None = None) -> Any:
+        """A ``formats._taps.Tap`` of the (not yet rewritten) model for these layers: calibration's hook."""
+        from ._tap import build_tap
+
+        return build_tap(self, model, layers, workdir, threads)
+
     def runner(self, path: Path, workdir: Path, threads: int | None, device: str = "cpu") -> tuple[Runner, str]:
         """Load a saved module with plain ``torch.jit.load`` and run it under ``torch.inference_mode``; inputs
         go to ``forward`` in its argument order, tuple and list outputs are flattened.
@@ -334,16 +348,18 @@ class TorchScriptAdapter:
             module = torch.jit.load(str(path), map_location=device).eval()
         except Exception as e:  # as in load
             raise UnsupportedModelError(f"TorchScript file could not be loaded: {one_line(e, 200)}") from e
-        names = [s.name for s in specs(module)]
+        args = specs(module)
 
         def run(inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-            missing = [n for n in names if n not in inputs]
+            missing = [s.name for s in args if s.name not in inputs]
             if missing:
                 raise InvalidOptionsError(f"missing model inputs: {', '.join(missing)}")
-            tensors = [torch.from_numpy(np.ascontiguousarray(inputs[n])).to(device) for n in names]
+            # Tensors as tensors; a scalar argument (``sr: int``) as the Python number of its 0-d array.
+            values = [np.asarray(inputs[s.name]).item() if s.scalar
+                      else torch.from_numpy(np.ascontiguousarray(inputs[s.name])).to(device) for s in args]
             try:
                 with torch.inference_mode():
-                    out = module(*tensors)
+                    out = module(*values)
             except RuntimeError as e:
                 raise VerificationError(f"the TorchScript model did not run: {one_line(e, 200)}") from e
             return [t.detach().cpu().numpy() for t in _flatten(out)]
