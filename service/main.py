@@ -70,6 +70,10 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
         if migrate_on_start:
             await to_thread.run_sync(migrate, settings.database_url)
         await to_thread.run_sync(state.storage.ensure)
+        try:  # what a crash left behind (a killed upload's partial file); later sweeps run with the upkeep
+            await state.jobs.sweep()
+        except Exception as e:
+            log.warning("storage sweep at start failed: %s", e)
         if start_executor:
             await to_thread.run_sync(state.executor.start)
         upkeep = asyncio.create_task(_upkeep(state))
@@ -119,8 +123,7 @@ def _document_errors_truthfully(app: FastAPI) -> None:
 
 
 async def _upkeep(state: AppState) -> None:
-    # Often enough that a dead embedded worker's job is re-queued within seconds (``EmbeddedExecutor.maintain``).
-    every = max(0.5, min(state.settings.job_lease_s / 2, 2.0))
+    every = state.settings.upkeep_interval_s
     while True:
         await asyncio.sleep(every)
         try:

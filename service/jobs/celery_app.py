@@ -25,10 +25,12 @@ from celery import Celery, signals
 from kombu import Queue
 from sqlalchemy.exc import OperationalError
 
+from converter._errors import map_errors
+
 from ..core.config import Settings, load_settings
 from ..core.db import get_engine
 from . import crud
-from .executor import ExecutorUnavailableError
+from .errors import ExecutorUnavailableError
 from .runner import JobRunner, worker_name
 
 __all__ = ["TASK_NAME", "CeleryExecutor", "celery_app", "configure"]
@@ -91,7 +93,7 @@ def run_job(self: Any, job_id: str) -> str:
 
 def _reap_forever(settings: Settings, stop: threading.Event) -> None:
     engine = get_engine(settings.database_url)
-    every = max(1.0, min(settings.job_lease_s / 2, 30.0))
+    every = settings.reap_interval_s
     executor = CeleryExecutor(settings, app=celery_app)
     while not stop.wait(every):
         try:
@@ -132,11 +134,10 @@ class CeleryExecutor:
         pass
 
     def submit(self, job_id: str) -> None:
-        try:
+        with map_errors("the job queue (Celery broker) is unavailable", ExecutorUnavailableError, keep=(),
+                        type_name=False):
             self.app.send_task(TASK_NAME, args=[job_id], queue=self.settings.celery_queue, retry=True,
                                retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
-        except Exception as e:
-            raise ExecutorUnavailableError(f"the job queue (Celery broker) is unavailable: {e}") from e
 
     def resubmit(self, job_ids: list[str]) -> None:
         for job_id in job_ids:

@@ -35,6 +35,7 @@ __all__ = [
     "create_job",
     "delete_job",
     "duration_stats",
+    "existing_ids",
     "finish_failed",
     "finish_succeeded",
     "get_job",
@@ -135,6 +136,7 @@ def _claim_values(worker_id: str, lease_s: float) -> dict[str, Any]:
         "status": JobStatus.RUNNING,
         "stage": JobStage.LOAD,
         "progress": 0.0,
+        "stage_detail": None,
         "worker_id": worker_id,
         "attempts": Job.attempts + 1,
         "started_at": now,
@@ -218,7 +220,8 @@ def release(engine: Engine, c: Claim) -> bool:
     """Give a job back to the queue uncounted (its worker is shutting down cleanly)."""
     with Session(engine) as s, s.begin():
         res = s.execute(update(Job).where(_mine(c)).values(
-            status=JobStatus.QUEUED, stage=JobStage.QUEUED, progress=0.0, worker_id=None, lease_expires_at=None,
+            status=JobStatus.QUEUED, stage=JobStage.QUEUED, progress=0.0, stage_detail=None, worker_id=None,
+            lease_expires_at=None,
             attempts=Job.attempts - 1).execution_options(synchronize_session=False))
     return res.rowcount == 1
 
@@ -277,6 +280,14 @@ def reap_expired(engine: Engine, max_attempts: int, now: datetime | None = None)
     return _requeue_or_fail(
         engine, rows, lambda J: (J.status == JobStatus.RUNNING) & (J.lease_expires_at < now), max_attempts,
         "its worker stopped responding")
+
+
+def existing_ids(engine: Engine, job_ids: Sequence[str]) -> set[str]:
+    """Which of ``job_ids`` have a job row."""
+    if not job_ids:
+        return set()
+    with engine.connect() as conn:
+        return set(conn.scalars(select(Job.id).where(Job.id.in_(list(job_ids)))))
 
 
 def stale_queued(engine: Engine, before: datetime, limit: int = 1000) -> list[str]:

@@ -28,6 +28,7 @@ from anyio import to_thread
 from sqlalchemy import Engine
 
 from converter import ConversionConfig, InvalidOptionsError, render_html
+from converter._config import REPEATABLE_FIELDS
 from converter.formats import describe_unknown, format_info, formats, sniff_formats
 
 from ..core.config import Settings
@@ -44,6 +45,7 @@ from .errors import (
     UploadTooLargeError,
 )
 from .executor import Executor, ExecutorUnavailableError
+from .sweep import SweepResult, sweep_storage
 
 __all__ = ["SERVICE_REFUSED_OPTIONS", "FieldPart", "FilePart", "JobService"]
 
@@ -91,13 +93,6 @@ def clean_filename(name: str | None) -> str:
     return base[-200:]
 
 
-def _is_collection(name: str) -> bool:
-    core = ConversionConfig.model_fields[name].annotation
-    while typing.get_origin(core) is typing.Annotated:
-        core = typing.get_args(core)[0]
-    return typing.get_origin(core) in (list, dict) or core in (list, dict)
-
-
 def options_from_form(fields: dict[str, list[str]]) -> dict[str, Any]:
     """Form fields (each possibly repeated) → keyword options for ``ConversionConfig.from_options``: list and
     dict options take every value; any other option must be given once."""
@@ -105,7 +100,7 @@ def options_from_form(fields: dict[str, list[str]]) -> dict[str, Any]:
     for name, values in fields.items():
         if name not in ConversionConfig.model_fields:
             out[name] = values[0]  # refused by the config as an unknown option, by name
-        elif _is_collection(name):
+        elif name in REPEATABLE_FIELDS:
             out[name] = values
         elif len(values) > 1:
             raise InvalidOptionsError(f"invalid options: {name}: given {len(values)} times; give it once")
@@ -135,6 +130,7 @@ class JobService:
         self.on_upload_bytes = on_upload_bytes
         self._reads: dict[str, asyncio.Future[Job | None]] = {}
         self._republished: dict[str, float] = {}
+        self._next_sweep = 0.0
 
     # -- submit ----------------------------------------------------------------------------------------------
 
@@ -376,6 +372,14 @@ class JobService:
             await to_thread.run_sync(self.executor.resubmit, requeued)
         await to_thread.run_sync(self.executor.maintain)
         await self._republish_stale()
+        if time.monotonic() >= self._next_sweep:
+            await self.sweep()
+
+    async def sweep(self) -> SweepResult:
+        """Remove leaked partial uploads and objects of no job (``sweep``); the next one is due in
+        ``SEPCONV_SWEEP_INTERVAL_S``."""
+        self._next_sweep = time.monotonic() + self.settings.sweep_interval_s
+        return await to_thread.run_sync(sweep_storage, self.engine, self.storage, self.settings.sweep_grace_s)
 
     async def _republish_stale(self) -> None:
         """Publish again the jobs queued longer than ``SEPCONV_REQUEUE_AFTER_S`` (a broker that lost its messages:
