@@ -23,7 +23,7 @@ from ._errors import (
     UnsupportedModelError,
     VerificationError,
 )
-from ._report import Counts, Fidelity, Latency, LayerReport, Report, Timings
+from ._report import Accuracy, Counts, Fidelity, Latency, LayerReport, Report, StageValues, Timings
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_ENERGY",
+    "Accuracy",
     "ConversionConfig",
     "ConversionError",
     "ConversionResult",
@@ -44,6 +45,7 @@ __all__ = [
     "LayerReport",
     "Report",
     "SepconvError",
+    "StageValues",
     "Timings",
     "UnsupportedModelError",
     "VerificationError",

@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from ._calibrate import recover
 from ._config import ConversionConfig
 from ._cost import CostModel, CountingCostModel
+from ._data import Samples, image_spec_from, load_samples
 from ._device import resolve_device
 from ._errors import ConversionError, InvalidOptionsError, map_errors
 from ._factorize import Factors, Spectra, factorize, rewrites
@@ -81,7 +83,8 @@ class Conversion:
     """What the stages of one conversion share. Each stage reads what earlier ones left and adds its part.
 
     Set before the first stage: ``config``, ``src`` (the input file), ``dest`` (where the result goes, or None
-    for bytes), ``inputs_path`` (the user's verification inputs), ``work`` (a private scratch folder).
+    for bytes), ``inputs_path`` (the user's verification inputs), ``work`` (a private scratch folder),
+    ``data_path`` and ``eval_path`` (the user's samples for recovery and the accuracy report).
     """
 
     config: ConversionConfig
@@ -89,6 +92,8 @@ class Conversion:
     dest: Path | None
     inputs_path: Path | None
     work: Path
+    data_path: Path | None = None
+    eval_path: Path | None = None
     # load
     adapter: FormatAdapter | None = None
     model: Any = None
@@ -96,6 +101,8 @@ class Conversion:
     user_inputs: dict[str, np.ndarray] | None = None
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    samples: Samples | None = None
+    eval_samples: Samples | None = None
     # plan (and measure, which may replace the cost model and plan again)
     cost_model: CostModel = field(default_factory=CountingCostModel)
     spectra: Spectra = field(default_factory=Spectra)
@@ -110,8 +117,9 @@ class Conversion:
     # verify
     fidelity: Fidelity | None = None
     latency: Latency | None = None
-    # report keys and warnings that stages add (accuracy, …)
+    # report keys and warnings that stages add (accuracy, …), and per-layer report fields by layer name
     report_extra: dict[str, Any] = field(default_factory=dict)
+    layer_extra: dict[str, dict[str, Any]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -136,10 +144,23 @@ def _load(c: Conversion, _: StageProgress) -> None:
     c.specs = c.adapter.input_specs(c.model)
     if c.inputs_path is not None:
         c.user_inputs = load_user_inputs(c.inputs_path, c.specs)
+    _load_samples(c)
     c.shapes, c.problems = resolve_input_shapes(c.specs, c.config, c.user_inputs)
     if c.problems and (c.config.verify or c.config.target_macs is not None):
         need = "verification" if c.config.verify else "a MAC budget"
         raise InvalidOptionsError(f"{need} needs concrete input shapes: {c.problems[0]}")
+
+
+def _load_samples(c: Conversion) -> None:
+    """The user's samples, checked against the model's inputs before any long work starts."""
+    cfg = c.config
+    if c.data_path is None and cfg.recover in ("calibrate", "finetune"):
+        raise InvalidOptionsError(f"recover={cfg.recover} needs samples of the model's inputs: give --data")
+    image = image_spec_from(cfg)
+    if c.data_path is not None:
+        c.samples = load_samples(c.data_path, c.specs, image_spec=image, what="data")
+    if c.eval_path is not None:
+        c.eval_samples = load_samples(c.eval_path, c.specs, image_spec=image, what="eval")
 
 
 def _plan(c: Conversion, _: StageProgress) -> None:
@@ -160,6 +181,22 @@ def _rewrite(c: Conversion, _: StageProgress) -> None:
     with map_errors("rewriting the graph failed", ConversionError):
         c.model = c.adapter.apply(c.model, rewrites(c.factors))
     c.after = c.adapter.stats(c.model, c.per_sample)
+
+
+def _calibrate(c: Conversion, within: StageProgress) -> None:
+    assert c.adapter is not None
+    data = c.samples if c.samples is not None else c.eval_samples
+    assert data is not None
+    cfg = c.config if c.samples is not None else c.config.model_copy(update={"recover": "none"})
+    with trusting(c.config.trust_model), map_errors("calibration failed", ConversionError):
+        out = recover(c.adapter, c.src, c.workdir("calibrate"), c.factors, c.per_sample, data,
+                      c.eval_samples if c.samples is not None else None, cfg, within.update)
+    c.report_extra["accuracy"] = out.accuracy
+    c.layer_extra.update(out.layers)
+    c.warnings.extend(out.warnings)
+    if out.model is not None:
+        c.model, c.factors = out.model, out.factors
+        c.after = c.adapter.stats(c.model, c.per_sample)
 
 
 def _save(c: Conversion, _: StageProgress) -> None:
@@ -187,6 +224,11 @@ def _always(_: Conversion) -> bool:
     return True
 
 
+def _has_samples(c: Conversion) -> bool:
+    # With --eval alone the stage only measures accuracy; with --recover none, too.
+    return c.data_path is not None or c.eval_path is not None
+
+
 #: A stage's code: reads and updates the conversion, reports progress within the stage.
 Step = Callable[[Conversion, StageProgress], None]
 
@@ -197,6 +239,7 @@ STEPS: dict[str, tuple[Callable[[Conversion], bool], Step]] = {
     "load": (_always, _load),
     "plan": (_always, _plan),
     "rewrite": (_always, _rewrite),
+    "calibrate": (_has_samples, _calibrate),
     "save": (_always, _save),
     "verify": (lambda c: c.config.verify, _verify),
 }
@@ -208,6 +251,8 @@ def convert(
     *,
     config: ConversionConfig | None = None,
     inputs: str | Path | None = None,
+    data: str | Path | None = None,
+    eval: str | Path | None = None,
     progress: ProgressCallback | None = None,
     **options: Any,
 ) -> ConversionResult:
@@ -220,6 +265,11 @@ def convert(
             external data is written as a ``.zip``). Without it the bytes are returned in ``result.data``.
         config: options as a ``ConversionConfig``; keyword ``options`` (the same names) override it.
         inputs: a ``.npz`` of verification inputs (an ``inputs`` array, or arrays named like the model's inputs).
+        data: samples of the model's real inputs (a ``.npz``, optionally with ``labels``, or an image folder with
+            the ``image_*`` options): calibration recovers accuracy on them (``recover``), and the report's
+            ``accuracy`` is measured on held-out samples (README, "Accuracy recovery").
+        eval: held-out samples for the accuracy report (same layout); without it ``holdout`` of ``data`` is
+            held out.
         progress: called as ``progress(stage, fraction)`` while the conversion runs (``progress(stage, fraction,
             detail)`` if it takes a third parameter); see ``converter._stages``.
         **options: any ``ConversionConfig`` field, e.g. ``rank=2``, ``order="dw-pw"``, ``device="cuda"``.
@@ -247,7 +297,9 @@ def convert(
         dest = Path(output) if output is not None else None
         if dest is not None and dest.resolve() == src.resolve():
             raise InvalidOptionsError("the output path is the input model; choose another")
-        conversion = Conversion(cfg, src, dest, Path(inputs) if inputs is not None else None, work)
+        conversion = Conversion(cfg, src, dest, Path(inputs) if inputs is not None else None, work,
+                                data_path=Path(data) if data is not None else None,
+                                eval_path=Path(eval) if eval is not None else None)
         return _run(conversion, progress)
 
 
@@ -276,7 +328,8 @@ def _report(c: Conversion, seconds: dict[str, float]) -> Report:
         format=c.adapter.name, before=c.before, after=c.after or c.before,
         file_bytes=(c.src.stat().st_size, c.saved.stat().st_size), policy=c.plan.policy,
         decisions=c.plan.decisions, factors=c.factors, shapes=c.shapes, problems=c.problems,
-        fidelity=c.fidelity, latency=c.latency, seconds=seconds, extra=c.report_extra, warnings=c.warnings)
+        fidelity=c.fidelity, latency=c.latency, seconds=seconds, extra=c.report_extra, warnings=c.warnings,
+        layer_extra=c.layer_extra)
 
 
 def _publish(c: Conversion, report: Report) -> ConversionResult:

@@ -34,14 +34,20 @@ def cli() -> None:
 @config_options
 @click.option("--inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A .npz of verification inputs: an 'inputs' array, or arrays named like the model's inputs.")
+@click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Samples of the model's real inputs (.npz with 'inputs' or arrays named like the inputs, "
+                   "optional 'labels'; or an image folder class/*.png with --image-size): calibration recovers "
+                   "accuracy on them, and the report measures it on a held-out share.")
+@click.option("--eval", "eval_", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Held-out samples for the accuracy report (same layout as --data).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the JSON report to this file.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the report as one self-contained HTML page (charts, sortable layer table).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary.")
 @handle_errors
-def convert(model: Path, output: Path, inputs: Path | None, report_path: Path | None, html_path: Path | None,
-            as_json: bool, **kwargs: Any) -> None:
+def convert(model: Path, output: Path, inputs: Path | None, data: Path | None, eval_: Path | None,
+            report_path: Path | None, html_path: Path | None, as_json: bool, **kwargs: Any) -> None:
     """Convert MODEL and report on the result (the help text, set above, names the registered formats)."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -58,7 +64,7 @@ def convert(model: Path, output: Path, inputs: Path | None, report_path: Path | 
     with Progress(TextColumn("{task.description:<8}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                   TimeElapsedColumn(), console=err, transient=True, disable=as_json or not err.is_terminal) as bar:
         task = bar.add_task("load", total=1.0)
-        result = converter.convert(model, output, config=config, inputs=inputs,
+        result = converter.convert(model, output, config=config, inputs=inputs, data=data, eval=eval_,
                                    progress=lambda stage, frac: bar.update(task, completed=frac, description=stage))
     report = result.report
     text = report.model_dump_json(indent=2)

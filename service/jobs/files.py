@@ -9,7 +9,7 @@ import re
 from ..core.storage import Storage
 from ..models import Job
 
-__all__ = ["delete_job_files", "input_key", "inputs_key", "output_key", "report_key"]
+__all__ = ["data_key", "delete_job_files", "eval_key", "input_key", "inputs_key", "output_key", "report_key"]
 
 log = logging.getLogger("sepconv.jobs")
 
@@ -26,6 +26,16 @@ def inputs_key(job_id: str) -> str:
     return f"jobs/{job_id}/inputs.npz"
 
 
+def data_key(job_id: str) -> str:
+    """The uploaded samples for calibration and the accuracy report (.npz)."""
+    return f"jobs/{job_id}/data.npz"
+
+
+def eval_key(job_id: str) -> str:
+    """The uploaded held-out samples for the accuracy report (.npz)."""
+    return f"jobs/{job_id}/eval.npz"
+
+
 def output_key(job_id: str, suffix: str) -> str:
     """The converted model; ``suffix`` is the converter's (``.onnx``, ``.zip``, ``.pt``)."""
     if not _SUFFIX_RE.match(suffix):
@@ -40,7 +50,7 @@ def report_key(job_id: str) -> str:
 
 def delete_job_files(storage: Storage, job: Job) -> None:
     """Delete every file of a job that exists; failures are logged, not raised (the record goes anyway)."""
-    for key in (job.input_key, job.inputs_key, job.output_key, job.report_key):
+    for key in (job.input_key, job.inputs_key, job.data_key, job.eval_key, job.output_key, job.report_key):
         if key:
             try:
                 storage.delete(key)

@@ -153,8 +153,9 @@ class JobRunner:
             return Outcome("cancelled")
         try:
             self.storage.download(job.input_key, work / "model.in")
-            if job.inputs_key:
-                self.storage.download(job.inputs_key, work / "inputs.npz")
+            for key, name in ((job.inputs_key, "inputs.npz"), (job.data_key, "data.npz"), (job.eval_key, "eval.npz")):
+                if key:
+                    self.storage.download(key, work / name)
         except ObjectNotFoundError:
             if not crud.is_still_mine(self.engine, claim):
                 return Outcome("cancelled")
@@ -164,7 +165,8 @@ class JobRunner:
         if not crud.heartbeat(self.engine, claim, self.settings.job_lease_s):  # the download may have been long
             return Outcome("cancelled")
 
-        outcome = self._supervise(claim, job.input_bytes, work, job.options, bool(job.inputs_key))
+        outcome = self._supervise(claim, job.input_bytes, work, job.options, bool(job.inputs_key),
+                                  bool(job.data_key), bool(job.eval_key))
         sandbox = next((e for e in outcome.events if e["event"] == "sandbox"), {})
         if sandbox.get("network") == "shared":
             log.info("job %s: the kernel refused a private network namespace and a socket filter; the conversion "
@@ -221,11 +223,13 @@ class JobRunner:
     # -- the child process -----------------------------------------------------------------------------------
 
     def _supervise(self, claim: crud.Claim, input_bytes: int, work: Path, options: dict[str, Any],
-                   has_inputs: bool) -> Outcome:
+                   has_inputs: bool, has_data: bool = False, has_eval: bool = False) -> Outcome:
         s = self.settings
         spec = {
             "model": str(work / "model.in"),
             "inputs": str(work / "inputs.npz") if has_inputs else None,
+            "data": str(work / "data.npz") if has_data else None,
+            "eval": str(work / "eval.npz") if has_eval else None,
             "output_dir": str(work / "out"),
             "report": str(work / "report.json"),
             "options": options,

@@ -18,7 +18,7 @@ import math
 import re
 import time
 import typing
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -158,12 +158,13 @@ class JobService:
         stored: list[str] = []
         fields: dict[str, list[str]] = {}
         model: tuple[str, int] | None = None
-        inputs_bytes = 0
+        npz_keys = {"inputs": files.inputs_key, "data": files.data_key, "eval": files.eval_key}
+        npz_bytes: dict[str, int] = {}
         budget = self.settings.max_upload_bytes
         try:
             async for part in parts:
                 if isinstance(part, FieldPart):
-                    if part.name in ("model", "inputs"):
+                    if part.name == "model" or part.name in npz_keys:
                         raise BadRequestError(f"'{part.name}' must be a file part")
                     fields.setdefault(part.name, []).append(part.value)
                 elif part.name == "model":
@@ -174,15 +175,17 @@ class JobService:
                     stored.append(key)
                     budget -= size
                     model = (clean_filename(part.filename), size)
-                elif part.name == "inputs":
-                    if inputs_bytes:
-                        raise BadRequestError("give one 'inputs' file part")
-                    key = files.inputs_key(job_id)
-                    inputs_bytes = await self._store(part.chunks, key, budget, _check_npz)
+                elif part.name in npz_keys:  # inputs (verification), data and eval (samples): each a .npz
+                    if part.name in npz_bytes:
+                        raise BadRequestError(f"give one '{part.name}' file part")
+                    key = npz_keys[part.name](job_id)
+                    size = await self._store(part.chunks, key, budget, _check_npz(part.name))
+                    npz_bytes[part.name] = size
                     stored.append(key)
-                    budget -= inputs_bytes
+                    budget -= size
                 else:
-                    raise BadRequestError(f"unexpected file part {part.name!r}; the files are 'model' and 'inputs'")
+                    raise BadRequestError(f"unexpected file part {part.name!r}; the files are 'model', "
+                                          f"{', '.join(repr(k) for k in npz_keys)}")
             if model is None:
                 raise BadRequestError("the request has no 'model' file part")
             config = ConversionConfig.from_options(**options_from_form(fields))
@@ -193,7 +196,9 @@ class JobService:
             job = Job(id=job_id, owner=owner, status=JobStatus.QUEUED, stage=JobStage.QUEUED, progress=0.0,
                       filename=model[0], options=config.model_dump(mode="json", exclude_unset=True),
                       input_key=files.input_key(job_id), input_bytes=model[1],
-                      inputs_key=files.inputs_key(job_id) if inputs_bytes else None, attempts=0,
+                      inputs_key=files.inputs_key(job_id) if "inputs" in npz_bytes else None,
+                      data_key=files.data_key(job_id) if "data" in npz_bytes else None,
+                      eval_key=files.eval_key(job_id) if "eval" in npz_bytes else None, attempts=0,
                       cancel_requested=False, created_at=utcnow())
             await to_thread.run_sync(crud.create_job, self.engine, job)
         except BaseException:
@@ -421,6 +426,13 @@ def _kernel_confines() -> bool:
     return landlock_abi() > 0
 
 
-def _check_npz(head: bytes, complete: bool) -> None:
-    if not head.startswith(b"PK\x03\x04"):
-        raise InvalidOptionsError("inputs: expected a .npz file (numpy.savez) of verification inputs")
+def _check_npz(part: str) -> Callable[[bytes, bool], None]:
+    """The first-bytes check of an uploaded ``.npz`` part (``inputs``, ``data``, ``eval``)."""
+    what = {"inputs": "verification inputs", "data": "samples of the model's inputs",
+            "eval": "held-out samples"}[part]
+
+    def check(head: bytes, complete: bool) -> None:
+        if not head.startswith(b"PK\x03\x04"):
+            raise InvalidOptionsError(f"{part}: expected a .npz file (numpy.savez) of {what}")
+
+    return check

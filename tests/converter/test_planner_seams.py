@@ -123,8 +123,9 @@ def test_factors_can_be_refined_before_the_rewrite():
     assert rw.layer is lay and np.allclose(rw.lowered.steps[0].weight, 2 * f.lowered().steps[0].weight)
     with pytest.raises(ValueError, match="keep their shapes"):
         f.with_weights(f.depthwise[:1], f.pointwise)
-    with pytest.raises(ValueError, match="replacement bias"):
-        rewrites([f.with_weights(f.depthwise, f.pointwise, bias=np.zeros(16, np.float32))])
+    # a replacement bias (calibration's) travels with the rewrite to the adapter
+    (rw,) = rewrites([f.with_weights(f.depthwise, f.pointwise, bias=np.ones(16, np.float32))])
+    assert rw.bias is not None and np.allclose(rw.bias, 1.0)
 
 
 def test_per_layer_lowering_is_rewritten_exactly(tmp_path, monkeypatch):

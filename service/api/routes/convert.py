@@ -40,6 +40,12 @@ def _form_schema() -> dict[str, Any]:
     props: dict[str, Any] = {
         "model": {"type": "string", "format": "binary",
                   "description": f"The model: {expected_formats()}."},
+        "data": {"type": "string", "format": "binary",
+                 "description": "Optional .npz of samples of the model's inputs ('inputs' or arrays named like "
+                                "the inputs, optional integer 'labels'): calibration recovers accuracy on them and "
+                                "the report's accuracy is measured on a held-out share."},
+        "eval": {"type": "string", "format": "binary",
+                 "description": "Optional .npz of held-out samples for the accuracy report (same layout as data)."},
         "inputs": {"type": "string", "format": "binary",
                    "description": "Optional .npz of verification inputs ('inputs' array, or arrays named like the "
                                   "model's inputs)."},
