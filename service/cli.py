@@ -170,12 +170,13 @@ def worker(queues: str | None, concurrency: int) -> None:
     from .core.db import migrate
     from .core.storage import open_storage
     from .jobs.celery_app import celery_app, configure
-    from .jobs.runner import protect_worker_process
+    from .jobs.runner import protect_worker_process, warn_if_unconfined, worker_name
 
     settings = _service_settings()
     if not settings.broker_url:
         fail("sepconv worker needs SEPCONV_BROKER_URL (a redis:// URL)", EXIT_USER)
     settings.log_warnings()
+    warn_if_unconfined(settings, worker_name("celery"))
     migrate(settings.database_url)
     open_storage(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url).ensure()
     protect_worker_process()
