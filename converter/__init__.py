@@ -1,4 +1,4 @@
-"""sepconv's converter: standard CNNs (ONNX, TorchScript) in, depthwise-separable CNNs out.
+"""sepconv's converter: standard CNNs (ONNX, TorchScript, torch.export .pt2) in, depthwise-separable CNNs out.
 
 The public surface is what ``__all__`` lists; everything else lives in private modules and may change.
 Importing this package is cheap and needs only pydantic: the heavy parts (numpy, onnx, torch) load on first use
