@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import re
+import types
+import typing
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -25,15 +27,26 @@ from pydantic import (
 
 from ._errors import InvalidOptionsError
 
-__all__ = ["DEFAULT_ENERGY", "ConversionConfig", "parse_input_shape", "parse_layer_rank"]
+__all__ = [
+    "DEFAULT_ENERGY",
+    "POLICY_FIELDS",
+    "REPEATABLE_FIELDS",
+    "ConversionConfig",
+    "parse_input_shape",
+    "parse_layer_rank",
+]
 
 #: The default rank policy keeps, in every converted layer, at least this share of the kernel's squared
 #: singular values (its "energy"): the relative weight error of each layer is then at most sqrt(1 - E).
 #: Layers that would need so high a rank that nothing is saved stay as they are. See README, "Rank policies".
 DEFAULT_ENERGY = 0.9
 
+#: The fields that select a rank policy (at most one may be set); ``converter._policies`` has one entry each.
+POLICY_FIELDS = ("rank", "energy", "target_params", "target_macs")
+
 Order = Literal["dw-pw", "pw-dw", "auto"]
-Lowering = Literal["split", "fused"]
+Lowering = Literal["split", "fused", "auto"]
+Device = Literal["cpu", "cuda", "auto"]
 Recover = Literal["calibrate", "finetune", "none"]
 
 _SHAPE_RE = re.compile(r"^\s*([^=\s]+)\s*=\s*(\d+(?:\s*[x×,]\s*\d+)*)\s*$")
@@ -91,7 +104,8 @@ class ConversionConfig(BaseModel):
                             "layer the form with the smaller weight error.")
     lowering: Lowering = Field(
         "split", description="split: K depthwise convs of channel multiplier 1 (fastest on onnxruntime and "
-                             "torch CPU); fused: one depthwise conv with multiplier K (fewest nodes).")
+                             "torch CPU); fused: one depthwise conv with multiplier K (fewest nodes); auto: per layer, "
+                             "the cheaper by the cost model (split where they cost the same).")
     exclude: list[str] = Field(
         default_factory=list, description="Glob pattern on layer names never to convert (repeatable).")
     layer_rank: dict[str, Annotated[int, Field(ge=1)]] = Field(
@@ -112,6 +126,9 @@ class ConversionConfig(BaseModel):
     latency_runs: Annotated[int, Field(ge=1, le=10_000)] = Field(
         30, description="Timed runs of each model, interleaved, after warm-up.")
     seed: int = Field(0, description="Seed of the random verification inputs.")
+    device: Device = Field(
+        "cpu", description="Where models run (verification, and any stage that runs a model): cpu, cuda, or "
+                           "auto (cuda when the runtime has a CUDA device, else cpu).")
 
     # --- accuracy recovery from the user's samples (--data/--eval; README "Accuracy recovery") ---
     recover: Recover | None = Field(
@@ -188,7 +205,7 @@ class ConversionConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_policy(self) -> ConversionConfig:
-        chosen = [k for k in ("rank", "energy", "target_params", "target_macs") if getattr(self, k) is not None]
+        chosen = [k for k in POLICY_FIELDS if getattr(self, k) is not None]
         if len(chosen) > 1:
             raise ValueError(f"choose one rank policy, not {' and '.join(chosen)}")
         return self
@@ -196,7 +213,7 @@ class ConversionConfig(BaseModel):
     @property
     def policy(self) -> tuple[str, float]:
         """The rank policy in force as ``(kind, value)``; the default is ``("energy", DEFAULT_ENERGY)``."""
-        for kind in ("rank", "energy", "target_params", "target_macs"):
+        for kind in POLICY_FIELDS:
             value = getattr(self, kind)
             if value is not None:
                 return kind, value
@@ -220,6 +237,23 @@ class ConversionConfig(BaseModel):
             raise InvalidOptionsError(describe_validation_error(e)) from None
         except InvalidOptionsError:
             raise
+
+
+def _repeatable(annotation: Any) -> bool:
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+        else:
+            return origin in (list, dict) or annotation in (list, dict)
+
+
+#: The fields given as a repeated flag or form field (lists, and dicts written ``NAME=VALUE``): the CLI, the
+#: HTTP form and the job service all read this one set.
+REPEATABLE_FIELDS: frozenset[str] = frozenset(
+    name for name, f in ConversionConfig.model_fields.items() if _repeatable(f.annotation))
 
 
 def describe_validation_error(e: ValidationError) -> str:

@@ -10,11 +10,16 @@ catch one type and print its message; lower-level errors (protobuf, torch, onnxr
     ├── ConversionError         a layer could not be rewritten, or the result could not be saved
     └── VerificationError       the original or converted model would not run on the verification inputs
 
-Besides the types it holds one helper, ``one_line``, that turns a lower-level exception into the short text those
-messages quote. It imports nothing beyond the standard library: the torch-free parts (config, report, SDK) use it.
+Besides the types it holds two helpers: ``one_line`` turns a lower-level exception into the short text those
+messages quote, and ``map_errors`` is the one place a boundary maps lower-level exceptions to a ``SepconvError``
+(in the style of httpx's ``map_exceptions``). It imports nothing beyond the standard library: the torch-free
+parts (config, report, SDK) use it.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 __all__ = [
     "ConversionError",
@@ -22,6 +27,8 @@ __all__ = [
     "SepconvError",
     "UnsupportedModelError",
     "VerificationError",
+    "map_errors",
+    "one_line",
 ]
 
 
@@ -72,3 +79,18 @@ def one_line(e: BaseException, limit: int = 300, *, whole: bool = False) -> str:
             next(iter(lines), "")
     text = " ".join(text.split()) or type(e).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@contextlib.contextmanager
+def map_errors(what: str, to: type[SepconvError], *, limit: int = 300, type_name: bool = True,
+               whole: bool = False) -> Iterator[None]:
+    """Turn any exception raised in the block, other than a ``SepconvError``, into ``to`` with the message
+    ``"<what>: <Type>: <one line of the original>"`` (without the type when ``type_name`` is False), chained with
+    ``from``. ``SepconvError`` passes through; so do ``KeyboardInterrupt`` and ``SystemExit``."""
+    try:
+        yield
+    except SepconvError:
+        raise
+    except Exception as e:
+        detail = one_line(e, limit, whole=whole)
+        raise to(f"{what}: {type(e).__name__}: {detail}" if type_name else f"{what}: {detail}") from e

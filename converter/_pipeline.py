@@ -1,8 +1,13 @@
 """``convert``: the one entry point that runs a conversion end to end.
 
-Data flows one way: file → format adapter (load, find convs) → plan (which layers, which order and rank) →
-rewrite (adapter) → save → verify (the saved files, on the real runtime) → report. Each step is its own module;
-this one only sequences them, times them and reports progress. It has no web, job or storage code.
+Data flows one way: file → format adapter (load, find convs) → plan (decisions) → factorise → rewrite (adapter)
+→ save → verify (the saved files, on the real runtime) → report. Each step is its own module; this one only runs
+the stages of the table in ``_stages`` in order — each a function of a ``Conversion`` (what the stages share)
+listed in ``STEPS`` with the condition under which it runs — and publishes the result. It has no web, job or
+storage code.
+
+Adding a stage (calibration, fine-tuning, latency measurement) is one entry in ``STEPS``: a function that reads
+and updates the ``Conversion`` and reports progress through the ``StageProgress`` it is handed.
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,25 +25,21 @@ from typing import Any
 import numpy as np
 
 from ._config import ConversionConfig
-from ._decompose import lower
-from ._errors import ConversionError, InvalidOptionsError, SepconvError, one_line
+from ._cost import CostModel, CountingCostModel
+from ._device import resolve_device
+from ._errors import ConversionError, InvalidOptionsError, map_errors
+from ._factorize import Factors, Spectra, factorize, rewrites
 from ._graphcheck import trusting
-from ._plan import LayerDecision, plan_layers
-from ._report import Counts, LayerReport, Report, Timings
+from ._plan import Plan, plan
+from ._report import Fidelity, Latency, Report
+from ._stages import STAGE_NAMES, ProgressCallback, StageClock, StageProgress
+from ._summary import build_report
 from ._verify import load_user_inputs, random_inputs, resolve_input_shapes, verify
-from ._version import __version__
-from .formats._base import FormatAdapter, Rewrite, detect_format
+from .formats._base import ConvLayer, FormatAdapter, InputSpec, ModelStats, detect_format
 
-__all__ = ["ConversionResult", "ProgressCallback", "convert"]
+__all__ = ["STEPS", "Conversion", "ConversionResult", "ProgressCallback", "convert"]
 
 log = logging.getLogger("sepconv")
-
-#: ``progress(stage, fraction)``: stage is one of load, plan, rewrite, save, verify, done; fraction in [0, 1]
-#: is the whole conversion's progress.
-ProgressCallback = Callable[[str, float], None]
-
-# Share of the progress bar each stage ends at (verification dominates when it runs).
-_STAGE_END = {"load": 0.1, "plan": 0.4, "rewrite": 0.5, "save": 0.6, "verify": 1.0}
 
 
 @dataclass
@@ -48,7 +48,7 @@ class ConversionResult:
 
     Attributes:
         report: the report (see ``Report``).
-        format: ``onnx`` or ``torchscript``.
+        format: the model's format (``onnx``, ``torchscript``…).
         output_path: where the converted model was written, when ``output`` was given.
         data: the converted model's bytes, when no ``output`` was given.
     """
@@ -75,6 +75,131 @@ class ConversionResult:
         return path
 
 
+@dataclass
+class Conversion:
+    """What the stages of one conversion share. Each stage reads what earlier ones left and adds its part.
+
+    Set before the first stage: ``config``, ``src`` (the input file), ``dest`` (where the result goes, or None
+    for bytes), ``inputs_path`` (the user's verification inputs), ``work`` (a private scratch folder).
+    """
+
+    config: ConversionConfig
+    src: Path
+    dest: Path | None
+    inputs_path: Path | None
+    work: Path
+    # load
+    adapter: FormatAdapter | None = None
+    model: Any = None
+    specs: list[InputSpec] = field(default_factory=list)
+    user_inputs: dict[str, np.ndarray] | None = None
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    # plan (and measure, which may replace the cost model and plan again)
+    cost_model: CostModel = field(default_factory=CountingCostModel)
+    spectra: Spectra = field(default_factory=Spectra)
+    layers: list[ConvLayer] = field(default_factory=list)
+    before: ModelStats | None = None
+    after: ModelStats | None = None
+    plan: Plan | None = None
+    factors: list[Factors] = field(default_factory=list)
+    # save
+    staging: Path | None = None
+    saved: Path | None = None
+    # verify
+    fidelity: Fidelity | None = None
+    latency: Latency | None = None
+    # report keys and warnings that stages add (accuracy, …)
+    report_extra: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def per_sample(self) -> dict[str, tuple[int, ...]]:
+        """The input shapes at batch 1: counts (MACs) are per sample whatever batch verification uses."""
+        return {name: (1, *dims[1:]) for name, dims in self.shapes.items() if dims}
+
+    @property
+    def device(self) -> str:
+        """``cpu`` or ``cuda``: the configured device, with ``auto`` resolved."""
+        return resolve_device(self.config.device)
+
+    def workdir(self, name: str) -> Path:
+        """A private scratch folder for one purpose, created on first use."""
+        return _mkdir(self.work / name)
+
+
+def _load(c: Conversion, _: StageProgress) -> None:
+    c.adapter = detect_format(c.src)
+    with trusting(c.config.trust_model):
+        c.model = c.adapter.load(c.src, c.workdir("load"))
+    c.specs = c.adapter.input_specs(c.model)
+    if c.inputs_path is not None:
+        c.user_inputs = load_user_inputs(c.inputs_path, c.specs)
+    c.shapes, c.problems = resolve_input_shapes(c.specs, c.config, c.user_inputs)
+    if c.problems and (c.config.verify or c.config.target_macs is not None):
+        need = "verification" if c.config.verify else "a MAC budget"
+        raise InvalidOptionsError(f"{need} needs concrete input shapes: {c.problems[0]}")
+
+
+def _plan(c: Conversion, _: StageProgress) -> None:
+    assert c.adapter is not None
+    c.layers = c.adapter.find_convs(c.model, c.per_sample)
+    c.before = c.adapter.stats(c.model, c.per_sample)
+    c.plan = plan(c.layers, c.config, c.cost_model, total_params=c.before.params, total_macs=c.before.macs,
+                  spectra=c.spectra)
+    c.factors = factorize(c.plan.decisions, c.spectra)
+    c.spectra.clear()
+
+
+def _rewrite(c: Conversion, _: StageProgress) -> None:
+    assert c.adapter is not None and c.before is not None
+    if not c.factors:
+        c.after = c.before
+        return
+    with map_errors("rewriting the graph failed", ConversionError):
+        c.model = c.adapter.apply(c.model, rewrites(c.factors))
+    c.after = c.adapter.stats(c.model, c.per_sample)
+
+
+def _save(c: Conversion, _: StageProgress) -> None:
+    assert c.adapter is not None and c.staging is not None
+    if c.factors:
+        c.saved = c.adapter.save(c.model, c.staging / f"model{c.adapter.suffix}")
+    else:
+        # Nothing to convert: the user gets their file back byte for byte.
+        c.saved = c.staging / f"model{_suffix_like(c.src, c.adapter)}"
+        shutil.copyfile(c.src, c.saved)
+
+
+def _verify(c: Conversion, _: StageProgress) -> None:
+    assert c.adapter is not None and c.saved is not None
+    cfg = c.config
+    if c.user_inputs is not None:
+        others = random_inputs([s for s in c.specs if s.name not in c.user_inputs], c.shapes, cfg.seed)
+        inputs, kind = {**others, **c.user_inputs}, "user"
+    else:
+        inputs, kind = random_inputs(c.specs, c.shapes, cfg.seed), "random"
+    c.fidelity, c.latency = verify(c.adapter, c.src, c.saved, inputs, kind, cfg, c.workdir("verify"), c.device)
+
+
+def _always(_: ConversionConfig) -> bool:
+    return True
+
+
+#: A stage's code: reads and updates the conversion, reports progress within the stage.
+Step = Callable[[Conversion, StageProgress], None]
+
+#: The code of each stage of ``_stages.STAGES`` and, from the options, whether it runs. A stage of the table
+#: without an entry here does not run.
+STEPS: dict[str, tuple[Callable[[ConversionConfig], bool], Step]] = {
+    "load": (_always, _load),
+    "plan": (_always, _plan),
+    "rewrite": (_always, _rewrite),
+    "save": (_always, _save),
+    "verify": (lambda cfg: cfg.verify, _verify),
+}
+
+
 def convert(
     model: str | Path | bytes,
     output: str | Path | None = None,
@@ -82,21 +207,20 @@ def convert(
     config: ConversionConfig | None = None,
     inputs: str | Path | None = None,
     progress: ProgressCallback | None = None,
-    device: str = "cpu",
     **options: Any,
 ) -> ConversionResult:
     """Convert a CNN's eligible convolutions into depthwise-separable pairs and report on the result.
 
     Args:
-        model: path to an ONNX file, an ONNX ``.zip`` with external data, or a TorchScript file; or its bytes.
-            The format is detected from the content.
+        model: path to a model file (ONNX, an ONNX ``.zip`` with external data, TorchScript…) or its bytes. The
+            format is detected from the content.
         output: where to write the converted model (same format as the input; an ONNX model that came with
             external data is written as a ``.zip``). Without it the bytes are returned in ``result.data``.
         config: options as a ``ConversionConfig``; keyword ``options`` (the same names) override it.
         inputs: a ``.npz`` of verification inputs (an ``inputs`` array, or arrays named like the model's inputs).
-        progress: called as ``progress(stage, fraction)`` while the conversion runs.
-        device: ``cpu`` or ``cuda`` for the verification runs.
-        **options: any ``ConversionConfig`` field, e.g. ``rank=2``, ``order="dw-pw"``, ``exclude=["head*"]``.
+        progress: called as ``progress(stage, fraction)`` while the conversion runs (``progress(stage, fraction,
+            detail)`` if it takes a third parameter); see ``converter._stages``.
+        **options: any ``ConversionConfig`` field, e.g. ``rank=2``, ``order="dw-pw"``, ``device="cuda"``.
 
     Returns:
         The report and the converted model.
@@ -108,7 +232,6 @@ def convert(
         VerificationError: a model would not run on the verification inputs.
     """
     cfg = ConversionConfig.from_options(config, **options)
-    notify = _Progress(progress)
     with tempfile.TemporaryDirectory(prefix="sepconv-") as tmp:
         work = Path(tmp)
         if isinstance(model, bytes | bytearray | memoryview):
@@ -121,116 +244,48 @@ def convert(
         dest = Path(output) if output is not None else None
         if dest is not None and dest.resolve() == src.resolve():
             raise InvalidOptionsError("the output path is the input model; choose another")
-        return _run(src, dest, cfg, Path(inputs) if inputs is not None else None, notify, device, work)
+        conversion = Conversion(cfg, src, dest, Path(inputs) if inputs is not None else None, work)
+        return _run(conversion, progress)
 
 
-class _Progress:
-    def __init__(self, callback: ProgressCallback | None) -> None:
-        self.callback = callback
-        self.start = 0.0
-
-    def __call__(self, stage: str, within: float = 0.0) -> None:
-        if self.callback is None:
-            return
-        end = _STAGE_END.get(stage, 1.0)
-        begin = max([v for v in _STAGE_END.values() if v < end], default=0.0)
-        self.callback(stage, round(begin + (end - begin) * min(max(within, 0.0), 1.0), 4))
-
-
-def _run(
-    src: Path,
-    dest: Path | None,
-    cfg: ConversionConfig,
-    inputs_path: Path | None,
-    notify: _Progress,
-    device: str,
-    work: Path,
-) -> ConversionResult:
-    t0 = time.perf_counter()
-    notify("load")
-    adapter = detect_format(src)
-    with trusting(cfg.trust_model):
-        model = adapter.load(src, _mkdir(work / "load"))
-    specs = adapter.input_specs(model)
-    user_inputs = load_user_inputs(inputs_path, specs) if inputs_path is not None else None
-    shapes, problems = resolve_input_shapes(specs, cfg, user_inputs)
-    if problems and (cfg.verify or cfg.target_macs is not None):
-        need = "verification" if cfg.verify else "a MAC budget"
-        raise InvalidOptionsError(f"{need} needs concrete input shapes: {problems[0]}")
-    t_load = time.perf_counter() - t0
-
-    t1 = time.perf_counter()
-    notify("plan")
-    # Counts are per sample: MACs at batch 1 whatever batch the verification inputs have.
-    per_sample = {name: (1, *dims[1:]) for name, dims in shapes.items() if dims}
-    layers = adapter.find_convs(model, per_sample)
-    before = adapter.stats(model, per_sample)
-    plan = plan_layers(layers, cfg, total_params=before.params, total_macs=before.macs)
-    decisions = plan.decisions
-    converted = [d for d in decisions if d.converted]
-    notify("rewrite")
-    rewrites = [Rewrite(d.layer, lower(d.decomposition, cfg.lowering)) for d in converted]
-    if rewrites:
-        model = _wrap(lambda: adapter.apply(model, rewrites), "rewriting the graph")
-        after = adapter.stats(model, per_sample)
-    else:
-        after = before
-    t_convert = time.perf_counter() - t1
-
+def _run(c: Conversion, progress: ProgressCallback | None) -> ConversionResult:
+    active = [name for name in STAGE_NAMES if name in STEPS and STEPS[name][0](c.config)]
+    clock = StageClock(progress, active)
     # Staged next to the destination (same file system, so the final move is a rename) and moved there only
     # after verification: a failed conversion never leaves a file at the destination.
-    stage = Path(tempfile.mkdtemp(prefix=".sepconv-", dir=_mkdir(dest.parent))) if dest else _mkdir(work / "out")
+    c.staging = (Path(tempfile.mkdtemp(prefix=".sepconv-", dir=_mkdir(c.dest.parent))) if c.dest
+                 else c.workdir("out"))
     try:
-        t2 = time.perf_counter()
-        notify("save")
-        if rewrites:
-            saved = adapter.save(model, stage / f"model{adapter.suffix}")
-        else:
-            # Nothing to convert: the user gets their file back byte for byte.
-            saved = stage / f"model{_suffix_like(src, adapter)}"
-            shutil.copyfile(src, saved)
-        t_save = time.perf_counter() - t2
-
-        fid = lat = None
-        t_verify = None
-        if cfg.verify:
-            t3 = time.perf_counter()
-            notify("verify")
-            if user_inputs is not None:
-                others = random_inputs([s for s in specs if s.name not in user_inputs], shapes, cfg.seed)
-                inputs, kind = {**others, **user_inputs}, "user"
-            else:
-                inputs, kind = random_inputs(specs, shapes, cfg.seed), "random"
-            fid, lat = verify(adapter, src, saved, inputs, kind, cfg, _mkdir(work / "verify"), device)
-            t_verify = time.perf_counter() - t3
-
-        report = Report(
-            sepconv_version=__version__,
-            format=adapter.name,
-            params=Counts(original=before.params, converted=after.params),
-            macs=Counts(original=before.macs, converted=after.macs),
-            file_bytes=Counts(original=src.stat().st_size, converted=saved.stat().st_size),
-            policy={**plan.policy, "converted_layers": len(converted), "total_layers": len(decisions),
-                    "input_shapes": {k: list(v) for k, v in shapes.items()}},
-            fidelity=fid,
-            latency=lat,
-            layers=[_layer_report(d) for d in decisions],
-            timings=Timings(load_s=round(t_load, 4), convert_s=round(t_convert, 4),
-                            verify_s=round(t_verify, 4) if t_verify is not None else None, save_s=round(t_save, 4)),
-            warnings=_warnings(decisions, fid, lat, problems),
-        )
-        result = ConversionResult(report=report, format=adapter.name)
-        if dest is None:
-            result.data = saved.read_bytes()
-        else:
-            # An ONNX model with external data travels as a .zip; say so in the name rather than hide it.
-            final = dest.with_suffix(".zip") if saved.suffix == ".zip" and dest.suffix != ".zip" else dest
-            os.replace(saved, final)
-            result.output_path = final
+        for name in active:
+            with clock.stage(name) as within:
+                STEPS[name][1](c, within)
+        result = _publish(c, _report(c, clock.seconds))
     finally:
-        if dest is not None:
-            shutil.rmtree(stage, ignore_errors=True)
-    notify("verify", 1.0)
+        if c.dest is not None:
+            shutil.rmtree(c.staging, ignore_errors=True)
+    clock.finish()
+    return result
+
+
+def _report(c: Conversion, seconds: dict[str, float]) -> Report:
+    assert c.adapter is not None and c.plan is not None and c.before is not None and c.saved is not None
+    return build_report(
+        format=c.adapter.name, before=c.before, after=c.after or c.before,
+        file_bytes=(c.src.stat().st_size, c.saved.stat().st_size), policy=c.plan.policy,
+        decisions=c.plan.decisions, factors=c.factors, shapes=c.shapes, problems=c.problems,
+        fidelity=c.fidelity, latency=c.latency, seconds=seconds, extra=c.report_extra, warnings=c.warnings)
+
+
+def _publish(c: Conversion, report: Report) -> ConversionResult:
+    assert c.adapter is not None and c.saved is not None
+    result = ConversionResult(report=report, format=c.adapter.name)
+    if c.dest is None:
+        result.data = c.saved.read_bytes()
+    else:
+        # An ONNX model with external data travels as a .zip; say so in the name rather than hide it.
+        final = c.dest.with_suffix(".zip") if c.saved.suffix == ".zip" and c.dest.suffix != ".zip" else c.dest
+        os.replace(c.saved, final)
+        result.output_path = final
     return result
 
 
@@ -243,62 +298,3 @@ def _suffix_like(src: Path, adapter: FormatAdapter) -> str:
     if adapter.name == "onnx" and zipfile.is_zipfile(src):
         return ".zip"
     return adapter.suffix
-
-
-def _wrap(fn: Callable[[], Any], step: str) -> Any:
-    try:
-        return fn()
-    except SepconvError:
-        raise
-    except Exception as e:
-        raise ConversionError(f"{step} failed: {type(e).__name__}: {one_line(e)}") from e
-
-
-def _layer_report(d: LayerDecision) -> LayerReport:
-    layer = d.layer
-    return LayerReport(
-        name=layer.name,
-        op=layer.op,
-        kernel=list(layer.kernel),
-        in_channels=layer.in_channels,
-        out_channels=layer.out_channels,
-        groups=layer.groups,
-        status="converted" if d.converted else "skipped",
-        reason=d.reason,
-        order=d.order if d.converted else None,
-        rank=d.rank if d.converted else None,
-        energy=_round(d.energy),
-        rel_weight_error=_round(d.rel_weight_error),
-        params_before=d.params_before,
-        params_after=d.params_after,
-        macs_before=d.macs_before,
-        macs_after=d.macs_after,
-    )
-
-
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(float(x), 6)
-
-
-def _warnings(decisions: list[LayerDecision], fid: Any, lat: Any, problems: list[str]) -> list[str]:
-    out = []
-    conv = [d for d in decisions if d.converted]
-    if not conv:
-        reasons = sorted({d.reason for d in decisions}) or ["the model has no convolutions"]
-        out.append("no layer was converted; the model is returned unchanged (" + "; ".join(reasons[:4]) + ")")
-    low = [d for d in conv if d.energy is not None and d.energy < 0.6]
-    if low:
-        worst = min(low, key=lambda d: d.energy)
-        out.append(f"{len(low)} converted layer(s) keep less than 60 % of their kernel energy (worst: "
-                   f"{worst.layer.name}, {worst.energy:.0%}); expect an accuracy drop until fine-tuned")
-    if fid is not None:
-        if not np.isfinite(fid.rel_l2):
-            out.append("the converted model's outputs are not finite")
-        elif fid.rel_l2 > 0.1:
-            out.append(f"outputs differ from the original by {fid.rel_l2:.1%} (relative L2) on the verification "
-                       "inputs; check accuracy on real data and fine-tune to recover it")
-    if lat is not None and lat.speedup < 1.0:
-        out.append(f"the converted model ran slower than the original on {lat.backend} with {lat.threads} "
-                   f"thread(s) ({lat.speedup:.2f}×); fewer MACs do not guarantee lower latency")
-    out.extend(f"MACs unknown: {p}" for p in problems)
-    return out

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, create_model
+
+from ._stages import TIMING_KEYS
 
 __all__ = [
     "Counts",
@@ -101,6 +103,7 @@ class LayerReport(_Model):
     reason: str
     order: Literal["dw-pw", "pw-dw"] | None = None
     rank: int | None = None
+    lowering: Literal["split", "fused", "summed"] | None = None
     energy: float | None = None
     rel_weight_error: float | None = None
     params_before: int
@@ -109,13 +112,16 @@ class LayerReport(_Model):
     macs_after: int | None = None
 
 
-class Timings(_Model):
-    """Wall-clock seconds of each step."""
-
-    load_s: float
-    convert_s: float
-    verify_s: float | None = None
-    save_s: float
+#: Wall-clock seconds of each step, derived from the stage table (``converter._stages``): ``load_s``,
+#: ``convert_s`` (everything between loading and saving), ``save_s``, ``verify_s``, and ``<stage>_s`` for every
+#: stage (None when it did not run).
+Timings = create_model(
+    "Timings",
+    __base__=_Model,
+    __module__=__name__,
+    **{key: (float, ...) if required else (float | None, None) for key, required in TIMING_KEYS.items()},
+)
+Timings.__doc__ = "Wall-clock seconds of each stage that ran (see ``converter._stages``); None: it did not run."
 
 
 class Report(_Model):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ._config import ConversionConfig
-from ._errors import InvalidOptionsError, VerificationError, one_line
+from ._errors import InvalidOptionsError, VerificationError, map_errors
 from ._report import Fidelity, Latency
 from .formats._base import FormatAdapter, InputSpec, Runner
 
@@ -82,11 +82,10 @@ def load_user_inputs(path: Path, specs: Sequence[InputSpec]) -> dict[str, np.nda
     Raises:
         InvalidOptionsError: the file is not a readable ``.npz``, or its arrays fit no input.
     """
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except Exception as e:  # numpy raises many types for a bad file
-        raise InvalidOptionsError(f"the inputs file is not a readable .npz: {e}") from None
+    # numpy raises many types for a bad file
+    with (map_errors("the inputs file is not a readable .npz", InvalidOptionsError, type_name=False),
+          np.load(path, allow_pickle=False) as npz):
+        arrays = {k: npz[k] for k in npz.files}
     names = [s.name for s in specs]
     out: dict[str, np.ndarray] = {}
     for spec in specs:
@@ -202,19 +201,15 @@ def verify(
     for label, path in (("original", original), ("converted", converted)):
         sub = workdir / f"verify-{label}"
         sub.mkdir(parents=True, exist_ok=True)
-        try:
+        with map_errors(f"the {label} model could not be loaded for verification", VerificationError, limit=400,
+                        type_name=False):
             run, backend = adapter.runner(path, sub, threads, device)
-        except Exception as e:
-            raise VerificationError(
-                f"the {label} model could not be loaded for verification: {one_line(e, 400)}") from e
         runners.append(run)
     outs = []
     for label, run in zip(("original", "converted"), runners, strict=True):
-        try:
+        with map_errors(f"the {label} model failed on the verification inputs ({_shapes(inputs)})",
+                        VerificationError, limit=400, type_name=False):
             outs.append([np.asarray(o) for o in run(inputs)])
-        except Exception as e:
-            raise VerificationError(f"the {label} model failed on the verification inputs "
-                                    f"({_shapes(inputs)}): {one_line(e, 400)}") from e
     fid = fidelity(outs[0], outs[1], input_kind)
     ta, tb = measure_latency(lambda: runners[0](inputs), lambda: runners[1](inputs), config.latency_runs)
     p50a, p50b = float(np.median(ta)) * 1e3, float(np.median(tb)) * 1e3

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from converter import ConversionConfig, SepconvError
+from converter._config import REPEATABLE_FIELDS
 
 __all__ = ["EXIT_INTERNAL", "EXIT_USER", "collect_config", "config_options", "fail", "handle_errors"]
 
@@ -47,7 +48,7 @@ def _click_option(name: str, field: Any) -> Callable[[Callable], Callable]:
     if origin is typing.Literal:
         return click.option(flag, name, type=click.Choice([str(a) for a in typing.get_args(core)]), default=None,
                             help=help_text)
-    if origin in (list, dict) or core in (list, dict):
+    if name in REPEATABLE_FIELDS:
         return click.option(flag, name, multiple=True, default=None, help=help_text)
     kind = {int: click.INT, float: click.FLOAT, str: click.STRING}.get(core, click.STRING)
     return click.option(flag, name, type=kind, default=None, help=help_text)

@@ -38,11 +38,9 @@ def cli() -> None:
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the report as one self-contained HTML page (charts, sortable layer table).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="Where the verification runs.")
 @handle_errors
 def convert(model: Path, output: Path, inputs: Path | None, report_path: Path | None, html_path: Path | None,
-            as_json: bool, device: str, **kwargs: Any) -> None:
+            as_json: bool, **kwargs: Any) -> None:
     """Convert MODEL (ONNX, ONNX .zip with external data, or TorchScript) and report on the result."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -59,7 +57,7 @@ def convert(model: Path, output: Path, inputs: Path | None, report_path: Path | 
     with Progress(TextColumn("{task.description:<8}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                   TimeElapsedColumn(), console=err, transient=True, disable=as_json or not err.is_terminal) as bar:
         task = bar.add_task("load", total=1.0)
-        result = converter.convert(model, output, config=config, inputs=inputs, device=device,
+        result = converter.convert(model, output, config=config, inputs=inputs,
                                    progress=lambda stage, frac: bar.update(task, completed=frac, description=stage))
     report = result.report
     text = report.model_dump_json(indent=2)

@@ -117,7 +117,7 @@ def _document_errors_truthfully(app: FastAPI) -> None:
 
 
 async def _upkeep(state: AppState) -> None:
-    every = max(0.5, min(state.settings.job_lease_s / 2, 10.0))
+    every = state.settings.upkeep_interval_s
     while True:
         await asyncio.sleep(every)
         try:

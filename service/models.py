@@ -19,6 +19,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from converter._stages import JOB_STAGES
+
 __all__ = ["FINAL_STATUSES", "Base", "Job", "JobStage", "JobStatus", "UTCDateTime", "utcnow"]
 
 
@@ -32,16 +34,9 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-class JobStage(StrEnum):
-    """What a job is doing: ``queued``, the converter's own stages, then ``done``."""
-
-    QUEUED = "queued"
-    LOAD = "load"
-    PLAN = "plan"
-    REWRITE = "rewrite"
-    SAVE = "save"
-    VERIFY = "verify"
-    DONE = "done"
+#: What a job is doing: ``queued``, one of the converter's stages (``converter._stages``, the one list), then
+#: ``done``. Members are the names upper-cased: ``JobStage.QUEUED``, ``JobStage.LOAD``, …, ``JobStage.DONE``.
+JobStage = StrEnum("JobStage", [(name.upper(), name) for name in JOB_STAGES], module=__name__)
 
 
 FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
@@ -86,6 +81,7 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     stage: Mapped[str] = mapped_column(String(16), default=JobStage.QUEUED)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
+    stage_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     filename: Mapped[str] = mapped_column(String(255))
     format: Mapped[str | None] = mapped_column(String(16), default=None)
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -8,13 +8,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from converter._stages import JOB_STAGES
+
 from .models import Job
 
 __all__ = ["ErrorBody", "ErrorResponse", "Health", "JobError", "JobLinks", "JobPublic", "JobsPublic", "Readiness",
            "ReadinessChecks"]
 
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobStageName = Literal["queued", "load", "plan", "rewrite", "save", "verify", "done"]
+JobStageName = Literal[JOB_STAGES]  # type: ignore[valid-type]  # from the stage table, the one list
 
 
 class JobError(BaseModel):
@@ -43,6 +45,9 @@ class JobPublic(BaseModel):
     status: JobStatusName
     stage: JobStageName
     progress: float = Field(ge=0.0, le=1.0)
+    stage_detail: dict[str, Any] | None = Field(
+        None, description="What the running stage last reported besides its progress (e.g. epoch, loss and "
+                          "metric while fine-tuning); null when it reports nothing.")
     filename: str = Field(description="The uploaded file's name.")
     format: Literal["onnx", "torchscript"] | None = Field(description="The model's format, once detected.")
     options: dict[str, Any] = Field(description="The ConversionConfig fields that were set.")
@@ -58,7 +63,8 @@ class JobPublic(BaseModel):
         """The public view of a job row."""
         base = f"/jobs/{job.id}"
         return cls(
-            id=job.id, status=job.status, stage=job.stage, progress=job.progress, filename=job.filename,
+            id=job.id, status=job.status, stage=job.stage, progress=job.progress, stage_detail=job.stage_detail,
+            filename=job.filename,
             format=job.format, options=job.options or {}, created_at=job.created_at, started_at=job.started_at,
             finished_at=job.finished_at, attempts=job.attempts,
             error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,

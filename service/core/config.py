@@ -216,6 +216,25 @@ class Settings(BaseSettings):
                     keys.append(line)
         return keys
 
+    # Intervals derived from the lease, in one place: a job's lease must be renewed several times before it
+    # expires, and an expired lease found within about half a lease.
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """How often a worker renews its job's lease (and writes progress): four times per lease, 0.5–10 s."""
+        return max(0.5, min(self.job_lease_s / 4, 10.0))
+
+    @property
+    def reap_interval_s(self) -> float:
+        """How often workers look for jobs whose lease expired: twice per lease, 1–30 s."""
+        return max(1.0, min(self.job_lease_s / 2, 30.0))
+
+    @property
+    def upkeep_interval_s(self) -> float:
+        """How often the API process reaps expired leases and replaces dead embedded workers: twice per lease,
+        0.5–10 s (a dead worker is replaced sooner than a lease is reaped)."""
+        return max(0.5, min(self.job_lease_s / 2, 10.0))
+
     @property
     def visibility_timeout_s(self) -> int:
         """Redis broker visibility timeout: longer than a job can stay reserved (one prefetched message waits

@@ -28,7 +28,7 @@ from sqlalchemy.exc import OperationalError
 from ..core.config import Settings, load_settings
 from ..core.db import get_engine
 from . import crud
-from .executor import ExecutorUnavailableError
+from .errors import ExecutorUnavailableError
 from .runner import JobRunner, worker_name
 
 __all__ = ["TASK_NAME", "CeleryExecutor", "celery_app", "configure"]
@@ -91,7 +91,7 @@ def run_job(self: Any, job_id: str) -> str:
 
 def _reap_forever(settings: Settings, stop: threading.Event) -> None:
     engine = get_engine(settings.database_url)
-    every = max(1.0, min(settings.job_lease_s / 2, 30.0))
+    every = settings.reap_interval_s
     executor = CeleryExecutor(settings, app=celery_app)
     while not stop.wait(every):
         try:

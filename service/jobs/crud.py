@@ -129,6 +129,7 @@ def _claim_values(worker_id: str, lease_s: float) -> dict[str, Any]:
         "status": JobStatus.RUNNING,
         "stage": JobStage.LOAD,
         "progress": 0.0,
+        "stage_detail": None,
         "worker_id": worker_id,
         "attempts": Job.attempts + 1,
         "started_at": now,
@@ -212,7 +213,8 @@ def release(engine: Engine, c: Claim) -> bool:
     """Give a job back to the queue uncounted (its worker is shutting down cleanly)."""
     with Session(engine) as s, s.begin():
         res = s.execute(update(Job).where(_mine(c)).values(
-            status=JobStatus.QUEUED, stage=JobStage.QUEUED, progress=0.0, worker_id=None, lease_expires_at=None,
+            status=JobStatus.QUEUED, stage=JobStage.QUEUED, progress=0.0, stage_detail=None, worker_id=None,
+            lease_expires_at=None,
             attempts=Job.attempts - 1).execution_options(synchronize_session=False))
     return res.rowcount == 1
 

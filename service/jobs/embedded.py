@@ -175,7 +175,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     worker_id = _worker_id(args.parent, args.index)
     runner = JobRunner(settings, worker_id, should_stop=should_stop)
     engine = get_engine(settings.database_url)
-    reap_every = max(1.0, min(settings.job_lease_s / 2, 30.0))
+    reap_every = settings.reap_interval_s
     next_reap = 0.0
     log.info("embedded worker %s ready", worker_id)
     while not should_stop():

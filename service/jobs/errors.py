@@ -6,6 +6,7 @@ from __future__ import annotations
 
 __all__ = [
     "BadRequestError",
+    "ExecutorUnavailableError",
     "JobNotFoundError",
     "JobNotReadyError",
     "QueueFullError",
@@ -60,6 +61,11 @@ class UnsupportedUploadError(ServiceError):
     """The uploaded model's first bytes are not ONNX, an ONNX .zip or TorchScript (or it is empty)."""
 
     code = "unsupported_model"
+
+
+class ExecutorUnavailableError(Exception):
+    """The executor cannot accept jobs now (e.g. the broker is unreachable); the job service turns it into an
+    ``UnavailableError`` for the API."""
 
 
 class UnavailableError(ServiceError):

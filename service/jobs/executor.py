@@ -11,6 +11,9 @@ Two implementations:
 
 Either way the job record in the database is the truth and the runner (``service.jobs.runner``) does the work;
 an executor only delivers "job X is waiting". A job never runs in the API process.
+
+Imports go one way: this module imports an implementation only inside ``make_executor``, and the implementations
+import nothing from here (their shared error lives in ``service.jobs.errors``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from ..core.config import Settings
+from .errors import ExecutorUnavailableError
 
 __all__ = ["Executor", "ExecutorUnavailableError", "make_executor"]
 
@@ -56,10 +60,6 @@ class Executor(Protocol):
     def maintain(self) -> None:
         """Periodic upkeep from the API process (embedded: replace worker processes that died)."""
         ...
-
-
-class ExecutorUnavailableError(Exception):
-    """The executor cannot accept jobs now (e.g. the broker is unreachable)."""
 
 
 def make_executor(settings: Settings) -> Executor:

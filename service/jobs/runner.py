@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import select
 import shutil
@@ -56,6 +57,7 @@ _WORKDIR_PREFIX = "sepconv-job-"
 _MAX_EVENT_BYTES = 1024 * 1024
 _MAX_EVENTS = 1000
 _PROGRESS_EVERY_S = 0.25
+_MAX_DETAIL_ITEMS = 16
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -254,7 +256,7 @@ class JobRunner:
         s = self.settings
         started = time.monotonic()
         deadline = started + s.job_timeout_s
-        beat_every = max(0.5, min(s.job_lease_s / 4, 10.0))
+        beat_every = s.heartbeat_interval_s
         next_beat = next_check = next_flush = 0.0
         pending: dict[str, Any] = {}
         events: list[dict[str, Any]] = []
@@ -344,6 +346,22 @@ def sweep_stale_workdirs() -> int:
     return removed
 
 
+def _stage_detail(detail: Any) -> dict[str, Any] | None:
+    """A stage's detail as the job record keeps it: at most 16 entries of short names and scalar values (the
+    child is not trusted); anything else is dropped."""
+    if not isinstance(detail, dict):
+        return None
+    out: dict[str, Any] = {}
+    for key, value in list(detail.items())[:_MAX_DETAIL_ITEMS]:
+        if not isinstance(key, str) or len(key) > 64:
+            continue
+        if isinstance(value, bool | int | float) or value is None:
+            out[key] = value if not isinstance(value, float) or math.isfinite(value) else None
+        elif isinstance(value, str):
+            out[key] = value[:200]
+    return out or None
+
+
 def _parse_event(line: bytes) -> dict[str, Any] | None:
     try:
         event = json.loads(line)
@@ -360,7 +378,8 @@ def _job_fields(event: dict[str, Any]) -> dict[str, Any]:
     if kind == "progress":
         stage, progress = event.get("stage"), event.get("progress")
         if stage in {s.value for s in JobStage} and isinstance(progress, int | float) and 0 <= progress <= 1:
-            return {"stage": stage, "progress": float(min(progress, 0.99))}
+            return {"stage": stage, "progress": float(min(progress, 0.99)),
+                    "stage_detail": _stage_detail(event.get("detail"))}
     elif kind == "format" and event.get("format") in ("onnx", "torchscript"):
         return {"format": event["format"]}
     return {}

@@ -21,7 +21,7 @@ and kills it on cancellation. Events on the pipe (one JSON object per line)::
 
     {"event": "sandbox", "network": "isolated" | "shared", "landlock": 7, "seccomp": true}
     {"event": "format", "format": "onnx"}
-    {"event": "progress", "stage": "plan", "progress": 0.4}
+    {"event": "progress", "stage": "plan", "progress": 0.4, "detail": null}
     {"event": "done", "format": "onnx", "output": "out/model.onnx", "report": "report.json"}
     {"event": "error", "code": "unsupported_model", "message": "…"}
 
@@ -147,7 +147,8 @@ def _convert(spec: dict[str, Any], channel: _Channel, confinement: Confinement) 
     out_dir.mkdir(exist_ok=True)
     result = converter.convert(
         model, out_dir / f"model{adapter.suffix}", config=config, inputs=spec.get("inputs"),
-        progress=lambda stage, fraction: channel.emit(event="progress", stage=stage, progress=fraction))
+        progress=lambda stage, fraction, detail: channel.emit(event="progress", stage=stage, progress=fraction,
+                                                              detail=detail))
     Path(spec["report"]).write_text(result.report.model_dump_json())
     channel.emit(event="done", format=result.format, output=str(result.output_path), report=spec["report"])
 

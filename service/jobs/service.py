@@ -26,6 +26,7 @@ from anyio import to_thread
 from sqlalchemy import Engine
 
 from converter import ConversionConfig, InvalidOptionsError, render_html
+from converter._config import REPEATABLE_FIELDS
 from converter.formats import sniff_model
 
 from ..core.config import Settings
@@ -89,13 +90,6 @@ def clean_filename(name: str | None) -> str:
     return base[-200:]
 
 
-def _is_collection(name: str) -> bool:
-    core = ConversionConfig.model_fields[name].annotation
-    while typing.get_origin(core) is typing.Annotated:
-        core = typing.get_args(core)[0]
-    return typing.get_origin(core) in (list, dict) or core in (list, dict)
-
-
 def options_from_form(fields: dict[str, list[str]]) -> dict[str, Any]:
     """Form fields (each possibly repeated) → keyword options for ``ConversionConfig.from_options``: list and
     dict options take every value; any other option must be given once."""
@@ -103,7 +97,7 @@ def options_from_form(fields: dict[str, list[str]]) -> dict[str, Any]:
     for name, values in fields.items():
         if name not in ConversionConfig.model_fields:
             out[name] = values[0]  # refused by the config as an unknown option, by name
-        elif _is_collection(name):
+        elif name in REPEATABLE_FIELDS:
             out[name] = values
         elif len(values) > 1:
             raise InvalidOptionsError(f"invalid options: {name}: given {len(values)} times; give it once")

@@ -44,9 +44,11 @@ class JobBase(BaseModel):
     Attributes:
         id: Opaque identifier.
         status: ``queued``, ``running``, ``succeeded``, ``failed`` or ``cancelled``.
-        stage: ``queued``, ``load``, ``plan``, ``rewrite``, ``save``, ``verify`` or ``done`` (a plain string, so
-            a stage added by a newer server does not break an older SDK).
+        stage: ``queued``, one of the converter's stages (``load``, ``plan``, ``measure``, ``rewrite``,
+            ``calibrate``, ``finetune``, ``save``, ``verify``) or ``done`` (a plain string, so a stage added by a
+            newer server does not break an older SDK).
         progress: Fraction done, 0–1.
+        stage_detail: What the running stage last reported besides progress (e.g. loss while fine-tuning).
         filename: The uploaded file's name.
         format: ``onnx`` or ``torchscript`` once detected.
         options: The conversion options that were set.
@@ -62,6 +64,7 @@ class JobBase(BaseModel):
     status: JobStatus
     stage: str = "queued"
     progress: float = 0.0
+    stage_detail: dict[str, Any] | None = None
     filename: str | None = None
     format: str | None = None
     options: dict[str, Any] = {}

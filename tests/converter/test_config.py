@@ -57,3 +57,29 @@ def test_config_is_immutable():
     c = ConversionConfig()
     with pytest.raises(Exception):  # noqa: B017 (pydantic's frozen-instance error type)
         c.rank = 3
+
+
+def test_device_is_a_config_field():
+    from converter._device import resolve_device
+
+    assert ConversionConfig().device == "cpu"
+    assert ConversionConfig.from_options(device="cuda").device == "cuda"
+    with pytest.raises(InvalidOptionsError, match="device"):
+        ConversionConfig.from_options(device="tpu")
+    assert resolve_device("cpu") == "cpu" and resolve_device("cuda") == "cuda"
+    assert resolve_device("auto") in ("cpu", "cuda")
+
+
+def test_map_errors_wraps_lower_level_errors_once():
+    from converter import ConversionError, SepconvError
+    from converter._errors import map_errors
+
+    with (pytest.raises(ConversionError, match=r"^saving failed: OSError: disk full$") as info,
+          map_errors("saving failed", ConversionError)):
+        raise OSError("disk full\nand a second line")
+    assert isinstance(info.value.__cause__, OSError)
+    with pytest.raises(InvalidOptionsError, match="already ours"), map_errors("x", ConversionError):
+        raise InvalidOptionsError("already ours")
+    with pytest.raises(SepconvError, match=r"^reading: bad$"), map_errors("reading", ConversionError,
+                                                                         type_name=False):
+        raise ValueError("bad")

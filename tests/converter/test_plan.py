@@ -9,7 +9,9 @@ import pytest
 
 from converter import ConversionConfig, InvalidOptionsError
 from converter._decompose import energy_curve, singular_values
-from converter._plan import eligibility, macs_of, params_of, plan_layers
+from converter._factorize import factorize
+from converter._plan import eligibility, macs_of, params_of
+from converter._plan import plan as plan_layers
 from converter.formats import ConvLayer
 
 
@@ -49,7 +51,8 @@ def test_rank_policy_and_unprofitable_skip():
     assert small.converted and small.params_after == 2 * (4 * 9 + 4 * 4)
     assert big.converted and big.rank == 2 and big.params_after == 2 * (64 * 9 + 64 * 64)
     assert pw.status == "skipped" and pw.reason == "1×1 conv: already pointwise"
-    assert big.decomposition.first.shape == (64 * 2, 1, 3, 3)
+    (_, f_big) = factorize(plan.decisions)  # small and big are converted
+    assert f_big.layer is big.layer and f_big.depthwise.shape == (64 * 2, 1, 3, 3)
     # rank 9 (full) never reduces parameters → skipped with the numbers, unless forced
     plan = plan_layers([layer("a")], cfg(rank=9, order="dw-pw"), total_params=1, total_macs=None)
     d = plan.decisions[0]

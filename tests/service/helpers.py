@@ -22,6 +22,16 @@ import pytest
 from service.core.config import Settings
 from service.main import create_app
 
+
+def head_revision() -> str:
+    """The newest migration's revision (what a migrated database is at)."""
+    from alembic.script import ScriptDirectory
+
+    from service.core.db import MIGRATIONS
+
+    return ScriptDirectory(str(MIGRATIONS)).get_current_head()
+
+
 #: Options that keep a real conversion of the tiny test model to about a second (after the imports).
 FAST = {"rank": "2", "latency_runs": "1", "input_shape": "x=1x3x32x32"}
 

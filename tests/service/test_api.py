@@ -29,8 +29,8 @@ from tests.service.helpers import (
 
 pytestmark = pytest.mark.asyncio
 
-JOB_KEYS = {"id", "status", "stage", "progress", "filename", "format", "options", "created_at", "started_at",
-            "finished_at", "attempts", "error", "links"}
+JOB_KEYS = {"id", "status", "stage", "progress", "stage_detail", "filename", "format", "options", "created_at",
+            "started_at", "finished_at", "attempts", "error", "links"}
 
 
 def assert_error(r: httpx.Response, status: int, code: str) -> dict:

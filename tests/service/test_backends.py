@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from service.core.db import current_revision
-from tests.service.helpers import serve_app, submit, upload, wait_for
+from tests.service.helpers import head_revision, serve_app, submit, upload, wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.asyncio
 async def test_job_flow_on_postgresql(make_settings, pg_url, model_files):
     settings = make_settings(database_url=pg_url)
     async with serve_app(settings) as client:
-        assert current_revision(settings.database_url) == "0001"
+        assert current_revision(settings.database_url) == head_revision()
         ready = (await client.get("/readyz")).json()
         assert ready["checks"]["database"] is True
         job = await submit(client, model_files["onnx"])

@@ -15,12 +15,13 @@ from alembic.runtime.migration import MigrationContext
 from service.core.db import get_engine, migrate
 from service.jobs import crud
 from service.models import Base, Job, JobStatus, utcnow
+from tests.service.helpers import head_revision
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    assert migrate(url) == "0001"
+    assert migrate(url) == head_revision()
     return get_engine(url)
 
 
@@ -39,7 +40,7 @@ def add_jobs(engine, n: int, owner: str = "o") -> list[str]:
 def test_migration_matches_the_models(engine):
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
-    assert migrate(str(engine.url.render_as_string(hide_password=False))) == "0001"  # idempotent
+    assert migrate(str(engine.url.render_as_string(hide_password=False))) == head_revision()  # idempotent
 
 
 def test_concurrent_claims_take_each_job_exactly_once(engine):

@@ -223,3 +223,18 @@ def test_folders_of_dead_workers_are_swept(tmp_path, monkeypatch: pytest.MonkeyP
         (folder / "model.in").write_bytes(b"a user's model")
     assert sweep_stale_workdirs() == 1
     assert not stale.exists() and live.exists()
+
+
+def test_stage_detail_from_the_child_is_bounded():
+    from service.jobs.runner import _job_fields
+
+    event = {"event": "progress", "stage": "finetune", "progress": 0.5,
+             "detail": {"epoch": 2, "loss": 0.25, "nan": float("nan"), "note": "x" * 500, "nested": {"a": 1},
+                        **{f"k{i}": i for i in range(40)}}}
+    fields = _job_fields(event)
+    assert fields["stage"] == "finetune" and fields["progress"] == 0.5
+    detail = fields["stage_detail"]
+    assert detail["epoch"] == 2 and detail["loss"] == 0.25 and detail["nan"] is None
+    assert len(detail["note"]) == 200 and "nested" not in detail and len(detail) <= 16
+    assert _job_fields({"event": "progress", "stage": "plan", "progress": 0.3})["stage_detail"] is None
+    assert _job_fields({"event": "progress", "stage": "distill", "progress": 0.3}) == {}

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import typing
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
 from converter import ConversionConfig
+from converter._config import REPEATABLE_FIELDS
 
 from ...jobs.service import SERVICE_REFUSED_OPTIONS
 from ...schemas import JobPublic
@@ -24,10 +24,7 @@ def _field_schema(name: str) -> dict[str, Any]:
     """The form field schema of one ConversionConfig field: list/dict fields are repeated string fields."""
     field = ConversionConfig.model_fields[name]
     prop = ConversionConfig.model_json_schema()["properties"][name]
-    core = field.annotation
-    while typing.get_origin(core) is typing.Annotated:
-        core = typing.get_args(core)[0]
-    if typing.get_origin(core) in (list, dict):
+    if name in REPEATABLE_FIELDS:
         example = {"exclude": "head*", "layer_rank": "stem.*=4", "input_shape": "x=1x3x224x224",
                    "image_mean": "0.485,0.456,0.406", "image_std": "0.229,0.224,0.225"}[name]
         return {"type": "array", "items": {"type": "string", "minLength": 1, "example": example},
