@@ -31,7 +31,7 @@ from ._errors import ConversionError, InvalidOptionsError, map_errors
 from ._factorize import Factors, Spectra, factorize, rewrites
 from ._graphcheck import trusting
 from ._plan import Plan, plan
-from ._report import Fidelity, Latency, Report
+from ._report import Fidelity, FinetuneReport, Latency, Report
 from ._stages import STAGE_NAMES, ProgressCallback, StageClock, StageProgress
 from ._summary import build_report
 from ._verify import load_user_inputs, random_inputs, resolve_input_shapes, verify
@@ -88,6 +88,10 @@ class Conversion:
     dest: Path | None
     inputs_path: Path | None
     work: Path
+    # the user's samples (``data``/``eval``) and where a fine-tune keeps its checkpoints
+    data_path: Path | None = None
+    eval_path: Path | None = None
+    checkpoint_dir: Path | None = None
     # load
     adapter: FormatAdapter | None = None
     model: Any = None
@@ -112,6 +116,7 @@ class Conversion:
     # report keys and warnings that stages add (accuracy, …)
     report_extra: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    _samples: tuple[Any, Any] | None = field(default=None, repr=False)
 
     @property
     def per_sample(self) -> dict[str, tuple[int, ...]]:
@@ -126,6 +131,24 @@ class Conversion:
     def workdir(self, name: str) -> Path:
         """A private scratch folder for one purpose, created on first use."""
         return _mkdir(self.work / name)
+
+    def samples(self) -> tuple[Any, Any]:
+        """The user's samples as ``(training/calibration, held-out)``: ``eval`` when given, else a seeded
+        ``config.holdout`` share of ``data`` (loaded and validated once, on first use)."""
+        if self._samples is None:
+            from ._data import image_spec_from, load_samples
+
+            if self.data_path is None:
+                raise InvalidOptionsError(f"recover={self.config.recover} needs samples: give data (--data)")
+            image = image_spec_from(self.config)
+            data = load_samples(self.data_path, self.specs, image_spec=image, what="data")
+            if self.eval_path is not None:
+                held = load_samples(self.eval_path, self.specs, image_spec=image, num_classes=data.num_classes,
+                                    what="eval")
+                self._samples = (data, held)
+            else:
+                self._samples = data.split(self.config.holdout, self.config.seed)
+        return self._samples
 
 
 def _load(c: Conversion, _: StageProgress) -> None:
@@ -182,6 +205,31 @@ def _verify(c: Conversion, _: StageProgress) -> None:
     c.fidelity, c.latency = verify(c.adapter, c.src, c.saved, inputs, kind, cfg, c.workdir("verify"), c.device)
 
 
+def _finetune(c: Conversion, within: StageProgress) -> None:
+    """Fine-tune the rewritten model by distillation from the original (``converter._finetune``); the trained
+    model replaces ``c.model``, so the save stage writes it as any converted model."""
+    from ._finetune import FinetuneOptions, finetune
+
+    assert c.adapter is not None
+    if not c.factors:
+        c.warnings.append("fine-tuning skipped: no layer was converted")
+        return
+    train, held = c.samples()
+    folder = c.workdir("finetune")
+    with map_errors("saving the model for fine-tuning failed", ConversionError):
+        student = c.adapter.save(c.model, folder / f"student{c.adapter.suffix}")
+    with trusting(c.config.trust_model):  # the views and runners load the user's model again
+        result = finetune(student, c.src, folder / f"tuned{student.suffix}", fmt=c.adapter.name, train=train,
+                          holdout=held, options=FinetuneOptions.from_config(c.config, c.device),
+                          workdir=c.workdir("finetune-work"), checkpoint_dir=c.checkpoint_dir,
+                          progress=within.update, threads=c.config.threads)
+        c.model = c.adapter.load(result.path, c.workdir("finetune-load"))
+    c.report_extra["finetune"] = FinetuneReport(
+        metric=result.metric, before=round(result.before, 6), after=round(result.after, 6), epochs=result.epochs,
+        stopped=result.stopped, seconds=result.seconds, resumed=result.resumed, device=result.device,
+        scope=result.scope, train_samples=train.count, holdout_samples=held.count, history=result.history)
+
+
 def _always(_: ConversionConfig) -> bool:
     return True
 
@@ -195,6 +243,7 @@ STEPS: dict[str, tuple[Callable[[ConversionConfig], bool], Step]] = {
     "load": (_always, _load),
     "plan": (_always, _plan),
     "rewrite": (_always, _rewrite),
+    "finetune": (lambda cfg: cfg.recover == "finetune", _finetune),
     "save": (_always, _save),
     "verify": (lambda cfg: cfg.verify, _verify),
 }
@@ -207,6 +256,9 @@ def convert(
     config: ConversionConfig | None = None,
     inputs: str | Path | None = None,
     progress: ProgressCallback | None = None,
+    data: str | Path | None = None,
+    eval: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
     **options: Any,
 ) -> ConversionResult:
     """Convert a CNN's eligible convolutions into depthwise-separable pairs and report on the result.
@@ -220,6 +272,11 @@ def convert(
         inputs: a ``.npz`` of verification inputs (an ``inputs`` array, or arrays named like the model's inputs).
         progress: called as ``progress(stage, fraction)`` while the conversion runs (``progress(stage, fraction,
             detail)`` if it takes a third parameter); see ``converter._stages``.
+        data: the user's samples for accuracy recovery: a ``.npz`` (``inputs`` or arrays named like the model's
+            inputs, optional ``labels``) or an image folder (see ``converter._data``).
+        eval: held-out samples, same layout; without it a ``holdout`` share of ``data`` is held out.
+        checkpoint_dir: where a fine-tune (``recover="finetune"``) keeps its checkpoint; run again with the
+            same folder and inputs, an interrupted fine-tune resumes instead of starting over.
         **options: any ``ConversionConfig`` field, e.g. ``rank=2``, ``order="dw-pw"``, ``device="cuda"``.
 
     Returns:
@@ -244,7 +301,10 @@ def convert(
         dest = Path(output) if output is not None else None
         if dest is not None and dest.resolve() == src.resolve():
             raise InvalidOptionsError("the output path is the input model; choose another")
-        conversion = Conversion(cfg, src, dest, Path(inputs) if inputs is not None else None, work)
+        conversion = Conversion(cfg, src, dest, Path(inputs) if inputs is not None else None, work,
+                                data_path=Path(data) if data is not None else None,
+                                eval_path=Path(eval) if eval is not None else None,
+                                checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None)
         return _run(conversion, progress)
 
 

@@ -78,6 +78,12 @@ def render_report(report: Report, console: Console, *, title: str = "", max_laye
         lt = report.latency
         console.print(f"latency {lt.original_ms:.3f} ms → {lt.converted_ms:.3f} ms ([bold]{lt.speedup:.2f}×[/]) "
                       f"p50 on {lt.backend}, {lt.threads} thread(s), batch {lt.batch}")
+    ft = getattr(report, "finetune", None)
+    if ft is not None:
+        fmt = "{:.4g}" if ft.metric == "rel_l2" else "{:.1%}"
+        console.print(f"fine-tune held-out {ft.metric} {fmt.format(ft.before)} → [bold]{fmt.format(ft.after)}[/] "
+                      f"in {ft.epochs} epoch(s), {ft.seconds:.0f} s on {ft.device} (stopped: {ft.stopped}"
+                      f"{', resumed' if ft.resumed else ''})")
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {w}")
 

@@ -47,8 +47,9 @@ CHECKPOINT_EVERY_S = 30.0
 #: Relative L2 the written model may differ from the trained module by (float32 accumulation order).
 WRITE_TOLERANCE = 1e-3
 
-#: ``progress(fraction, detail)``: fraction of the fine-tune done in [0, 1]; detail holds ``epoch``, ``loss`` and
-#: the held-out ``metric`` (and its name).
+#: ``progress(fraction, detail)``: fraction of the fine-tune done in [0, 1]; detail holds ``epoch``, the mean
+#: training ``loss`` of the last epoch and the held-out metric of the best weights so far under its own name
+#: (``top1``, ``top1_agreement`` or ``rel_l2``).
 FinetuneProgress = Callable[[float, dict[str, Any]], None]
 
 
@@ -282,8 +283,7 @@ def finetune(student: Path, teacher: Path, dest: Path, *, fmt: str, train: Sampl
         if progress is not None:
             done = max(min(1.0, (state["epoch"] + state["pos"] / max(train.count, 1)) / state["planned"]),
                        min(1.0, elapsed() / budget))
-            progress(done, {"epoch": state["epoch"], "loss": loss, objective.metric: state["best_metric"],
-                            "metric": state["best_metric"]})
+            progress(done, {"epoch": state["epoch"], "loss": loss, objective.metric: state["best_metric"]})
 
     report(None)
     while not state["stopped"]:

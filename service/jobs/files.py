@@ -9,7 +9,8 @@ import re
 from ..core.storage import Storage
 from ..models import Job
 
-__all__ = ["delete_job_files", "input_key", "inputs_key", "output_key", "report_key"]
+__all__ = ["checkpoint_key", "data_key", "delete_job_files", "eval_key", "input_key", "inputs_key", "output_key",
+           "report_key"]
 
 log = logging.getLogger("sepconv.jobs")
 
@@ -26,6 +27,21 @@ def inputs_key(job_id: str) -> str:
     return f"jobs/{job_id}/inputs.npz"
 
 
+def data_key(job_id: str) -> str:
+    """The user's samples for accuracy recovery (.npz); present only when given."""
+    return f"jobs/{job_id}/data.npz"
+
+
+def eval_key(job_id: str) -> str:
+    """The user's held-out samples (.npz); present only when given."""
+    return f"jobs/{job_id}/eval.npz"
+
+
+def checkpoint_key(job_id: str) -> str:
+    """The latest fine-tune checkpoint of a running job (so another worker resumes it); removed when it ends."""
+    return f"jobs/{job_id}/finetune.ckpt"
+
+
 def output_key(job_id: str, suffix: str) -> str:
     """The converted model; ``suffix`` is the converter's (``.onnx``, ``.zip``, ``.pt``)."""
     if not _SUFFIX_RE.match(suffix):
@@ -40,7 +56,8 @@ def report_key(job_id: str) -> str:
 
 def delete_job_files(storage: Storage, job: Job) -> None:
     """Delete every file of a job that exists; failures are logged, not raised (the record goes anyway)."""
-    for key in (job.input_key, job.inputs_key, job.output_key, job.report_key):
+    for key in (job.input_key, job.inputs_key, job.output_key, job.report_key, data_key(job.id), eval_key(job.id),
+                checkpoint_key(job.id)):
         if key:
             try:
                 storage.delete(key)

@@ -42,6 +42,11 @@ def _form_schema() -> dict[str, Any]:
         "inputs": {"type": "string", "format": "binary",
                    "description": "Optional .npz of verification inputs ('inputs' array, or arrays named like the "
                                   "model's inputs)."},
+        "data": {"type": "string", "format": "binary",
+                 "description": "Optional .npz of samples for accuracy recovery ('inputs' or arrays named like the "
+                                "model's inputs, optional 'labels')."},
+        "eval": {"type": "string", "format": "binary",
+                 "description": "Optional .npz of held-out samples (default: a 'holdout' share of 'data')."},
     }
     props.update({name: _field_schema(name) for name in ConversionConfig.model_fields
                   if name not in SERVICE_REFUSED_OPTIONS})
