@@ -232,6 +232,7 @@ def finetune(student: Path, teacher: Path, dest: Path, *, fmt: str, train: Sampl
         ConversionError: the trainable view disagrees with the model's runtime, or the written model with the
             trained module.
     """
+    entered = time.monotonic()  # the time budget covers setting up (runners, view, first evaluation) too
     if train.count < 1 or holdout.count < 1:
         raise InvalidOptionsError("fine-tuning needs at least one training and one held-out sample")
     device = resolve_device(options.device)
@@ -268,7 +269,7 @@ def finetune(student: Path, teacher: Path, dest: Path, *, fmt: str, train: Sampl
         run.restore(state["params"])
         run.optimizer.load_state_dict(state["optimizer"])
     budget = options.minutes * 60.0
-    start = time.monotonic() - state["elapsed"]
+    start = (entered if not resumed else time.monotonic()) - state["elapsed"]
     last_save = time.monotonic()
 
     def elapsed() -> float:
