@@ -18,6 +18,7 @@ from typing import Any
 
 from . import _svg
 from ._errors import InvalidOptionsError
+from ._html_assets import CSS, PAGE, REPORT_SCRIPT
 from ._report import Report
 
 __all__ = ["REPORT_SCRIPT", "render_html"]
@@ -48,9 +49,11 @@ def render_html(report: Report | Mapping[str, Any], *, title: str | None = None)
         except Exception as e:
             raise InvalidOptionsError(f"not a sepconv report: {_first_error(e)}") from None
         data = dict(report)
+    # Per-layer values by stage ({"output_error": {"data_free": .., "calibrated": ..}}) become flat columns.
+    data["layers"] = [_flat_layer(la) for la in data.get("layers") or [] if isinstance(la, Mapping)]
     title = title or "sepconv report"
     body = [_header(data, title), _warnings(data), _cards(data), _charts(data), _table(data), _details(data)]
-    return _PAGE.format(title=escape(f"{title} · sepconv report"), css=_CSS, js=REPORT_SCRIPT,
+    return PAGE.format(title=escape(f"{title} · sepconv report"), css=CSS, js=REPORT_SCRIPT,
                         body="\n".join(part for part in body if part))
 
 
@@ -141,17 +144,42 @@ def _speedup_interval(latency: Mapping[str, Any]) -> tuple[float, float] | None:
     return None
 
 
+def _flat_layer(layer: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in layer.items():
+        if isinstance(v, Mapping) and v and all(x is None or _is_num(x) for x in v.values()):
+            out.update({f"{k}_{sk}": sv for sk, sv in v.items() if sv is not None})
+        else:
+            out[k] = v
+    return out
+
+
 def _accuracy_stages(accuracy: Any) -> list[tuple[str, float]]:
     if not isinstance(accuracy, Mapping):
         return []
     return [(label, float(accuracy[key])) for key, label in _ACCURACY_STAGES if _is_num(accuracy.get(key))]
 
 
+def _lower_is_better(accuracy: Mapping[str, Any]) -> bool:
+    return str(accuracy.get("metric", "")).endswith(("rel_l2", "error", "loss"))
+
+
 def _fmt_metric(accuracy: Mapping[str, Any]) -> Callable[[float], str]:
     values = [v for _, v in _accuracy_stages(accuracy)]
-    if values and all(0.0 <= v <= 1.0 for v in values):
+    if values and all(0.0 <= v <= 1.0 for v in values) and not _lower_is_better(accuracy):
         return lambda v: _pct(v)
     return lambda v: f"{v:.4g}"
+
+
+def _kept_stage(accuracy: Mapping[str, Any], stages: list[tuple[str, float]]) -> tuple[str, float]:
+    """The stage whose model was written (``kept``), else the last one measured."""
+    label = dict(_ACCURACY_STAGES).get(str(accuracy.get("kept")))
+    return next(((n, v) for n, v in stages if n == label), stages[-1])
+
+
+def _metric_name(accuracy: Mapping[str, Any]) -> str:
+    name = str(accuracy.get("metric") or "accuracy")
+    return name + (" (lower is better)" if _lower_is_better(accuracy) else "")
 
 
 def _verdict(d: Mapping[str, Any]) -> str:
@@ -180,9 +208,9 @@ def _verdict(d: Mapping[str, Any]) -> str:
     stages = _accuracy_stages(acc)
     if stages:
         fmt = _fmt_metric(acc)
-        metric = _get(acc, "metric") or "accuracy"
-        parts.append(f"{metric} " + " → ".join(fmt(v) for _, v in (stages[0], stages[-1]))
-                     + (f" ({stages[-1][0]})" if len(stages) > 1 else ""))
+        kept = _kept_stage(acc, stages)
+        parts.append(f"{acc.get('metric') or 'accuracy'} " + " → ".join(fmt(v) for _, v in (stages[0], kept))
+                     + (f" ({kept[0]})" if len(stages) > 1 else ""))
     return " · ".join(parts)
 
 
@@ -239,8 +267,9 @@ def _cards(d: Mapping[str, Any]) -> str:
     stages = _accuracy_stages(acc)
     if stages:
         fmt = _fmt_metric(acc)
-        cards.append(_card(str(_get(acc, "metric") or "accuracy"), fmt(stages[-1][1]),
-                           f"{stages[-1][0]} · original {fmt(stages[0][1])}" if len(stages) > 1 else stages[0][0]))
+        kept = _kept_stage(acc, stages)
+        cards.append(_card(_metric_name(acc), fmt(kept[1]),
+                           f"{kept[0]} · original {fmt(stages[0][1])}" if len(stages) > 1 else kept[0]))
     return f'<section class="cards">{"".join(cards)}</section>' if cards else ""
 
 
@@ -304,16 +333,8 @@ def _charts(d: Mapping[str, Any]) -> str:
         if fig:
             figs.append(fig)
     acc = d.get("accuracy")
-    stages = _accuracy_stages(acc)
-    if stages:
-        fmt = _fmt_metric(acc)
-        colours = [_svg.ORIGINAL] + [_svg.CONVERTED] * (len(stages) - 1)
-        pct = all(0.0 <= v <= 1.0 for _, v in stages)
-        samples = _get(acc, "samples")
-        figs.append(_figure(f"{_get(acc, 'metric') or 'accuracy'} by recovery stage", _svg.vbars(
-            [(n, v, c) for (n, v), c in zip(stages, colours, strict=True)], lo=0.0, hi=1.0 if pct else None,
-            fmt=fmt, label="accuracy by recovery stage"),
-            f"on {samples} held-out sample(s)" if _is_num(samples) else "", fid="plot-accuracy"))
+    if _accuracy_stages(acc):
+        figs.append(_accuracy_figure(acc))
     timings = d.get("timings")
     if isinstance(timings, Mapping):
         segments = _timing_segments(timings)
@@ -322,6 +343,32 @@ def _charts(d: Mapping[str, Any]) -> str:
                                                                label="wall-clock seconds per stage"),
                                 fid="plot-timings"))
     return f'<section class="charts">{"".join(figs)}</section>' if figs else ""
+
+
+def _accuracy_figure(acc: Mapping[str, Any]) -> str:
+    """The metric after each recovery stage (the kept stage in blue), a table of the other measures by stage, and
+    what the samples were."""
+    stages = _accuracy_stages(acc)
+    fmt = _fmt_metric(acc)
+    kept = _kept_stage(acc, stages)[0]
+    colours = [_svg.CONVERTED if n == kept else _svg.ORIGINAL for n, _ in stages]
+    pct = all(0.0 <= v <= 1.0 for _, v in stages) and not _lower_is_better(acc)
+    svg = _svg.vbars([(n, v, c) for (n, v), c in zip(stages, colours, strict=True)], lo=0.0,
+                     hi=1.0 if pct else None, fmt=fmt, label="accuracy by recovery stage")
+    others = [(k, v) for k, v in acc.items() if isinstance(v, Mapping) and any(_is_num(x) for x in v.values())]
+    table = ""
+    if others:
+        keys = [k for k, _ in _ACCURACY_STAGES if any(_is_num(v.get(k)) for _, v in others)]
+        head = "".join(f"<th>{escape(dict(_ACCURACY_STAGES)[k])}</th>" for k in keys)
+        body = "".join(f"<tr><th scope=\"row\">{escape(name)}</th>"
+                       + "".join(f"<td>{v[k]:.4g}</td>" if _is_num(v.get(k)) else "<td></td>" for k in keys)
+                       + "</tr>" for name, v in others)
+        table = f'<table class="kv stages"><thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table>'
+    notes = [f"{acc['samples']} held-out sample(s)" if _is_num(acc.get("samples")) else "",
+             str(acc.get("held_out") or ""), f"kept: {kept}" if len(stages) > 1 else "", str(acc.get("note") or "")]
+    note = " · ".join(n for n in notes if n)
+    return (f'<figure id="plot-accuracy"><figcaption>{escape(_metric_name(acc))} by recovery stage</figcaption>'
+            f"{svg}{table}" + (f'<p class="note">{escape(note)}</p>' if note else "") + "</figure>")
 
 
 def _latency_figure(lat: Mapping[str, Any]) -> str:
@@ -395,6 +442,14 @@ def _table(d: Mapping[str, Any]) -> str:
     columns = list(_COLUMNS)
     for key in _output_error_keys(layers):
         columns.insert(len(columns) - 4, (key, key.replace("_", " "), True))
+    # Keys this version does not know (a calibration method…) still get a column.
+    known = {k for k, _, _ in columns}
+    for la in layers:
+        for k, v in la.items():
+            if k not in known and v is not None and isinstance(v, str | int | float):
+                known.add(k)
+                numeric = all(_is_num(x.get(k)) or x.get(k) is None for x in layers)
+                columns.append((k, k.replace("_", " "), numeric))
     head = "".join(f'<th data-type="{"num" if num else "text"}" class="{"num" if num else "text"}" scope="col" '
                    f'tabindex="0">{escape(h)}</th>' for _, h, num in columns)
     rows = []
@@ -433,80 +488,3 @@ def _details(d: Mapping[str, Any]) -> str:
     if other:
         parts.append(f"<details open><summary>Other report keys</summary>{_kv(other)}</details>")
     return f'<section id="details"><h2>Details</h2>{"".join(parts)}</section>' if parts else ""
-
-
-_CSS = """
-:root{--fg:#1f2328;--muted:#57606a;--line:#d0d7de;--bg:#fff;--accent:#1f6feb}
-*{box-sizing:border-box}
-body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);background:var(--bg)}
-main{max-width:1180px;margin:0 auto;padding:16px}
-h1{font-size:1.45rem;margin:.2rem 0;word-break:break-all}
-h2{font-size:1.1rem;margin:1.2rem 0 .5rem}
-.meta{color:var(--muted);margin:.2rem 0}
-.verdict{font-size:1.05rem;font-weight:600;padding:.6rem .8rem;border-left:4px solid var(--accent);background:#f6f8fa}
-.verdict.warn{border-left-color:#d4a72c}
-.warnings{background:#fff8c5;border:1px solid #d4a72c;border-radius:6px;padding:.3rem 1rem;margin:1rem 0}
-.warnings h2{margin:.4rem 0;color:#7d4e00}
-.warnings li{margin:.25rem 0}
-.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(165px,1fr));gap:10px;margin:1rem 0}
-.card{border:1px solid var(--line);border-radius:6px;padding:.55rem .75rem}
-.card .k{color:var(--muted);font-size:.85rem}.card .v{font-size:1.35rem;font-weight:650}
-.card .s{color:var(--muted);font-size:.8rem}
-.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,520px),1fr));gap:14px}
-figure{margin:0;border:1px solid var(--line);border-radius:6px;padding:.6rem;break-inside:avoid}
-figcaption{font-weight:600;margin-bottom:.3rem}
-svg.chart{width:100%;height:auto;display:block}
-.note{color:var(--muted);font-size:.82rem;margin:.3rem 0}
-.scroll{overflow-x:auto;-webkit-overflow-scrolling:touch}
-table{border-collapse:collapse;font-size:.85rem;width:100%}
-th,td{padding:.3rem .45rem;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
-th{background:#f6f8fa;cursor:pointer;user-select:none;position:sticky;top:0}
-th[aria-sort=ascending]::after{content:" ▲"}th[aria-sort=descending]::after{content:" ▼"}
-td.name,td.reason,th.text{text-align:left}
-td.reason{white-space:normal;min-width:16rem;max-width:28rem}
-td.name{font-family:ui-monospace,monospace;font-size:.8rem}
-tr.skipped td{color:var(--muted)}
-table.kv{width:auto}table.kv th{cursor:default;text-align:left;position:static}
-table.kv td{text-align:left;white-space:normal;overflow-wrap:anywhere}
-details{margin:.5rem 0}summary{font-weight:600;cursor:pointer}
-@media (max-width:600px){main{padding:10px}h1{font-size:1.2rem}.verdict{font-size:.95rem}}
-@media print{main{max-width:none;padding:0}th{position:static}.scroll{overflow:visible}
- figure,section.cards,.warnings{break-inside:avoid}body{font-size:11pt}}
-"""
-
-#: The one inline script of every report page (sorting the layer table); the web page allows it by its hash.
-REPORT_SCRIPT = """
-(function(){
-  var table=document.getElementById('layer-table');if(!table)return;
-  var heads=table.tHead.rows[0].cells;
-  function sortBy(i){
-    var th=heads[i],asc=th.getAttribute('aria-sort')!=='ascending',num=th.dataset.type==='num';
-    var body=table.tBodies[0],rows=Array.prototype.slice.call(body.rows);
-    rows.sort(function(a,b){
-      var x=a.cells[i].dataset.v,y=b.cells[i].dataset.v,r;
-      if(num){
-        if(x===''||y==='')return (x==='')-(y==='');  // unknown values last, either way
-        r=(+x)-(+y);if(!asc)r=-r;}
-      else{r=x.localeCompare(y,undefined,{numeric:true});if(!asc)r=-r;}
-      return r;});
-    rows.forEach(function(r){body.appendChild(r);});
-    for(var j=0;j<heads.length;j++)heads[j].removeAttribute('aria-sort');
-    th.setAttribute('aria-sort',asc?'ascending':'descending');
-  }
-  for(var i=0;i<heads.length;i++)(function(i){
-    heads[i].addEventListener('click',function(){sortBy(i);});
-    heads[i].addEventListener('keydown',function(e){if(e.key==='Enter'||e.key===' '){e.preventDefault();sortBy(i);}});
-  })(i);
-})();
-"""
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="generator" content="sepconv">
-<title>{title}</title>
-<style>{css}</style></head>
-<body><main>
-{body}
-</main><script>{js}</script></body></html>
-"""

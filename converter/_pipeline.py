@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import tempfile
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +29,14 @@ from ._device import resolve_device
 from ._errors import ConversionError, InvalidOptionsError, map_errors
 from ._factorize import Factors, Spectra, factorize, rewrites
 from ._graphcheck import trusting
+from ._ortlog import quiet_onnxruntime
 from ._plan import Plan, plan
 from ._report import Fidelity, FinetuneReport, Latency, Report
 from ._stages import STAGE_NAMES, ProgressCallback, StageClock, StageProgress
 from ._summary import build_report
 from ._verify import load_user_inputs, random_inputs, resolve_input_shapes, verify
-from .formats._base import ConvLayer, FormatAdapter, InputSpec, ModelStats, detect_format
+from .formats import detect_format
+from .formats._base import ConvLayer, FormatAdapter, InputSpec, ModelStats
 
 __all__ = ["STEPS", "Conversion", "ConversionResult", "ProgressCallback", "convert"]
 
@@ -48,7 +49,7 @@ class ConversionResult:
 
     Attributes:
         report: the report (see ``Report``).
-        format: the model's format (``onnx``, ``torchscript``…).
+        format: the model's format (a name from ``converter.formats.format_names()``).
         output_path: where the converted model was written, when ``output`` was given.
         data: the converted model's bytes, when no ``output`` was given.
     """
@@ -190,7 +191,7 @@ def _save(c: Conversion, _: StageProgress) -> None:
         c.saved = c.adapter.save(c.model, c.staging / f"model{c.adapter.suffix}")
     else:
         # Nothing to convert: the user gets their file back byte for byte.
-        c.saved = c.staging / f"model{_suffix_like(c.src, c.adapter)}"
+        c.saved = c.staging / f"model{c.adapter.output_suffix(c.src)}"
         shutil.copyfile(c.src, c.saved)
 
 
@@ -289,6 +290,7 @@ def convert(
         VerificationError: a model would not run on the verification inputs.
     """
     cfg = ConversionConfig.from_options(config, **options)
+    quiet_onnxruntime()  # before any session exists: its log lines never reach the terminal raw
     with tempfile.TemporaryDirectory(prefix="sepconv-") as tmp:
         work = Path(tmp)
         if isinstance(model, bytes | bytearray | memoryview):
@@ -354,7 +356,3 @@ def _mkdir(p: Path) -> Path:
     return p
 
 
-def _suffix_like(src: Path, adapter: FormatAdapter) -> str:
-    if adapter.name == "onnx" and zipfile.is_zipfile(src):
-        return ".zip"
-    return adapter.suffix

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ._stages import TIMING_KEYS
+from .formats import format_names
 
 __all__ = [
+    "Accuracy",
     "Counts",
     "Fidelity",
     "FinetuneReport",
     "Latency",
     "LayerReport",
     "Report",
+    "StageValues",
     "Throughput",
     "Timings",
 ]
@@ -91,6 +94,41 @@ class Latency(_Model):
     throughput: Throughput | None = None
 
 
+class StageValues(_Model):
+    """One measure after each stage of recovery; None where the stage did not run (or does not apply)."""
+
+    original: float | None = None
+    data_free: float | None = None
+    calibrated: float | None = None
+    finetuned: float | None = None
+
+
+class Accuracy(_Model):
+    """Accuracy on the user's held-out samples after each stage (README, "Accuracy recovery").
+
+    ``metric`` is ``top1`` when labels were given, else ``top1_agreement`` (share of samples whose top class
+    agrees with the original's) when the first output has a class axis, else ``rel_l2`` (relative L2 distance of
+    the outputs from the original's; lower is better). ``original``/``data_free``/``calibrated``/``finetuned``
+    are that metric; ``top5`` (≥ 5 classes, with labels), ``top1_agreement`` and ``rel_l2`` give the others.
+    ``kept`` says which stage's model was written (calibration never ships a model that is worse than the
+    data-free one on these samples; ``note`` says why one was not kept).
+    """
+
+    metric: Literal["top1", "top1_agreement", "rel_l2"]
+    samples: int
+    held_out: str
+    original: float | None = None
+    data_free: float | None = None
+    calibrated: float | None = None
+    finetuned: float | None = None
+    top5: StageValues | None = None
+    top1_agreement: StageValues | None = None
+    rel_l2: StageValues | None = None
+    calibration_samples: int | None = None
+    kept: Literal["data_free", "calibrated", "finetuned"] = "data_free"
+    note: str | None = None
+
+
 class LayerReport(_Model):
     """What happened to one convolution."""
 
@@ -111,6 +149,9 @@ class LayerReport(_Model):
     params_after: int
     macs_before: int | None = None
     macs_after: int | None = None
+    # accuracy recovery (README "Accuracy recovery")
+    calibration: str | None = None
+    output_error: StageValues | None = None
 
 
 #: Wall-clock seconds of each step, derived from the stage table (``converter._stages``): ``load_s``,
@@ -153,7 +194,9 @@ class Report(_Model):
 
     schema_version: int = SCHEMA_VERSION
     sepconv_version: str
-    format: Literal["onnx", "torchscript"]
+    # A str, not a Literal, so that an older SDK still parses a report on a format added later; the schema lists
+    # the registered formats.
+    format: str = Field(description="The model's format.", json_schema_extra={"enum": list(format_names())})
     params: Counts
     macs: Counts
     file_bytes: Counts
@@ -164,6 +207,7 @@ class Report(_Model):
     layers: list[LayerReport]
     timings: Timings
     warnings: list[str] = []
+    accuracy: Accuracy | None = None
 
     @property
     def converted_layers(self) -> list[LayerReport]:

@@ -24,8 +24,8 @@ __all__ = ["CONVERTED", "ORIGINAL", "dots", "elide", "hbars", "histogram", "rang
 ORIGINAL = "#9aa5b1"
 CONVERTED = "#1f6feb"
 
-_W = 640  # viewBox width; the SVG scales to its container
-_LABEL_W = 170
+_W = 480  # viewBox width; the SVG scales to its container (about 0.75 on a phone, so text stays legible)
+_LABEL_W = 150
 _FONT = 13
 Series = tuple[str, str]  # (name, colour)
 
@@ -112,7 +112,7 @@ def hbars(rows: Sequence[tuple[str, Sequence[float | None]]], series: Sequence[S
     for i, (name, vals) in enumerate(rows):
         y = top + i * row_h
         body.append(f'<text x="{_LABEL_W - 6}" y="{y + per * bar_h / 2 + 4:.1f}" text-anchor="end">'
-                    f"<title>{escape(name)}</title>{escape(elide(name, 22))}</text>")
+                    f"<title>{escape(name)}</title>{escape(elide(name, 20))}</text>")
         for j, (v, (sname, colour)) in enumerate(zip(vals, series, strict=True)):
             if v is None:
                 continue
@@ -139,7 +139,7 @@ def dots(rows: Sequence[tuple[str, Sequence[float | None]]], series: Sequence[Se
     for i, (name, vals) in enumerate(rows):
         y = top + i * row_h + row_h / 2
         body.append(f'<text x="{_LABEL_W - 6}" y="{y + 4:.1f}" text-anchor="end"><title>{escape(name)}</title>'
-                    f"{escape(elide(name, 22))}</text>"
+                    f"{escape(elide(name, 20))}</text>"
                     f'<line x1="{_LABEL_W}" x2="{_W - 20}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eaeef2"/>')
         for v, (sname, colour) in zip(vals, series, strict=True):
             if v is None:

@@ -104,7 +104,9 @@ def load_user_inputs(path: Path, specs: Sequence[InputSpec]) -> dict[str, np.nda
                                           f"expects {len(spec.shape)}")
             if a.dtype == object:
                 raise InvalidOptionsError(f"inputs file: array for {spec.name!r} is not numeric")
-            out[spec.name] = np.ascontiguousarray(a.astype(spec.dtype, copy=False))
+            a = a.astype(spec.dtype, copy=False)
+            # Not np.ascontiguousarray: it turns a 0-d array (a scalar input such as a sample rate) into shape (1,).
+            out[spec.name] = a if a.flags.c_contiguous else np.array(a, order="C")
     return out
 
 
@@ -119,9 +121,9 @@ def random_inputs(
         if np.issubdtype(spec.dtype, np.floating):
             out[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         elif spec.dtype == np.bool_:
-            out[spec.name] = rng.integers(0, 2, shape).astype(np.bool_)
+            out[spec.name] = np.asarray(rng.integers(0, 2, shape)).astype(np.bool_)
         else:
-            out[spec.name] = rng.integers(0, 10, shape).astype(spec.dtype)
+            out[spec.name] = np.asarray(rng.integers(0, 10, shape)).astype(spec.dtype)
     return out
 
 

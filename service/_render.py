@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from converter import Report
+from converter._svg import elide
 
 __all__ = ["render_report"]
 
@@ -36,23 +38,35 @@ def _ratio(a: int | None, b: int | None) -> str:
 
 
 def render_report(report: Report, console: Console, *, title: str = "", max_layers: int = 40) -> None:
-    """Print the per-layer table, why layers were skipped, the totals, fidelity, latency and warnings."""
-    table = Table(title=title or None, header_style="bold", box=None, pad_edge=False)
-    for col, justify in (("layer", "left"), ("kernel", "left"), ("in→out", "right"), ("status", "left"),
-                         ("order·rank", "left"), ("energy", "right"), ("params", "right")):
-        table.add_column(col, justify=justify, overflow="fold")
-    layers = report.layers
-    for layer in layers[:max_layers]:
+    """Print the per-layer table, why layers were skipped, the totals, fidelity, latency and warnings.
+
+    The table fits the console's width: each layer stays on one line, a long name elided in its middle (the
+    JSON report keeps the full names).
+    """
+    columns = (("layer", "left"), ("kernel", "left"), ("in→out", "right"), ("status", "left"),
+               ("order·rank", "left"), ("energy", "right"), ("params", "right"))
+    rows = []
+    for layer in report.layers[:max_layers]:
         conv = layer.status == "converted"
-        table.add_row(
+        rows.append((
             layer.name,
             "×".join(map(str, layer.kernel)),
             f"{layer.in_channels}→{layer.out_channels}" + (f" g{layer.groups}" if layer.groups > 1 else ""),
-            "[green]converted[/]" if conv else "[dim]skipped[/]",
+            "converted" if conv else "skipped",
             f"{layer.order}·{layer.rank}" if conv else "",
             f"{layer.energy:.1%}" if conv and layer.energy is not None else "",
             f"{_num(layer.params_before)}→{_num(layer.params_after)}" if conv else _num(layer.params_before),
-        )
+        ))
+    # Every column but the name keeps its natural width; the name gets what is left (one space between columns).
+    others = sum(max([len(head), *(len(r[i]) for r in rows)]) for i, (head, _) in enumerate(columns) if i)
+    name_width = max(12, console.width - others - (len(columns) - 1))
+    table = Table(title=title or None, header_style="bold", box=None, pad_edge=False, collapse_padding=True)
+    for col, justify in columns:
+        table.add_column(col, justify=justify, no_wrap=True, overflow="ellipsis")
+    for name, *cells in rows:
+        status = "[green]converted[/]" if cells[2] == "converted" else "[dim]skipped[/]"
+        table.add_row(escape(elide(name, name_width)), *cells[:2], status, *cells[3:])
+    layers = report.layers
     console.print(table)
     if len(layers) > max_layers:
         console.print(f"[dim]… {len(layers) - max_layers} more layers in the JSON report[/]")

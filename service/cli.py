@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from converter import ConversionConfig
+from converter.formats import expected_formats
 
 from ._cli_common import EXIT_USER, collect_config, config_options, fail, handle_errors
 from ._submit import submit
@@ -26,7 +27,7 @@ def cli() -> None:
     """sepconv: turn standard CNNs into depthwise-separable ones, with an honest report."""
 
 
-@cli.command()
+@cli.command(help=f"Convert MODEL ({expected_formats()}) and report on the result.")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the converted model (same format as the input).")
@@ -51,7 +52,7 @@ def cli() -> None:
 def convert(model: Path, output: Path, inputs: Path | None, data: Path | None, eval_path: Path | None,
             checkpoint_dir: Path | None, report_path: Path | None, html_path: Path | None, as_json: bool,
             **kwargs: Any) -> None:
-    """Convert MODEL (ONNX, ONNX .zip with external data, or TorchScript) and report on the result."""
+    """Convert MODEL and report on the result (the help text, set above, names the registered formats)."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 

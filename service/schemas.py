@@ -9,8 +9,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from converter._stages import JOB_STAGES
+from converter.formats import format_names
 
 from .models import Job
+
+#: The registered model formats (``converter.formats``): the one list the API schema takes them from.
+FormatName = Literal[format_names()]  # type: ignore[valid-type]
 
 __all__ = ["ErrorBody", "ErrorResponse", "Health", "JobError", "JobLinks", "JobPublic", "JobsPublic", "Readiness",
            "ReadinessChecks"]
@@ -49,7 +53,7 @@ class JobPublic(BaseModel):
         None, description="What the running stage last reported besides its progress (e.g. epoch, loss and "
                           "metric while fine-tuning); null when it reports nothing.")
     filename: str = Field(description="The uploaded file's name.")
-    format: Literal["onnx", "torchscript"] | None = Field(description="The model's format, once detected.")
+    format: FormatName | None = Field(description="The model's format, once detected.")
     options: dict[str, Any] = Field(description="The ConversionConfig fields that were set.")
     created_at: datetime
     started_at: datetime | None

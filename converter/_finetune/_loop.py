@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .._errors import ConversionError, InvalidOptionsError
-from ..formats._base import adapter_for
+from ..formats import adapter_for
 from ._checkpoint import file_digest, fingerprint, load_checkpoint, save_checkpoint
 from ._objective import MetricAccumulator, Objective, objective_for
 from ._view import TrainableView, original_digests, trainable_view

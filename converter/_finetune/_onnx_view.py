@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .._errors import UnsupportedModelError
-from ..formats._base import adapter_for
+from ..formats import adapter_for
 from ._onnx_ops import OPS, UnsupportedNode
 from ._view import TrainableView, digest
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .._errors import UnsupportedModelError, one_line
-from ..formats._base import adapter_for
+from ..formats import adapter_for
 from ._view import TrainableView, digest
 
 __all__ = ["torchscript_view"]

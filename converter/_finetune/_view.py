@@ -23,7 +23,7 @@ import numpy as np
 from torch import nn
 
 from .._errors import UnsupportedModelError
-from ..formats._base import adapter_for
+from ..formats import adapter_for
 
 __all__ = ["TrainableView", "digest", "original_digests", "trainable_view"]
 

@@ -1,30 +1,47 @@
 """Model formats: one adapter per format behind one interface (``FormatAdapter``), chosen from the registry by
-the file's content. The built-in adapters (ONNX, TorchScript) are imported on first use."""
+the file's content. Importing this package is cheap: it holds the light descriptors (``FormatInfo``) only;
+each adapter (and onnx or torch with it) is imported on first use."""
 
 from ._base import (
     ConvLayer,
     FormatAdapter,
+    FormatInfo,
     InputSpec,
     ModelStats,
     Rewrite,
     Runner,
+    UniqueNames,
+    node_name,
+)
+from ._registry import (
     adapter_for,
+    describe_unknown,
     detect_format,
+    expected_formats,
+    format_info,
+    format_names,
+    formats,
     register,
-    registered_formats,
-    sniff_model,
+    sniff_formats,
 )
 
 __all__ = [
     "ConvLayer",
     "FormatAdapter",
+    "FormatInfo",
     "InputSpec",
     "ModelStats",
     "Rewrite",
     "Runner",
+    "UniqueNames",
     "adapter_for",
+    "describe_unknown",
     "detect_format",
+    "expected_formats",
+    "format_info",
+    "format_names",
+    "formats",
+    "node_name",
     "register",
-    "registered_formats",
-    "sniff_model",
+    "sniff_formats",
 ]

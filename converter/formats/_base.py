@@ -1,40 +1,90 @@
-"""The one small interface every model format implements, the format-neutral records it produces, and the
-registry that picks an adapter from a file's content (never its name).
+"""The one small interface every model format implements (``FormatAdapter``), the format-neutral records it
+produces, the light descriptor each format registers (``FormatInfo``), and the naming convention every adapter
+follows for layers and the nodes it adds.
 
-Adding a format (``.pt2`` from ``torch.export``, say) means adding one module that defines a ``FormatAdapter``
-and registers it; the pipeline, planner, verifier and report do not change.
+Adding a format (``.pt2`` from ``torch.export``, say) means adding one package under ``formats/`` whose
+``__init__`` defines a ``FormatInfo`` and whose adapter module implements ``FormatAdapter``, plus one line in
+``_registry``; the pipeline, planner, verifier, report and service do not change.
 
-Nothing here imports torch or onnx.
+Nothing here imports torch, onnx or numpy at run time, and nothing here knows any particular format.
 """
 
 from __future__ import annotations
 
-import os
-import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-from .._decompose import Lowered
-from .._errors import UnsupportedModelError
+    from .._decompose import Lowered
 
 __all__ = [
     "ConvLayer",
     "FormatAdapter",
+    "FormatInfo",
     "InputSpec",
     "ModelStats",
     "Rewrite",
     "Runner",
-    "adapter_for",
-    "detect_format",
-    "modelproto_fields",
-    "register",
-    "registered_formats",
-    "sniff_model",
+    "UniqueNames",
+    "node_name",
 ]
+
+
+@dataclass(frozen=True)
+class FormatInfo:
+    """What the registry knows about a format before its adapter is imported: cheap to build, no dependencies.
+
+    Attributes:
+        name: the format's name in reports, job records and the API (``onnx``).
+        title: how a user would call the files, for help and error texts (``ONNX (.onnx, or a .zip …)``).
+        suffixes: usual file suffixes, first the one outputs get (the content decides the format, not these).
+        sniff: ``sniff(head)``: could a file starting with these bytes (a few KiB) be of this format? Must not
+            raise and must import nothing heavy; the upload endpoint answers 415 when no format says yes.
+        adapter: ``"module:Class"`` of the ``FormatAdapter``, imported on first use.
+        diagnose: optional ``diagnose(path, head)`` for files no format reads: a specific reason (``a
+            torch.save checkpoint…``) when the file is a near miss of this format, else None. Never raises.
+        carries_code: files of this format hold code that loading or running executes (TorchScript, ``.pt2``):
+            the service converts them only inside its confinement.
+    """
+
+    name: str
+    title: str
+    suffixes: tuple[str, ...]
+    sniff: Callable[[bytes], bool]
+    adapter: str
+    diagnose: Callable[[Path, bytes], str | None] | None = None
+    carries_code: bool = False
+
+
+def node_name(layer: str, step: str) -> str:
+    """The name of a node an adapter adds when it rewrites ``layer``: ``<layer>/<step>`` (``conv1/dw``,
+    ``conv1/pw_0``, ``conv1/concat``). Formats whose names cannot hold ``/`` or ``.`` map it the same way each
+    time (TorchScript and FX replace them by ``_``)."""
+    return f"{layer}/{step}"
+
+
+class UniqueNames:
+    """Makes names unique the one way every adapter does: the first use of a name keeps it, later ones get
+    ``_2``, ``_3``… (skipping any already taken).
+
+    Args:
+        taken: names already in use that must not be handed out (they are not reserved for anyone).
+    """
+
+    def __init__(self, taken: Iterable[str] = ()) -> None:
+        self.taken = set(taken)
+
+    def __call__(self, base: str, avoid: Container[str] = ()) -> str:
+        """``base``, or the first of ``base_2``, ``base_3``… neither handed out yet nor in ``avoid``."""
+        name, k = base, 2
+        while name in self.taken or name in avoid:
+            name, k = f"{base}_{k}", k + 1
+        self.taken.add(name)
+        return name
 
 
 @dataclass
@@ -42,8 +92,9 @@ class ConvLayer:
     """A convolution found in a model, described without reference to its format.
 
     Attributes:
-        name: a stable, readable layer name (ONNX node name, or TorchScript module path such as ``features.0``).
-        op: the operator as the format spells it (``Conv``, ``aten::conv2d``, ``aten::_convolution``…).
+        name: a stable, readable layer name, unique in the model (the ONNX node name, or the module path such
+            as ``features.0`` for TorchScript and ``.pt2``; repeats made unique by ``UniqueNames``).
+        op: the operator as the format spells it (``Conv``, ``aten::conv2d``, ``aten.convolution.default``…).
         kernel: spatial kernel shape.
         in_channels, out_channels, groups: as in the conv.
         weight: the constant weight ``[out, in/groups, *kernel]`` as float32 (ConvTranspose weights regrouped to
@@ -71,10 +122,14 @@ class ConvLayer:
 
 @dataclass(frozen=True)
 class Rewrite:
-    """Replace ``layer`` by the convs of ``lowered`` (names ``<layer.name>/<step.name>``)."""
+    """Replace ``layer`` by the convs of ``lowered`` (new nodes named ``node_name(layer.name, step.name)``).
+
+    ``bias``, when given (``[out_channels]``, e.g. refitted by calibration), replaces the layer's own bias (or
+    adds one where it had none) on the step that carries the bias; None keeps the original."""
 
     layer: ConvLayer
     lowered: Lowered
+    bias: np.ndarray | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -94,7 +149,7 @@ class ModelStats:
     ``macs``: multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul (and their aten equivalents) for the
     given input shapes, which the pipeline gives with batch 1 (so MACs are per sample), or None where a shape
     could not be inferred. ONNX counts from inferred shapes (both branches of an If, one Loop iteration);
-    TorchScript counts what one run executes.
+    TorchScript and ``.pt2`` count what one run executes.
     """
 
     params: int
@@ -102,21 +157,27 @@ class ModelStats:
 
 
 #: Runs a model on named inputs and returns its outputs in order.
-Runner = Callable[[Mapping[str, np.ndarray]], Sequence[np.ndarray]]
+Runner = Callable[[Mapping[str, "np.ndarray"]], Sequence["np.ndarray"]]
 
 
 @runtime_checkable
 class FormatAdapter(Protocol):
-    """Everything the pipeline needs from a format. Implementations live in ``formats/_<name>.py``.
+    """Everything the pipeline needs from a format. Implementations live in ``formats/_<name>/``, named by
+    their ``FormatInfo.adapter``.
 
     ``load`` returns an adapter-specific model object that the other methods take; ``apply`` edits it (in place
     or not) and returns the edited model. Errors are raised as ``SepconvError`` subclasses naming the step.
     """
 
-    #: The format's name in reports and the API: ``onnx`` or ``torchscript``.
+    #: The format's name: the ``FormatInfo.name`` it is registered under.
     name: ClassVar[str]
-    #: File suffix for outputs of this format when the input was a single file (``.onnx``, ``.pt``).
+    #: File suffix ``save`` is given for a rewritten model (``.onnx``, ``.pt``, ``.pt2``).
     suffix: ClassVar[str]
+
+    def output_suffix(self, src: Path) -> str:
+        """The suffix an unchanged copy of the input ``src`` gets (``.zip`` for an ONNX archive with external
+        data, else ``suffix``). Never raises for a file ``detect`` accepted."""
+        ...
 
     def detect(self, path: Path) -> bool:
         """Full check of a file's content: is it a model of this format? Never raises for foreign content."""
@@ -155,162 +216,3 @@ class FormatAdapter(Protocol):
         ...
 
 
-_REGISTRY: dict[str, FormatAdapter] = {}
-
-
-def register(adapter: FormatAdapter) -> FormatAdapter:
-    """Add an adapter to the registry (keyed by its ``name``) and return it."""
-    _REGISTRY[adapter.name] = adapter
-    return adapter
-
-
-def registered_formats() -> list[str]:
-    """Names of the registered formats."""
-    _load_builtin()
-    return list(_REGISTRY)
-
-
-def adapter_for(name: str) -> FormatAdapter:
-    """The adapter registered under ``name``."""
-    _load_builtin()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnsupportedModelError(f"unknown model format {name!r}") from None
-
-
-def detect_format(path: Path) -> FormatAdapter:
-    """The adapter whose ``detect`` accepts the file's content.
-
-    Raises:
-        UnsupportedModelError: the file is empty or no adapter reads it; the message says what it looks like.
-    """
-    _load_builtin()
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise UnsupportedModelError(f"cannot read model file {path}: {e.strerror}") from None
-    if size == 0:
-        raise UnsupportedModelError("the model file is empty")
-    for adapter in _REGISTRY.values():
-        if adapter.detect(path):
-            return adapter
-    raise UnsupportedModelError(_describe_unknown(path))
-
-
-def _describe_unknown(path: Path) -> str:
-    with open(path, "rb") as f:
-        head = f.read(64)
-    if head.startswith(b"PK"):
-        try:
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-        except (zipfile.BadZipFile, OSError):
-            return "not a model sepconv reads: a damaged or truncated zip archive"
-        if any(n.endswith("data.pkl") for n in names) and not any("/code/" in n for n in names):
-            return ("not a model sepconv reads: a torch.save checkpoint (weights, no code); export the model with "
-                    "torch.jit.script/torch.jit.trace or torch.onnx.export")
-        return ("not a model sepconv reads: a zip archive that is neither TorchScript (torch.jit.save) "
-                "nor an ONNX model with its external data files")
-    if head[:1] == b"\x80":
-        return ("not a model sepconv reads: a Python pickle (an old torch.save checkpoint?); export the model with "
-                "torch.jit.script/torch.jit.trace or torch.onnx.export")
-    return "not a model sepconv reads: expected an ONNX file, an ONNX .zip with external data, or TorchScript"
-
-
-# ModelProto's field numbers and the wire type each must have (0 varint, 2 length-delimited).
-_MODELPROTO_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2}
-
-
-def _varint(buf: bytes, i: int) -> tuple[int, int] | None:
-    value = shift = 0
-    while i < len(buf) and shift < 64:
-        b = buf[i]
-        value |= (b & 0x7F) << shift
-        i += 1
-        if not b & 0x80:
-            return value, i
-        shift += 7
-    return None
-
-
-def sniff_model(head: bytes) -> str | None:
-    """Cheap, dependency-free look at a file's first bytes (a few KiB): ``"onnx"`` if they parse as the start of
-    an ONNX ModelProto, ``"zip"`` for a zip archive (TorchScript, or ONNX with external data: the worker tells
-    them apart), or None for anything else. It reads no more than it is given and never raises.
-
-    It is a pre-filter for uploads (answer 415 at once); ``detect_format`` is the full check.
-    """
-    if head.startswith(b"PK\x03\x04"):
-        return "zip"
-    i, fields = 0, 0
-    while i < len(head) and fields < 4:
-        tag = _varint(head, i)
-        if tag is None:
-            break  # the head ends inside a tag: judge on what was read
-        key, i = tag
-        number, wire = key >> 3, key & 7
-        if _MODELPROTO_FIELDS.get(number) != wire:
-            return None
-        length = _varint(head, i)
-        if length is None:
-            break
-        value, i = length
-        if wire == 2:
-            i += value
-        fields += 1
-        if number == 7:  # the graph: a model has been recognised
-            return "onnx"
-    return "onnx" if fields >= 2 or (fields == 1 and i >= len(head)) else None
-
-
-def modelproto_fields(path: Path) -> set[int] | None:
-    """The field numbers of a file's top-level ModelProto fields, or None if the file is not one whole
-    ModelProto at the top level (an unknown field or wire type, or a field running past the end: truncated).
-
-    Only the top level is walked: length-delimited fields (the graph, with its weights) are skipped by seeking,
-    so this costs a few reads however large the model. Nested corruption is left to the parser.
-    """
-    import mmap
-
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size == 0:
-                return None
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                seen: set[int] = set()
-                i = 0
-                while i < size:
-                    tag = _varint(buf[i:i + 10], 0)
-                    if tag is None:
-                        return None
-                    key, used = tag
-                    i += used
-                    number, wire = key >> 3, key & 7
-                    if _MODELPROTO_FIELDS.get(number) != wire:
-                        return None
-                    value = _varint(buf[i:i + 10], 0)
-                    if value is None:
-                        return None
-                    length, used = value
-                    i += used
-                    if wire == 2:
-                        i += length
-                    seen.add(number)
-                return seen if i == size else None
-    except (OSError, ValueError):
-        return None
-
-
-_BUILTIN_LOADED = False
-
-
-def _load_builtin() -> None:
-    """Import the built-in adapters (they register themselves); lazily, so importing the package stays cheap."""
-    global _BUILTIN_LOADED
-    if _BUILTIN_LOADED:
-        return
-    _BUILTIN_LOADED = True
-    from . import _onnx, _torchscript  # noqa: F401

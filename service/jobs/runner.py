@@ -40,6 +40,8 @@ from typing import Any
 
 import psutil
 
+from converter.formats import format_names
+
 from ..core.config import Settings
 from ..core.db import get_engine
 from ..core.storage import ObjectNotFoundError, Storage, open_storage
@@ -430,7 +432,7 @@ def _job_fields(event: dict[str, Any]) -> dict[str, Any]:
         if stage in {s.value for s in JobStage} and isinstance(progress, int | float) and 0 <= progress <= 1:
             return {"stage": stage, "progress": float(min(progress, 0.99)),
                     "stage_detail": _stage_detail(event.get("detail"))}
-    elif kind == "format" and event.get("format") in ("onnx", "torchscript"):
+    elif kind == "format" and event.get("format") in format_names():
         return {"format": event["format"]}
     return {}
 

@@ -41,13 +41,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from converter.formats import formats
+
 from .confine import Confinement, confine
 
 __all__ = ["CODE_FORMATS", "EXIT_ERROR", "EXIT_OOM", "is_memory_error", "main"]
 
 #: Formats whose files carry code (TorchScript, torch.export programs): refused where the kernel cannot confine
 #: the conversion, unless the operator accepts them (SEPCONV_ALLOW_UNCONFINED_CODE).
-CODE_FORMATS = ("torchscript", "pt2")
+CODE_FORMATS = tuple(f.name for f in formats() if f.carries_code)
 
 #: Exit statuses besides 0: a reported error, and a reported out-of-memory.
 EXIT_ERROR = 3

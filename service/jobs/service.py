@@ -27,7 +27,7 @@ from sqlalchemy import Engine
 
 from converter import ConversionConfig, InvalidOptionsError, render_html
 from converter._config import REPEATABLE_FIELDS
-from converter.formats import sniff_model
+from converter.formats import describe_unknown, format_info, formats, sniff_formats
 
 from ..core.config import Settings
 from ..core.storage import ObjectNotFoundError, ObjectWriter, Storage
@@ -48,7 +48,7 @@ __all__ = ["SAMPLE_PARTS", "SERVICE_REFUSED_OPTIONS", "FieldPart", "FilePart", "
 
 log = logging.getLogger("sepconv.jobs")
 
-#: Bytes looked at to recognise a model (``sniff_model``).
+#: Bytes looked at to recognise a model (``converter.formats.sniff_formats``).
 SNIFF_BYTES = 4096
 #: Storage writes are batched to this size.
 SUBMIT_FLUSH = 1024 * 1024
@@ -444,28 +444,18 @@ class JobService:
 def _check_model(head: bytes, complete: bool, *, refuse_code: bool = False) -> None:
     if not head:
         raise UnsupportedUploadError("the uploaded model is empty")
-    kind = sniff_model(head)
-    if kind is None:
-        raise UnsupportedUploadError("not a model sepconv reads: expected an ONNX file, an ONNX .zip with external "
-                                     "data, or TorchScript")
-    if refuse_code and kind == "zip" and _looks_like_torch_archive(head):
-        raise UnsupportedUploadError("TorchScript and .pt2 models carry code, and this server's kernel offers no "
-                                     "Landlock confinement for their conversion; the operator can accept them "
-                                     "with SEPCONV_ALLOW_UNCONFINED_CODE=1")
+    kinds = sniff_formats(head)
+    if not kinds:
+        raise UnsupportedUploadError(describe_unknown(None, head))
+    if refuse_code and any(format_info(k).carries_code for k in kinds):
+        raise UnsupportedUploadError(f"{_code_titles()} carry code, and this server's kernel offers no Landlock "
+                                     "confinement for their conversion; the operator can accept them with "
+                                     "SEPCONV_ALLOW_UNCONFINED_CODE=1")
 
 
-_TORCH_ARCHIVE_ENTRIES = {"data", "data.pkl", "code", "constants.pkl", "version", ".data", "byteorder", "models",
-                          "archive_format", "extra", "serialized_exported_program.json"}
-
-
-def _looks_like_torch_archive(head: bytes) -> bool:
-    """Whether a zip's first member is laid out like ``torch.jit.save``/``torch.export.save`` output
-    (``<root>/data/0``, ``<root>/data.pkl``…) rather than an ONNX bundle. A pre-filter only: the worker decides."""
-    if len(head) < 30 or not head.startswith(b"PK\x03\x04"):
-        return False
-    name_len = int.from_bytes(head[26:28], "little")
-    parts = head[30:30 + name_len].decode("utf-8", "replace").split("/")
-    return len(parts) >= 2 and parts[1] in _TORCH_ARCHIVE_ENTRIES
+def _code_titles() -> str:
+    names = [f.name for f in formats() if f.carries_code]
+    return "models in the formats " + ", ".join(names) if len(names) != 1 else f"{names[0]} models"
 
 
 @functools.cache

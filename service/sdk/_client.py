@@ -288,7 +288,7 @@ class Client(_BaseClient):
 
         def consume(response: httpx.Response) -> Path:
             out = self._download_target(target, response, job_id)
-            with atomic_write(out) as f:
+            with atomic_write(out, fsync=True) as f:
                 for chunk in response.iter_bytes():
                     f.write(chunk)
             return out
@@ -467,7 +467,7 @@ class AsyncClient(_BaseClient):
 
         async def consume(response: httpx.Response) -> Path:
             out = self._download_target(target, response, job_id)
-            with atomic_write(out) as f:
+            with atomic_write(out, fsync=True) as f:
                 async for chunk in response.aiter_bytes():
                     f.write(chunk)
             return out

@@ -1,16 +1,16 @@
-"""Local file helpers of the SDK: an upload reader that reports progress, and an atomic download target.
+"""Local file helpers of the SDK: an upload reader that reports progress, and an atomic download target
+(``atomic_write``, the converter's one write-temp-then-rename helper).
 
 Both clients share these; they touch only the local disk, never the network.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import IO
+
+from converter._files import atomic_write
 
 __all__ = ["ProgressReader", "atomic_write"]
 
@@ -51,30 +51,3 @@ class ProgressReader:
     @property
     def name(self) -> str:
         return str(getattr(self._file, "name", "upload"))
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_write(target: Path) -> Iterator[IO[bytes]]:
-    """Open a temporary file next to ``target``; on success it replaces ``target``, on any error it is removed.
-
-    So ``target`` is either absent (or as it was) or complete: never a partial download. It gets the
-    permissions a newly created file gets (the umask's), not ``mkstemp``'s private 0600.
-    """
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

@@ -50,7 +50,7 @@ class JobBase(BaseModel):
         progress: Fraction done, 0–1.
         stage_detail: What the running stage last reported besides progress (e.g. loss while fine-tuning).
         filename: The uploaded file's name.
-        format: ``onnx`` or ``torchscript`` once detected.
+        format: the model's format once detected (``onnx``, ``torchscript``, … as the server registers them).
         options: The conversion options that were set.
         created_at, started_at, finished_at: Timestamps (timezone-aware).
         attempts: How many times a worker has started the job.

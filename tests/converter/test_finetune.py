@@ -19,7 +19,7 @@ from converter import InvalidOptionsError, UnsupportedModelError
 from converter._data import load_samples
 from converter._finetune import FinetuneOptions, _loop, finetune, trainable_view
 from converter._finetune._view import original_digests
-from converter.formats._base import adapter_for
+from converter.formats import adapter_for
 from tests.utils.finetune_models import tiny_files
 from tests.utils.models import build, export_onnx
 from tests.utils.onnx_models import make_model, output, rel_l2

@@ -73,8 +73,9 @@ def test_keys_added_by_newer_reports_render(report):
     """Accuracy by stage, latency runs with a CI and percentiles, per-stage timings, per-layer output errors and
     keys this version does not know at all: each gets its panel when present."""
     rich = copy.deepcopy(report)
-    rich["accuracy"] = {"metric": "top1", "samples": 397, "original": 0.935, "data_free": 0.31, "calibrated": 0.88,
-                        "finetuned": 0.924}
+    rich["accuracy"] = {"metric": "top1", "samples": 397, "held_out": "20 % of --data (seed 0)", "original": 0.935,
+                        "data_free": 0.31, "calibrated": 0.88, "finetuned": 0.924, "kept": "finetuned",
+                        "top5": {"original": 0.99, "data_free": 0.6, "calibrated": 0.97, "finetuned": 0.985}}
     rich["latency"].update(original_p99_ms=0.9, converted_p99_ms=0.7, speedup_low=1.05, speedup_high=1.31,
                            confidence=0.95,
                            original_samples_ms=[0.5 + i * 0.01 for i in range(40)],
@@ -82,7 +83,8 @@ def test_keys_added_by_newer_reports_render(report):
     rich["timings"].update(load_s=0.1, plan_s=0.2, rewrite_s=0.05, calibrate_s=1.5, save_s=0.01, verify_s=0.3)
     for layer in rich["layers"]:
         if layer["status"] == "converted":
-            layer["output_rel_error_calibrated"] = 0.05
+            layer["output_error"] = {"data_free": 0.4, "calibrated": 0.05, "finetuned": None}
+            layer["calibration"] = "refit"
     rich["brand_new_section"] = {"answer": 42}
     page = converter.render_html(rich)
     assert {"plot-accuracy", "plot-latency"} <= ids(page)
@@ -91,7 +93,11 @@ def test_keys_added_by_newer_reports_render(report):
     for stage in ("data-free", "calibrated", "fine-tuned"):
         assert f">{stage}</text>" in page
     assert "calibrate 1.50 s" in page and "plan 0.20 s" in page
-    assert "output rel error calibrated" in page  # plotted and a table column
+    assert "output error calibrated" in page and "output error data free" in page  # plotted, and table columns
+    assert "output error finetuned" not in page
+    assert ">calibration</th>" in page and ">refit</td>" in page  # a layer key this version does not know
+    assert "<th scope=\"row\">top5</th><td>0.99</td>" in page and "kept: fine-tuned" in page
+    assert "20 % of --data (seed 0)" in page
     assert "brand_new_section" in page and "42" in page
 
 
@@ -115,3 +121,14 @@ def test_not_a_report_is_a_one_line_error():
 def test_elide_keeps_both_ends():
     assert elide("/features/features.10/Conv", 14) == "/featu…10/Conv"
     assert len(elide("x" * 100, 22)) == 22 and elide("short", 22) == "short"
+
+
+def test_the_kept_stage_is_the_verdict_and_lower_is_better_metrics_say_so(report):
+    rich = copy.deepcopy(report)
+    rich["accuracy"] = {"metric": "rel_l2", "samples": 50, "held_out": "--eval", "original": None,
+                        "data_free": 0.62, "calibrated": 0.08, "finetuned": 0.11, "kept": "calibrated"}
+    page = converter.render_html(rich)
+    verdict = re.search(r'id="verdict">([^<]*)<', page).group(1)
+    assert verdict.endswith("rel_l2 0.62 → 0.08 (calibrated)")
+    assert "rel_l2 (lower is better) by recovery stage" in page
+    assert "62.0 %" not in page  # an error is not shown as a percentage of anything

@@ -20,7 +20,7 @@ from converter._latency._micro import INPUT, LAYER, LayerShape, build_micro, geo
 from converter._latency._model import LatencyModel, focus_ranks
 from converter._latency._timers import timed_runner
 from converter._latency._whole import batched, latency_report, speed_warning
-from converter.formats._base import ConvLayer, Rewrite, adapter_for
+from converter.formats import ConvLayer, Rewrite, adapter_for
 
 BACKEND = Backend("onnxruntime", "1.0", "cpu", "avx,avx2", 1, 8)
 

@@ -43,8 +43,9 @@ def test_onnx_report_is_complete_and_true(resnet_onnx, tmp_path):
     result = converter.convert(resnet_onnx, out, rank=2, **FAST)
     r = result.report
     data = json.loads(r.model_dump_json())
-    assert set(data) == REPORT_KEYS
-    assert all(set(layer) == LAYER_KEYS for layer in data["layers"])
+    # Keys are only ever added (features add theirs: accuracy, calibration…); these must be there.
+    assert set(data) >= REPORT_KEYS
+    assert all(set(layer) >= LAYER_KEYS for layer in data["layers"])
     assert set(data["fidelity"]) >= {"rel_l2", "max_abs", "cosine", "top1_agreement"}
     assert set(data["latency"]) >= {"backend", "threads", "original_ms", "converted_ms", "speedup"}
     assert set(data["timings"]) >= {"load_s", "convert_s", "verify_s", "save_s"}

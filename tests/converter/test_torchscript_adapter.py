@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from converter._decompose import decompose, lower
 from converter._errors import ConversionError, InvalidOptionsError, UnsupportedModelError
-from converter.formats import ConvLayer, FormatAdapter, Rewrite, detect_format, sniff_model
+from converter.formats import ConvLayer, FormatAdapter, Rewrite, adapter_for, detect_format, sniff_formats
 from converter.formats._torchscript import TorchScriptAdapter, TorchScriptModel
 from tests.utils.models import ZOO, build, export_torchscript
 from tests.utils.ts_models import (
@@ -69,10 +69,8 @@ def _by_name(layers: list[ConvLayer]) -> dict[str, ConvLayer]:
 
 
 def test_registered_and_implements_the_interface() -> None:
-    from converter.formats import _base
-
     assert isinstance(ts, FormatAdapter)
-    assert isinstance(_base._REGISTRY["torchscript"], TorchScriptAdapter)
+    assert isinstance(adapter_for("torchscript"), TorchScriptAdapter)
     assert (ts.name, ts.suffix) == ("torchscript", ".pt")
 
 
@@ -86,7 +84,7 @@ def test_detect_format_picks_torchscript(tmp_path: Path, mode: str) -> None:
 def test_detect_and_sniff_accept_torchscript(tmp_path: Path, mode: str) -> None:
     model, x = build("vgg")
     path = _export(model, x, tmp_path / "model.bin", mode)  # the content decides, not the suffix
-    assert sniff_model(path.read_bytes()[:4096]) == "zip"
+    assert "torchscript" in sniff_formats(path.read_bytes()[:4096])
     assert ts.detect(path)
 
 
@@ -132,7 +130,7 @@ def test_detect_rejects_what_is_not_torchscript(tmp_path: Path, kind: str) -> No
 
 def test_detect_never_raises_on_a_missing_file(tmp_path: Path) -> None:
     assert not ts.detect(tmp_path / "nope.pt")
-    assert not sniff_model(b"")
+    assert not sniff_formats(b"")
 
 
 def test_load_rejects_corrupt_code_with_a_readable_message(tmp_path: Path) -> None:
@@ -352,7 +350,7 @@ def test_shared_conv_gets_unique_names_and_rewrites_one_call(tmp_path: Path) -> 
     src = _export(model, x, tmp_path / "shared.pt", "script")
     m = ts.load(src, tmp_path)
     first, second = ts.find_convs(m, {"x": tuple(x.shape)})
-    assert (first.name, second.name) == ("conv", "conv#2")
+    assert (first.name, second.name) == ("conv", "conv_2")
     # One weight, used twice, counted once.
     assert ts.stats(m, {}).params == sum(p.numel() for p in model.parameters())
     new = ts.apply(m, [_rewrite(second, "dw-pw", "fused")])

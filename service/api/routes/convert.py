@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from converter import ConversionConfig
 from converter._config import REPEATABLE_FIELDS
+from converter.formats import expected_formats
 
 from ...jobs.service import SERVICE_REFUSED_OPTIONS
 from ...schemas import JobPublic
@@ -38,7 +39,7 @@ def _field_schema(name: str) -> dict[str, Any]:
 def _form_schema() -> dict[str, Any]:
     props: dict[str, Any] = {
         "model": {"type": "string", "format": "binary",
-                  "description": "The model: ONNX, ONNX + external data as one .zip, or TorchScript."},
+                  "description": f"The model: {expected_formats()}."},
         "inputs": {"type": "string", "format": "binary",
                    "description": "Optional .npz of verification inputs ('inputs' array, or arrays named like the "
                                   "model's inputs)."},

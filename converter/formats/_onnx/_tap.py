@@ -1,0 +1,161 @@
+"""The calibration tap for ONNX (see ``_taps``): a copy of the model whose tapped convs take their weight and
+bias as extra graph inputs and whose graph also outputs each tapped conv's input, run on onnxruntime.
+
+The copy is written once (the adapter's own save), so the model held in memory is edited only for the moment of
+writing and then restored exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from ..._refit import Geometry
+from .._taps import TapPoint
+from ._adapter import _unwrap
+from ._convs import constant_weight
+from ._nodes import auto_pad, ints
+
+__all__ = ["OnnxTap", "build_tap"]
+
+
+def _geometry(node: ir.Node, rank: int) -> Geometry | str:
+    strides = tuple(ints(node, "strides", [1] * rank))
+    dilations = tuple(ints(node, "dilations", [1] * rank))
+    mode = auto_pad(node)
+    if mode in ("SAME_UPPER", "SAME_LOWER"):
+        return Geometry(strides, dilations, mode)
+    if mode == "VALID":
+        return Geometry(strides, dilations, tuple((0, 0) for _ in range(rank)))
+    if mode not in ("NOTSET", ""):
+        return f"auto_pad {mode!r} is not understood"
+    pads = ints(node, "pads", [0] * (2 * rank))
+    return Geometry(strides, dilations, tuple((pads[i], pads[i + rank]) for i in range(rank)))
+
+
+class OnnxTap:
+    """An onnxruntime session on the tapped copy of a model (see ``build_tap``)."""
+
+    def __init__(self, run: Any, n_outputs: int, points: dict[str, TapPoint], skipped: dict[str, str],
+                 feeds: dict[str, tuple[str, str, np.dtype]], defaults: dict[str, tuple[np.ndarray, np.ndarray]],
+                 captured: dict[str, tuple[str, int | None]]) -> None:
+        self.points, self.skipped = points, skipped
+        self._run, self._n, self._feeds, self._defaults, self._captured = run, n_outputs, feeds, defaults, captured
+
+    def __call__(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        weights: Mapping[str, tuple[np.ndarray, np.ndarray]],
+        want: Sequence[str],
+    ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+        feeds = dict(inputs)
+        for name, (w_in, b_in, dtype) in self._feeds.items():
+            w, b = weights.get(name, self._defaults[name])
+            feeds[w_in] = np.ascontiguousarray(w, dtype=dtype)
+            feeds[b_in] = np.ascontiguousarray(b, dtype=dtype)
+        outs = self._run(feeds)
+        got = {}
+        for name in want:
+            source, index = self._captured[name]
+            got[name] = np.asarray(inputs[source] if index is None else outs[index])
+        return list(outs[:self._n]), got
+
+
+def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, threads: int | None = None) -> OnnxTap:
+    """Write the tapped copy of ``model`` for these layers into ``workdir`` and open it on onnxruntime."""
+    m = _unwrap(model)
+    graph = m.graph
+    points: dict[str, TapPoint] = {}
+    skipped: dict[str, str] = {}
+    plan = []
+    for layer in layers:
+        node = layer.handle
+        reason = None
+        if not isinstance(node, ir.Node) or node.op_type != "Conv":
+            reason = "not a Conv node"
+        elif node.graph is not graph:
+            reason = "inside a subgraph (If/Loop/Scan body)"
+        elif layer.weight is None:
+            reason = layer.note or "weight is not a constant"
+        if reason is None:
+            tensor, note = constant_weight(m, node.inputs[1])
+            if tensor is None or tensor.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE):
+                reason = note or "weight is not a float tensor"
+        geo = _geometry(node, len(layer.kernel)) if reason is None else None
+        if isinstance(geo, str):
+            reason = geo
+        bias = None
+        if reason is None and len(node.inputs) > 2 and node.inputs[2] is not None:
+            b_tensor, note = constant_weight(m, node.inputs[2])
+            if b_tensor is None:
+                reason = f"bias: {note}"
+            else:
+                bias = np.asarray(b_tensor.numpy(), dtype=np.float32)
+        if reason is not None:
+            skipped[layer.name] = reason
+            continue
+        assert isinstance(geo, Geometry)
+        points[layer.name] = TapPoint(geo, bias)
+        plan.append((layer, node, tensor.dtype))
+
+    added_inputs: list[ir.Value] = []
+    added_outputs: list[ir.Value] = []
+    restore: list[tuple[ir.Node, list[ir.Value | None]]] = []
+    feeds: dict[str, tuple[str, str, np.dtype]] = {}
+    defaults: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    captured: dict[str, tuple[str, int | None]] = {}
+    n_outputs = len(graph.outputs)
+    graph_inputs = {v.name for v in graph.inputs}
+    out_index: dict[int, int] = {}
+    initializers: list[ir.Value] = []
+    try:
+        for i, (layer, node, dtype) in enumerate(plan):
+            w_val = ir.Value(name=f"sepconv_tap_{i}_weight", type=ir.TensorType(dtype),
+                             shape=ir.Shape(layer.weight.shape))
+            b_val = ir.Value(name=f"sepconv_tap_{i}_bias", type=ir.TensorType(dtype),
+                             shape=ir.Shape([layer.out_channels]))
+            graph.inputs.extend([w_val, b_val])
+            added_inputs += [w_val, b_val]
+            restore.append((node, list(node.inputs)))
+            if len(node.inputs) < 3:
+                node.resize_inputs(3)
+            node.replace_input_with(1, w_val)
+            node.replace_input_with(2, b_val)
+            np_dtype = np.dtype(dtype.numpy())
+            feeds[layer.name] = (w_val.name, b_val.name, np_dtype)
+            bias = points[layer.name].bias
+            defaults[layer.name] = (layer.weight, bias if bias is not None else np.zeros(layer.out_channels))
+            x = node.inputs[0]
+            if x.name in graph_inputs and x.is_graph_input():
+                captured[layer.name] = (x.name, None)
+                continue
+            if id(x) not in out_index:
+                out_index[id(x)] = n_outputs + len(added_outputs)
+                graph.outputs.append(x)
+                added_outputs.append(x)
+            captured[layer.name] = ("", out_index[id(x)])
+        # Weights no node reads any more would be written (and warned about): leave them out of the copy.
+        initializers = list(graph.initializers.values())
+        for value in initializers:
+            if not value.uses() and not value.is_graph_input() and not value.is_graph_output():
+                graph.initializers.pop(value.name)
+        path = adapter.save(model, workdir / "tap.onnx")
+    finally:
+        if initializers:
+            graph.initializers.clear()
+            for value in initializers:
+                graph.register_initializer(value)
+        for _ in added_outputs:
+            graph.outputs.pop()
+        for node, inputs in reversed(restore):
+            node.resize_inputs(len(inputs))
+            for j, v in enumerate(inputs):
+                node.replace_input_with(j, v)
+        for _ in added_inputs:
+            graph.inputs.pop()
+    run, _ = adapter.runner(path, workdir / "tap", threads)
+    return OnnxTap(run, n_outputs, points, skipped, feeds, defaults, captured)
