@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=2.0)
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--formats", default="onnx,torchscript")
-    ap.add_argument("--scope", default="all")
+    ap.add_argument("--scope", default="factors")
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--verbose", action="store_true", help="print the held-out metric and loss of every epoch")
     args = ap.parse_args()

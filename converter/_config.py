@@ -163,7 +163,7 @@ class ConversionConfig(BaseModel):
     epochs: Annotated[int, Field(ge=1, le=10_000)] = Field(
         30, description="Epoch budget of a fine-tune (passes over the training samples).")
     finetune_lr: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
-        3e-3, description="Fine-tuning learning rate (Adam, cosine decay; weights other than the new factors "
+        1e-2, description="Fine-tuning learning rate (Adam, cosine decay; weights other than the new factors "
                           "train at a tenth of it).")
     finetune_loss: Literal["auto", "kl", "mse"] = Field(
         "auto", description="Distillation loss: kl on classifier logits, mse (variance-normalised) on other "

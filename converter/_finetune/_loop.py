@@ -74,7 +74,7 @@ class FinetuneOptions:
 
     epochs: int = 30
     minutes: float = 5.0
-    lr: float = 3e-3
+    lr: float = 1e-2
     batch_size: int = 32
     loss: str = "auto"
     scope: str = "factors"

@@ -187,6 +187,7 @@ class JobService:
             if model is None:
                 raise BadRequestError("the request has no 'model' file part")
             config = ConversionConfig.from_options(**options_from_form(fields))
+            self._check_budget(config)
             refused = [name for name in SERVICE_REFUSED_OPTIONS if getattr(config, name)]
             if refused:
                 raise InvalidOptionsError(f"invalid options: {refused[0]}: not accepted by the service (uploaded "
@@ -214,6 +215,13 @@ class JobService:
         size = await self._store(part.chunks, key, budget, _check_samples)
         stored.append(key)
         return size
+
+    def _check_budget(self, config: ConversionConfig) -> None:
+        """A fine-tune must fit the job time limit, or the worker would kill it at the limit."""
+        if config.recover == "finetune" and config.finetune_minutes * 60 >= self.settings.job_timeout_s:
+            raise InvalidOptionsError(f"invalid options: finetune_minutes: {config.finetune_minutes:g} min does not "
+                                      f"fit this server's job time limit of {self.settings.job_timeout_s:g} s "
+                                      "(SEPCONV_JOB_TIMEOUT_S); give less")
 
     async def _queue(self, job: Job) -> None:
         """Hand a created job to the executor (a fine-tune to the GPU queue), or forget it if that fails."""
@@ -252,6 +260,7 @@ class JobService:
                     raise BadRequestError(f"unexpected file part {part.name!r}; a fine-tune takes 'data' and 'eval'")
             options = {**parent.options, **options_from_form(fields), "recover": "finetune"}
             config = ConversionConfig.from_options(**options)
+            self._check_budget(config)
             copies = [(parent.input_key, files.input_key(new_id))]
             if parent.inputs_key:
                 copies.append((parent.inputs_key, files.inputs_key(new_id)))

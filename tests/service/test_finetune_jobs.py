@@ -23,7 +23,7 @@ import converter
 from service.core.storage import open_storage
 from service.jobs import files
 from service.jobs.runner import JobRunner
-from tests.service.helpers import serve_app, stored_files, wait_for
+from tests.service.helpers import KEY_ALICE, auth, serve_app, stored_files, wait_for
 from tests.utils.finetune_models import tiny_files
 
 pytestmark = pytest.mark.asyncio
@@ -179,3 +179,10 @@ async def test_celery_routes_finetune_jobs_to_the_gpu_queue(gpu_queue_worker, ti
         # The conversion without fine-tuning went to the normal queue, which nobody here consumes.
         assert (await client.get(f"/jobs/{plain['id']}")).json()["status"] == "queued"
 
+
+
+async def test_a_finetune_longer_than_the_job_time_limit_is_refused(api, tiny):
+    parts = {"model": ("tiny.onnx", tiny["onnx"].read_bytes(), "application/octet-stream"),
+             "data": ("data.npz", tiny["data"].read_bytes(), "application/octet-stream")}
+    r = await api.post("/convert", data={**OPTIONS, "finetune_minutes": "100"}, files=parts, headers=auth(KEY_ALICE))
+    assert r.status_code == 400 and "finetune_minutes" in r.json()["error"]["message"], r.text
