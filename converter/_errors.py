@@ -82,14 +82,17 @@ def one_line(e: BaseException, limit: int = 300, *, whole: bool = False) -> str:
 
 
 @contextlib.contextmanager
-def map_errors(what: str, to: type[SepconvError], *, limit: int = 300, type_name: bool = True,
-               whole: bool = False) -> Iterator[None]:
-    """Turn any exception raised in the block, other than a ``SepconvError``, into ``to`` with the message
-    ``"<what>: <Type>: <one line of the original>"`` (without the type when ``type_name`` is False), chained with
-    ``from``. ``SepconvError`` passes through; so do ``KeyboardInterrupt`` and ``SystemExit``."""
+def map_errors(what: str, to: type[Exception], *, keep: tuple[type[BaseException], ...] = (SepconvError,),
+               limit: int = 300, type_name: bool = True, whole: bool = False) -> Iterator[None]:
+    """Turn any exception raised in the block into ``to`` with the message ``"<what>: <Type>: <one line of the
+    original>"`` (without the type when ``type_name`` is False), chained with ``from``.
+
+    ``to`` itself and the types in ``keep`` (by default every ``SepconvError``: it already speaks to the user)
+    pass through unchanged, and so do ``KeyboardInterrupt`` and ``SystemExit``. The service uses it at its own
+    boundaries too (storage, the broker, the upload parser) with its own error types."""
     try:
         yield
-    except SepconvError:
+    except (to, *keep):
         raise
     except Exception as e:
         detail = one_line(e, limit, whole=whole)

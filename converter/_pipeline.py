@@ -231,22 +231,23 @@ def _finetune(c: Conversion, within: StageProgress) -> None:
         scope=result.scope, train_samples=train.count, holdout_samples=held.count, history=result.history)
 
 
-def _always(_: ConversionConfig) -> bool:
+def _always(_: Conversion) -> bool:
     return True
 
 
 #: A stage's code: reads and updates the conversion, reports progress within the stage.
 Step = Callable[[Conversion, StageProgress], None]
 
-#: The code of each stage of ``_stages.STAGES`` and, from the options, whether it runs. A stage of the table
-#: without an entry here does not run.
-STEPS: dict[str, tuple[Callable[[ConversionConfig], bool], Step]] = {
+#: The code of each stage of ``_stages.STAGES`` and whether it runs, decided before the first stage from the
+#: options and the files given (``Conversion.config``, ``inputs_path``…). A stage of the table without an entry
+#: here does not run.
+STEPS: dict[str, tuple[Callable[[Conversion], bool], Step]] = {
     "load": (_always, _load),
     "plan": (_always, _plan),
     "rewrite": (_always, _rewrite),
-    "finetune": (lambda cfg: cfg.recover == "finetune", _finetune),
+    "finetune": (lambda c: c.config.recover == "finetune", _finetune),
     "save": (_always, _save),
-    "verify": (lambda cfg: cfg.verify, _verify),
+    "verify": (lambda c: c.config.verify, _verify),
 }
 
 
@@ -311,7 +312,7 @@ def convert(
 
 
 def _run(c: Conversion, progress: ProgressCallback | None) -> ConversionResult:
-    active = [name for name in STAGE_NAMES if name in STEPS and STEPS[name][0](c.config)]
+    active = [name for name in STAGE_NAMES if name in STEPS and STEPS[name][0](c)]
     clock = StageClock(progress, active)
     # Staged next to the destination (same file system, so the final move is a rename) and moved there only
     # after verification: a failed conversion never leaves a file at the destination.

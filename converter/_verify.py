@@ -45,6 +45,11 @@ def resolve_input_shapes(
         if user_inputs is not None and spec.name in user_inputs:
             shapes[spec.name] = tuple(int(d) for d in user_inputs[spec.name].shape)
             continue
+        if spec.scalar:
+            problems.append(f"input {spec.name!r} is a number (a non-tensor argument of forward) with no value to "
+                            f"guess; give it in --inputs as a 0-d array, e.g. np.savez('in.npz', "
+                            f"{spec.name}=np.array(16000), …)")
+            continue
         given = config.input_shape.get(spec.name)
         if given is not None:
             if spec.shape is not None:

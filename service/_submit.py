@@ -37,13 +37,15 @@ __all__ = ["submit"]
               help="A .npz of verification inputs: an 'inputs' array, or arrays named like the model's inputs.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the JSON report to this file.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also download the report as one self-contained HTML page to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None,
               help="Stop waiting after this many seconds (the job keeps running on the server).")
 @click.pass_context
 @handle_errors
 def submit(ctx: click.Context, model: Path, server: str, api_key: str | None, output: Path | None,
-           inputs: Path | None, report_path: Path | None, as_json: bool, timeout: float | None,
+           inputs: Path | None, report_path: Path | None, html_path: Path | None, as_json: bool, timeout: float | None,
            **kwargs: Any) -> None:
     """Convert MODEL on a sepconv server (ONNX, ONNX .zip with external data, or TorchScript) and report."""
     from rich.console import Console
@@ -90,6 +92,8 @@ def submit(ctx: click.Context, model: Path, server: str, api_key: str | None, ou
                                  progress=on_job, upload_progress=on_upload, **options)
             report = job.report
             written = job.download(output)
+            if html_path is not None:
+                job.download_report_html(html_path)
     except KeyboardInterrupt:
         if job_id is not None:
             err.print(f"sepconv: job {job_id} keeps running on the server", highlight=False)
@@ -108,4 +112,5 @@ def submit(ctx: click.Context, model: Path, server: str, api_key: str | None, ou
         return
     out = Console()
     render_report(report, out, title=f"{model.name} → {written.name} ({report.format})")
-    out.print(f"wrote {written}" + (f" and {report_path}" if report_path else ""), highlight=False)
+    extra = [str(p) for p in (report_path, html_path) if p is not None]
+    out.print(f"wrote {written}" + (f" and {', '.join(extra)}" if extra else ""), highlight=False)

@@ -21,6 +21,7 @@ from converter import __version__
 
 from .api.deps import AppState
 from .api.errors import install_error_handlers
+from .api.fastpath import JobStatusFastPath
 from .api.routes import convert, health, jobs, web
 from .core.auth import KeyRing
 from .core.config import Settings, load_settings
@@ -69,6 +70,10 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
         if migrate_on_start:
             await to_thread.run_sync(migrate, settings.database_url)
         await to_thread.run_sync(state.storage.ensure)
+        try:  # what a crash left behind (a killed upload's partial file); later sweeps run with the upkeep
+            await state.jobs.sweep()
+        except Exception as e:
+            log.warning("storage sweep at start failed: %s", e)
         if start_executor:
             await to_thread.run_sync(state.executor.start)
         upkeep = asyncio.create_task(_upkeep(state))
@@ -89,6 +94,7 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
     )
     app.state.sepconv = state
     install_error_handlers(app)
+    app.add_middleware(JobStatusFastPath, state=state)
     app.include_router(convert.router)
     app.include_router(jobs.router)
     app.include_router(health.router)

@@ -134,11 +134,16 @@ class Rewrite:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """A model input: name, dims (int, or a str/None for a symbolic or unknown dim), numpy dtype."""
+    """A model input: name, dims (int, or a str/None for a symbolic or unknown dim), numpy dtype.
+
+    ``scalar``: a non-tensor argument (TorchScript ``forward(x, sr: int)``): shape ``()``, passed to the model
+    as a Python number; it has no meaningful random value, so the user gives it (a 0-d array in the ``.npz``).
+    """
 
     name: str
     shape: tuple[int | str | None, ...] | None
     dtype: np.dtype
+    scalar: bool = False
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,9 @@ class UnauthorizedError(ServiceError):
     code = "unauthorized"
 
 
-def get_state(request: Request) -> AppState:
-    """The app's state."""
+async def get_state(request: Request) -> AppState:
+    """The app's state. (``async``, like every dependency here: FastAPI runs a plain ``def`` dependency in its
+    thread pool, and two such hops cost more than the whole status lookup.)"""
     return request.app.state.sepconv
 
 
@@ -64,7 +65,7 @@ async def get_owner(state: StateDep,
     return owner
 
 
-def get_jobs(state: StateDep) -> JobService:
+async def get_jobs(state: StateDep) -> JobService:
     """The job service."""
     return state.jobs
 

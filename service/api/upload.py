@@ -12,11 +12,14 @@ It knows nothing about models, options or jobs.
 from __future__ import annotations
 
 import codecs
+import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
+
+from converter._errors import map_errors
 
 from ..jobs.errors import BadRequestError
 from ..jobs.service import FieldPart, FilePart
@@ -27,6 +30,11 @@ MAX_FIELD_BYTES = 64 * 1024
 MAX_FIELDS = 1000
 MAX_FILES = 10
 
+
+
+def _malformed() -> contextlib.AbstractContextManager[None]:
+    """The multipart parser's boundary: anything it raises is the client's malformed body."""
+    return map_errors("malformed multipart body", BadRequestError, keep=(), type_name=False)
 
 class _Reader:
     def __init__(self, stream: AsyncIterator[bytes], boundary: bytes, charset: str) -> None:
@@ -71,15 +79,11 @@ class _Reader:
                 chunk = await self._stream.__anext__()
             except StopAsyncIteration:
                 self._done = True
-                try:
+                with _malformed():
                     self._parser.finalize()
-                except Exception as e:
-                    raise BadRequestError(f"malformed multipart body: {e}") from None
                 continue
-            try:
+            with _malformed():
                 self._parser.write(chunk)
-            except Exception as e:
-                raise BadRequestError(f"malformed multipart body: {e}") from None
         return self._events.popleft()
 
     async def file_chunks(self) -> AsyncIterator[bytes]:

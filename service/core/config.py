@@ -232,8 +232,8 @@ class Settings(BaseSettings):
     @property
     def upkeep_interval_s(self) -> float:
         """How often the API process reaps expired leases and replaces dead embedded workers: twice per lease,
-        0.5–10 s (a dead worker is replaced sooner than a lease is reaped)."""
-        return max(0.5, min(self.job_lease_s / 2, 10.0))
+        0.5–2 s, so that a dead embedded worker's job is re-queued within seconds (``EmbeddedExecutor.maintain``)."""
+        return max(0.5, min(self.job_lease_s / 2, 2.0))
 
     @property
     def visibility_timeout_s(self) -> int:

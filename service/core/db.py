@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, make_url, text
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool
 
 __all__ = ["check_database", "current_revision", "dispose_engines", "get_engine", "migrate"]
 
@@ -62,7 +62,10 @@ def _create_engine(url: str) -> Engine:
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
             Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, poolclass=NullPool)
+        # A small pool: opening a SQLite connection and setting its pragmas is most of a status lookup's cost
+        # (2 of 3 ms when every request opened one). WAL lets the pooled readers run beside a writer.
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, poolclass=QueuePool,
+                               pool_size=8, max_overflow=16, pool_timeout=30)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

@@ -13,6 +13,7 @@ jobs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -122,6 +123,15 @@ class Storage(Protocol):
 
     def ensure(self) -> None:
         """Create what the store needs (folder, bucket) if it is missing."""
+        ...
+
+    def list_keys(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        """Every committed object whose key starts with ``prefix``, as ``(key, last modified, Unix time)``."""
+        ...
+
+    def sweep_partial(self, older_than: float) -> int:
+        """Discard writes begun before ``older_than`` (Unix time) and never committed nor aborted — what a killed
+        process leaves (a local ``.part-*`` file, an S3 multipart upload); returns how many."""
         ...
 
 
@@ -240,14 +250,7 @@ class LocalStorage(_StorageBase):
     def delete(self, key: str) -> None:
         path = self._path(key)
         path.unlink(missing_ok=True)
-        # Remove the job's folder once empty; keys are <prefix>/<id>/<name>.
-        parent = path.parent
-        while parent != self.root and parent.is_dir():
-            try:
-                parent.rmdir()
-            except OSError:
-                break
-            parent = parent.parent
+        self._remove_empty_parents(path)  # the job's folder once empty; keys are <prefix>/<id>/<name>
 
     def check(self) -> bool:
         try:
@@ -261,6 +264,41 @@ class LocalStorage(_StorageBase):
 
     def ensure(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+
+    def list_keys(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        for folder, dirs, names in os.walk(self.root):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for name in names:
+                if name.startswith("."):  # partial writes and readiness probes are not objects
+                    continue
+                path = Path(folder, name)
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix) and _KEY_RE.match(key):
+                    try:
+                        yield key, path.lstat().st_mtime
+                    except FileNotFoundError:  # deleted meanwhile
+                        continue
+
+    def sweep_partial(self, older_than: float) -> int:
+        removed = 0
+        for path in list(self.root.rglob(".part-*")):  # listed first: emptied folders go as we remove
+            try:
+                if path.is_file() and not path.is_symlink() and path.lstat().st_mtime < older_than:
+                    path.unlink()
+                    removed += 1
+                    self._remove_empty_parents(path)
+            except FileNotFoundError:
+                continue
+        return removed
+
+    def _remove_empty_parents(self, path: Path) -> None:
+        parent = path.parent
+        while parent != self.root and parent.is_dir():
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
 
 
 def _read_file(f: IO[bytes]) -> Iterator[bytes]:
@@ -288,14 +326,12 @@ class _S3Writer(_WriterBase):
 
     def _send(self, part: bytes) -> None:
         client = self._s3.client
-        try:
+        with _s3(f"S3 upload of {self.key} failed"):
             if self._upload_id is None:
                 self._upload_id = client.create_multipart_upload(Bucket=self._s3.bucket, Key=self._object)["UploadId"]
             n = len(self._parts) + 1
             etag = client.upload_part(Bucket=self._s3.bucket, Key=self._object, UploadId=self._upload_id,
                                       PartNumber=n, Body=part)["ETag"]
-        except Exception as e:
-            raise StorageError(f"S3 upload of {self.key} failed: {e}") from e
         self._parts.append({"PartNumber": n, "ETag": etag})
 
     def commit(self) -> None:
@@ -304,16 +340,17 @@ class _S3Writer(_WriterBase):
         self._done = True
         client = self._s3.client
         try:
-            if self._upload_id is None:
-                client.put_object(Bucket=self._s3.bucket, Key=self._object, Body=bytes(self._buf))
-            else:
-                if self._buf:
-                    self._send(bytes(self._buf))
-                client.complete_multipart_upload(Bucket=self._s3.bucket, Key=self._object, UploadId=self._upload_id,
-                                                 MultipartUpload={"Parts": self._parts})
-        except Exception as e:
+            with _s3(f"S3 upload of {self.key} failed"):
+                if self._upload_id is None:
+                    client.put_object(Bucket=self._s3.bucket, Key=self._object, Body=bytes(self._buf))
+                else:
+                    if self._buf:
+                        self._send(bytes(self._buf))
+                    client.complete_multipart_upload(Bucket=self._s3.bucket, Key=self._object,
+                                                     UploadId=self._upload_id, MultipartUpload={"Parts": self._parts})
+        except StorageError:
             self._abort_upload()
-            raise StorageError(f"S3 upload of {self.key} failed: {e}") from e
+            raise
         finally:
             self._buf = bytearray()
 
@@ -373,31 +410,23 @@ class S3Storage(_StorageBase):
 
     def get(self, key: str) -> Iterator[bytes]:
         obj = self._object_key(key)
-        try:
+        with _s3(f"S3 read of {key} failed", missing=key):
             body = self.client.get_object(Bucket=self.bucket, Key=obj)["Body"]
-        except Exception as e:
-            if _is_missing(e):
-                raise ObjectNotFoundError(key) from None
-            raise StorageError(f"S3 read of {key} failed: {e}") from e
         return _read_body(body)
 
     def exists(self, key: str) -> bool:
         obj = self._object_key(key)
         try:
-            self.client.head_object(Bucket=self.bucket, Key=obj)
+            with _s3(f"S3 head of {key} failed", missing=key):
+                self.client.head_object(Bucket=self.bucket, Key=obj)
             return True
-        except Exception as e:
-            if _is_missing(e):
-                return False
-            raise StorageError(f"S3 head of {key} failed: {e}") from e
+        except ObjectNotFoundError:
+            return False
 
     def delete(self, key: str) -> None:
         obj = self._object_key(key)
-        try:
+        with contextlib.suppress(ObjectNotFoundError), _s3(f"S3 delete of {key} failed", missing=key):
             self.client.delete_object(Bucket=self.bucket, Key=obj)
-        except Exception as e:
-            if not _is_missing(e):
-                raise StorageError(f"S3 delete of {key} failed: {e}") from e
 
     def check(self) -> bool:
         try:
@@ -422,12 +451,47 @@ class S3Storage(_StorageBase):
             else:
                 log.info("created S3 bucket %s", self.bucket)
 
+    def list_keys(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        base = f"{self.prefix}/" if self.prefix else ""
+        with _s3(f"S3 listing of {prefix!r} failed"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                              Prefix=base + prefix):
+                for obj in page.get("Contents", []):
+                    yield obj["Key"][len(base):], obj["LastModified"].timestamp()
+
+    def sweep_partial(self, older_than: float) -> int:
+        base = f"{self.prefix}/" if self.prefix else ""
+        aborted = 0
+        with _s3("S3 sweep of multipart uploads failed"):
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
+                                                                                     Prefix=base):
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"].timestamp() < older_than:
+                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                           UploadId=upload["UploadId"])
+                        aborted += 1
+        return aborted
+
 
 def _read_body(body: Any) -> Iterator[bytes]:
     try:
         yield from body.iter_chunks(CHUNK)
     finally:
         body.close()
+
+
+@contextlib.contextmanager
+def _s3(what: str, *, missing: str | None = None) -> Iterator[None]:
+    """The S3 boundary: boto3's and botocore's exceptions become a ``StorageError`` saying what failed, and a
+    missing object or bucket becomes ``ObjectNotFoundError(missing)`` when the caller names the key."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as e:
+        if missing is not None and _is_missing(e):
+            raise ObjectNotFoundError(missing) from None
+        raise StorageError(f"{what}: {e}") from e
 
 
 def _error_code(e: Exception) -> str:

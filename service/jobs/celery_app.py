@@ -26,6 +26,8 @@ from celery import Celery, signals
 from kombu import Queue
 from sqlalchemy.exc import OperationalError
 
+from converter._errors import map_errors
+
 from ..core.config import Settings, load_settings
 from ..core.db import get_engine
 from . import crud
@@ -134,11 +136,10 @@ class CeleryExecutor:
 
     def submit(self, job_id: str, gpu: bool = False) -> None:
         queue = self.settings.celery_gpu_queue if gpu else self.settings.celery_queue
-        try:
+        with map_errors("the job queue (Celery broker) is unavailable", ExecutorUnavailableError, keep=(),
+                        type_name=False):
             self.app.send_task(TASK_NAME, args=[job_id], queue=queue, retry=True,
                                retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
-        except Exception as e:
-            raise ExecutorUnavailableError(f"the job queue (Celery broker) is unavailable: {e}") from e
 
     def resubmit(self, job_ids: list[str]) -> None:
         engine = get_engine(self.settings.database_url)

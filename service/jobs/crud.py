@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, case, delete, func, select, update
+from sqlalchemy import Engine, bindparam, case, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from ..models import FINAL_STATUSES, Job, JobStage, JobStatus, utcnow
@@ -35,6 +35,7 @@ __all__ = [
     "create_job",
     "delete_job",
     "duration_stats",
+    "existing_ids",
     "finish_failed",
     "finish_succeeded",
     "get_job",
@@ -46,6 +47,7 @@ __all__ = [
     "reap_expired",
     "release",
     "requeue_orphans",
+    "stale_queued",
 ]
 
 
@@ -75,14 +77,19 @@ def create_job(engine: Engine, job: Job) -> Job:
     return job
 
 
+_BY_ID = select(*Job.__table__.columns).where(Job.id == bindparam("job_id"))
+
+
 def get_job(engine: Engine, job_id: str, owner: str | None = None) -> Job | None:
-    """The job, or None if it does not exist or (with ``owner``) belongs to someone else."""
-    with Session(engine, expire_on_commit=False) as s:
-        job = s.get(Job, job_id)
-        if job is None or (owner is not None and job.owner != owner):
-            return None
-        s.expunge(job)
-        return job
+    """The job, or None if it does not exist or (with ``owner``) belongs to someone else.
+
+    One Core ``SELECT`` (cached statement, no ORM session or identity map): the status endpoint calls this on
+    every request, and a session cost more than the query."""
+    with engine.connect() as conn:
+        row = conn.execute(_BY_ID, {"job_id": job_id}).first()
+    if row is None or (owner is not None and row.owner != owner):
+        return None
+    return Job(**row._mapping)
 
 
 def list_jobs(engine: Engine, owner: str, offset: int, limit: int) -> tuple[list[Job], int]:
@@ -275,7 +282,24 @@ def reap_expired(engine: Engine, max_attempts: int, now: datetime | None = None)
         "its worker stopped responding")
 
 
-def requeue_orphans(engine: Engine, is_orphan: Callable[[str], bool], max_attempts: int) -> list[str]:
+def existing_ids(engine: Engine, job_ids: Sequence[str]) -> set[str]:
+    """Which of ``job_ids`` have a job row."""
+    if not job_ids:
+        return set()
+    with engine.connect() as conn:
+        return set(conn.scalars(select(Job.id).where(Job.id.in_(list(job_ids)))))
+
+
+def stale_queued(engine: Engine, before: datetime, limit: int = 1000) -> list[str]:
+    """Ids of jobs queued since before ``before`` (oldest first) and not cancelled: their message may be lost."""
+    with engine.connect() as conn:
+        return list(conn.scalars(select(Job.id).where(Job.status == JobStatus.QUEUED,
+                                                      Job.cancel_requested.is_(False), Job.created_at < before)
+                                 .order_by(Job.created_at, Job.id).limit(limit)))
+
+
+def requeue_orphans(engine: Engine, is_orphan: Callable[[str], bool], max_attempts: int,
+                    reason: str = "the server stopped") -> list[str]:
     """Re-queue (or fail) running jobs whose worker ``is_orphan`` says is gone for sure (an embedded server's
     worker processes that no longer exist), without waiting for their lease; returns the re-queued ids."""
     with engine.connect() as conn:
@@ -286,5 +310,5 @@ def requeue_orphans(engine: Engine, is_orphan: Callable[[str], bool], max_attemp
     for (job_id, attempts), worker in mine.items():
         out += _requeue_or_fail(engine, [(job_id, attempts)],
                                 lambda J, w=worker: (J.status == JobStatus.RUNNING) & (J.worker_id == w),
-                                max_attempts, "the server stopped")
+                                max_attempts, reason)
     return out

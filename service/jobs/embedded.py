@@ -5,9 +5,9 @@ processes of a previous server on this machine that no longer exist (the attempt
 ``SEPCONV_JOB_MAX_ATTEMPTS`` the job fails with the reason), then starts ``SEPCONV_WORKERS`` processes
 (``python -m service.jobs.embedded``). ``submit`` wakes them with ``SIGUSR1``; they also poll every
 ``SEPCONV_POLL_INTERVAL_S``, so a lost wake-up only delays a job. ``maintain`` (called by the API's periodic
-task) replaces a worker that died; ``stop`` asks them to stop (``SIGTERM``): a worker kills its running
-conversion and gives the job back to the queue, uncounted. A worker whose server disappears (``kill -9``) does
-the same within a fraction of a second.
+task) replaces a worker that died and re-queues its job at once (not after its lease); ``stop`` asks them to
+stop (``SIGTERM``): a worker kills its running conversion and gives the job back to the queue, uncounted. A worker
+whose server disappears (``kill -9``) does the same within a fraction of a second.
 
 Queued jobs need nothing on restart: they are in the database. Jobs of a server on another machine that died are
 recovered by the lease reaper instead (every worker and the API run it).
@@ -124,11 +124,21 @@ class EmbeddedExecutor:
         with self._lock:
             if not self._started:
                 return
+            died = False
             for index, proc in list(self._procs.items()):
                 if proc.poll() is not None:
                     log.warning("embedded worker %d (pid %d) exited with %s; starting a new one", index, proc.pid,
                                 proc.returncode)
                     self._spawn(index)
+                    died = True
+            if died:
+                # Its job need not wait for its lease: the process is gone for sure.
+                requeued = crud.requeue_orphans(get_engine(self.settings.database_url), is_dead_embedded_worker,
+                                                self.settings.job_max_attempts, "its worker process died")
+                if requeued:
+                    log.warning("re-queued %d job(s) of a worker that died: %s", len(requeued), ", ".join(requeued))
+        if died:
+            self.submit("")
 
     def stop(self, timeout: float = 15.0) -> None:
         with self._lock:

@@ -14,7 +14,7 @@ or onnxruntime do:
 * when the kernel allows unprivileged user namespaces, a new user + network namespace: no network at all;
 * Landlock: only its job folder (read-write) and what Python needs (read-only) can be opened; a seccomp filter:
   no socket of any family (``service.jobs.confine``). Where the kernel has no Landlock, models that carry code
-  (``CODE_FORMATS``) are refused unless ``SEPCONV_ALLOW_UNCONFINED_CODE`` is set.
+  (``FormatInfo.carries_code``) are refused unless ``SEPCONV_ALLOW_UNCONFINED_CODE`` is set.
 
 The runner puts it in its own session and process group, enforces the wall-clock limit by killing that group,
 and kills it on cancellation. Events on the pipe (one JSON object per line)::
@@ -41,15 +41,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from converter.formats import formats
-
 from .confine import Confinement, confine
 
-__all__ = ["CODE_FORMATS", "EXIT_ERROR", "EXIT_OOM", "is_memory_error", "main"]
+# Nothing heavy is imported at module level: until ``_confine`` has set the parent-death signal, a worker that dies
+# leaves this process running, so it must get there fast.
 
-#: Formats whose files carry code (TorchScript, torch.export programs): refused where the kernel cannot confine
-#: the conversion, unless the operator accepts them (SEPCONV_ALLOW_UNCONFINED_CODE).
-CODE_FORMATS = tuple(f.name for f in formats() if f.carries_code)
+__all__ = ["EXIT_ERROR", "EXIT_OOM", "is_memory_error", "main"]
 
 #: Exit statuses besides 0: a reported error, and a reported out-of-memory.
 EXIT_ERROR = 3
@@ -132,12 +129,14 @@ def _test_hook(name: str) -> None:
 
 def _convert(spec: dict[str, Any], channel: _Channel, confinement: Confinement) -> None:
     import converter
-    from converter.formats import detect_format
+    from converter.formats import detect_format, format_info
 
     model = Path(spec["model"])
     adapter = detect_format(model)
     channel.emit(event="format", format=adapter.name)
-    if adapter.name in CODE_FORMATS and not confinement.files_confined and not spec.get("allow_unconfined"):
+    # Formats whose files carry code (TorchScript, torch.export programs) are refused where the kernel cannot
+    # confine the conversion, unless the operator accepts them.
+    if format_info(adapter.name).carries_code and not confinement.files_confined and not spec.get("allow_unconfined"):
         raise converter.UnsupportedModelError(
             f"{adapter.name} models carry code, and this worker's kernel offers no Landlock confinement; the "
             "operator can accept them anyway with SEPCONV_ALLOW_UNCONFINED_CODE=1")

@@ -14,11 +14,13 @@ import asyncio
 import functools
 import json
 import logging
+import math
 import re
 import time
 import typing
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -43,6 +45,7 @@ from .errors import (
     UploadTooLargeError,
 )
 from .executor import Executor, ExecutorUnavailableError
+from .sweep import SweepResult, sweep_storage
 
 __all__ = ["SAMPLE_PARTS", "SERVICE_REFUSED_OPTIONS", "FieldPart", "FilePart", "JobService"]
 
@@ -128,6 +131,9 @@ class JobService:
         self.storage = storage
         self.executor = executor
         self.on_upload_bytes = on_upload_bytes
+        self._reads: dict[str, asyncio.Future[Job | None]] = {}
+        self._republished: dict[str, float] = {}
+        self._next_sweep = 0.0
 
     # -- submit ----------------------------------------------------------------------------------------------
 
@@ -347,11 +353,19 @@ class JobService:
     async def get(self, owner: str, job_id: str) -> Job:
         """The owner's job.
 
+        Concurrent lookups of one job share one database read (started no earlier than the first of them
+        arrived), so clients polling the same job cost one query per round, not one each.
+
         Raises:
             JobNotFoundError: no such job for this owner.
         """
-        job = await to_thread.run_sync(crud.get_job, self.engine, job_id, owner)
-        if job is None:
+        pending = self._reads.get(job_id)
+        if pending is None:
+            pending = asyncio.ensure_future(to_thread.run_sync(crud.get_job, self.engine, job_id))
+            self._reads[job_id] = pending
+            pending.add_done_callback(lambda _: self._reads.pop(job_id, None))
+        job = await asyncio.shield(pending)
+        if job is None or job.owner != owner:
             raise JobNotFoundError(f"no job {job_id!r}")
         return job
 
@@ -448,6 +462,30 @@ class JobService:
                         ", ".join(requeued))
             await to_thread.run_sync(self.executor.resubmit, requeued)
         await to_thread.run_sync(self.executor.maintain)
+        await self._republish_stale()
+        if time.monotonic() >= self._next_sweep:
+            await self.sweep()
+
+    async def sweep(self) -> SweepResult:
+        """Remove leaked partial uploads and objects of no job (``sweep``); the next one is due in
+        ``SEPCONV_SWEEP_INTERVAL_S``."""
+        self._next_sweep = time.monotonic() + self.settings.sweep_interval_s
+        return await to_thread.run_sync(sweep_storage, self.engine, self.storage, self.settings.sweep_grace_s)
+
+    async def _republish_stale(self) -> None:
+        """Publish again the jobs queued longer than ``SEPCONV_REQUEUE_AFTER_S`` (a broker that lost its messages:
+        a flush, a restart without persistence); each at most once per that period. Claims are idempotent, so a
+        message that was not lost after all only costs a skipped delivery."""
+        after = self.settings.requeue_after_s
+        stale = await to_thread.run_sync(crud.stale_queued, self.engine, utcnow() - timedelta(seconds=after))
+        now = time.monotonic()
+        self._republished = {j: t for j, t in self._republished.items() if j in set(stale)}
+        due = [j for j in stale if now - self._republished.get(j, -math.inf) >= after]
+        if due:
+            log.warning("re-publishing %d job(s) queued for more than %g s without a worker taking them: %s",
+                        len(due), after, ", ".join(due[:20]))
+            await to_thread.run_sync(self.executor.resubmit, due)
+            self._republished.update(dict.fromkeys(due, now))
 
 
 def _check_model(head: bytes, complete: bool, *, refuse_code: bool = False) -> None:

@@ -120,7 +120,11 @@
   function render(job) {
     $("job-id").textContent = job.id;
     $("phase").textContent = job.status;
-    $("stage").textContent = "stage " + job.stage;
+    var detail = job.stage_detail && typeof job.stage_detail === "object" ? Object.keys(job.stage_detail).map(function (k) {
+      var v = job.stage_detail[k];
+      return k + " " + (typeof v === "number" ? +v.toPrecision(4) : v);
+    }).join(", ") : "";
+    $("stage").textContent = "stage " + job.stage + (detail ? " (" + detail + ")" : "");
     $("percent").textContent = Math.round(100 * job.progress) + " %";
     show("upload-progress", false); show("job-progress", true);
     $("job-progress").value = job.progress;

@@ -83,3 +83,16 @@ def test_map_errors_wraps_lower_level_errors_once():
     with pytest.raises(SepconvError, match=r"^reading: bad$"), map_errors("reading", ConversionError,
                                                                          type_name=False):
         raise ValueError("bad")
+
+
+def test_map_errors_serves_other_boundaries():
+    from converter._errors import map_errors
+
+    class BrokerDown(Exception):
+        pass
+
+    with pytest.raises(BrokerDown, match=r"^queue unavailable: refused$"), map_errors(
+            "queue unavailable", BrokerDown, keep=(), type_name=False):
+        raise ConnectionError("refused")
+    with pytest.raises(BrokerDown, match=r"^as is$"), map_errors("x", BrokerDown, keep=()):
+        raise BrokerDown("as is")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import converter
@@ -60,3 +61,50 @@ def test_a_scalar_given_where_the_model_wants_a_tensor_is_refused(tmp_path):
     np.savez(tmp_path / "in.npz", x=np.array(1.0, np.float32))
     with pytest.raises(converter.InvalidOptionsError, match="array for 'x' has 0 dims, the model expects 4"):
         load_user_inputs(tmp_path / "in.npz", [InputSpec("x", (1, 4, 8, 8), np.dtype(np.float32))])
+
+
+class _VadLike(torch.nn.Module):
+    """A 1-D CNN whose forward takes the sample rate as a Python int, like silero VAD's ``forward(x, sr)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Sequential(torch.nn.Conv1d(4, 16, 5, padding=2), torch.nn.ReLU(),
+                                        torch.nn.Conv1d(16, 16, 5, padding=2))
+
+    def forward(self, x: torch.Tensor, sr: int) -> torch.Tensor:
+        if sr != 8000 and sr != 16000:
+            raise ValueError("supported sample rates are 8000 and 16000")
+        return self.conv(x) * (sr / 16000.0)
+
+
+@pytest.fixture(scope="module")
+def vad(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("vad") / "vad.pt"
+    torch.jit.script(_VadLike().eval()).save(str(path))
+    return path
+
+
+def test_torchscript_int_argument_is_given_from_the_npz(vad, tmp_path):
+    x = np.random.default_rng(2).standard_normal((1, 4, 64)).astype(np.float32)
+    errors = {}
+    for sr in (8000, 16000):
+        np.savez(tmp_path / "in.npz", x=x, sr=np.array(sr))
+        report = converter.convert(vad, tmp_path / "out.pt", rank=1, force=True, latency_runs=2,
+                                   inputs=tmp_path / "in.npz").report
+        assert report.fidelity.inputs == "user" and report.latency is not None
+        assert report.policy["input_shapes"] == {"x": [1, 4, 64], "sr": []}
+        errors[sr] = report.fidelity.max_abs
+    assert errors[8000] / errors[16000] == pytest.approx(0.5, rel=1e-4)  # the model got each sr
+
+
+def test_torchscript_int_argument_missing_or_refused_by_the_model(vad, tmp_path):
+    np.savez(tmp_path / "x.npz", x=np.zeros((1, 4, 64), np.float32))
+    with pytest.raises(converter.InvalidOptionsError, match=r"input 'sr' is a number .*sr=np\.array\(16000\)"):
+        converter.convert(vad, tmp_path / "out.pt", rank=1, inputs=tmp_path / "x.npz")
+    np.savez(tmp_path / "bad.npz", x=np.zeros((1, 4, 64), np.float32), sr=np.array(44100))
+    with pytest.raises(converter.VerificationError, match="supported sample rates are 8000 and 16000"):
+        converter.convert(vad, tmp_path / "out.pt", rank=1, inputs=tmp_path / "bad.npz")
+    # Without verification the argument is not needed.
+    report = converter.convert(vad, tmp_path / "out.pt", rank=1, force=True, verify=False).report
+    assert report.converted_layers

@@ -225,12 +225,14 @@ def test_submit_command_against_the_app(make_settings: Callable[..., Settings], 
     with sync_transport(make_settings(api_keys=[KEY_ALICE])) as transport:
         result = CliRunner(env={"SEPCONV_API_KEY": KEY_ALICE}).invoke(
             submit, [str(model_files["onnx"]), "--server", BASE, "-o", str(tmp_path), "--rank", "2",
-                     "--latency-runs", "1", "--input-shape", "x=1x3x32x32", "--report", str(tmp_path / "r.json")],
+                     "--latency-runs", "1", "--input-shape", "x=1x3x32x32", "--report", str(tmp_path / "r.json"),
+                     "--html", str(tmp_path / "r.html")],
             obj={"transport": transport})
         assert result.exit_code == 0, result.output
         assert "convolutions converted" in result.stdout and "latency" in result.stdout
         assert (tmp_path / "vgg-sepconv.onnx").is_file()
         assert converter.Report.model_validate_json((tmp_path / "r.json").read_text()).format == "onnx"
+        assert "<title>vgg.onnx · sepconv report</title>" in (tmp_path / "r.html").read_text()
 
         result = CliRunner().invoke(submit, [str(model_files["onnx"]), "--server", BASE],
                                     obj={"transport": transport})

@@ -51,7 +51,7 @@ def test_no_import_cycles_at_module_level():
 
 def test_lease_intervals():
     s = Settings(job_lease_s=60)
-    assert (s.heartbeat_interval_s, s.reap_interval_s, s.upkeep_interval_s) == (10.0, 30.0, 10.0)
+    assert (s.heartbeat_interval_s, s.reap_interval_s, s.upkeep_interval_s) == (10.0, 30.0, 2.0)
     s = Settings(job_lease_s=1)
     assert (s.heartbeat_interval_s, s.reap_interval_s, s.upkeep_interval_s) == (0.5, 1.0, 0.5)
     assert s.heartbeat_interval_s < s.job_lease_s

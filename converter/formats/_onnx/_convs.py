@@ -10,23 +10,31 @@ import numpy as np
 import onnx_ir as ir
 
 from .._base import ConvLayer, UniqueNames
-from ._nodes import CONV_OPS, Dims, int_attr, ints, is_onnx_op
+from ._nodes import CONV_OPS, QUANTIZED_CONV_OPS, Dims, int_attr, ints, is_onnx_op
 from ._shapes import out_spatial, spatial, value_dims
 
 __all__ = ["NOTE_OVERRIDABLE", "constant_weight", "describe", "named_convs"]
 
 NOTE_OVERRIDABLE = "weight is a graph input (overridable), not a constant"
+_FLOAT_FIRST = "sepconv converts float convolutions: convert the float model, then quantize the result"
+_QUANTIZED_NOTES = {
+    "ConvInteger": f"ConvInteger: an integer conv of a dynamically quantized model, not converted; {_FLOAT_FIRST}",
+    "QLinearConv": f"QLinearConv: an integer conv of a statically quantized model, not converted; {_FLOAT_FIRST}",
+}
+NOTE_QDQ = f"weight is quantized (QDQ: DequantizeLinear → Conv), not converted; {_FLOAT_FIRST}"
+_ALL_CONV_OPS = CONV_OPS | frozenset(QUANTIZED_CONV_OPS)
 
 
 def named_convs(model: ir.Model) -> list[tuple[str, ir.Node]]:
-    """Every Conv/ConvTranspose in graph order (subgraphs included) with a unique, readable name: the node's
+    """Every Conv/ConvTranspose in graph order (subgraphs included), and the integer convs of quantized graphs
+    (``QUANTIZED_CONV_OPS``, reported but never converted), with a unique, readable name: the node's
     own name, ``<op>_<i>`` for an unnamed one (``i`` counts the convs), made unique by ``UniqueNames`` (a
     repeated name gets ``_2``…, avoiding every node's own name)."""
     nodes = list(ir.traversal.RecursiveGraphIterator(model.graph))
     own = {n.name for n in nodes if n.name}
     names = UniqueNames()
     out = []
-    for i, node in enumerate(n for n in nodes if is_onnx_op(n, CONV_OPS)):
+    for i, node in enumerate(n for n in nodes if is_onnx_op(n, _ALL_CONV_OPS)):
         if node.name and node.name not in names.taken:
             out.append((names(node.name), node))
         else:
@@ -63,6 +71,8 @@ def constant_weight(model: ir.Model, value: ir.Value | None) -> tuple[ir.TensorP
             if tensor is None:
                 return None, f"weight is a Constant node ({producer.name!r}) whose value cannot be read"
             return tensor, None
+        if is_onnx_op(producer, frozenset({"DequantizeLinear"})):
+            return None, NOTE_QDQ
         return None, f"weight is computed at run time (by {producer.op_type} node {producer.name!r}), not a constant"
     return None, "weight is behind a chain of more than 64 Identity nodes"
 
@@ -79,10 +89,14 @@ def _as_conv_layout(w: np.ndarray, groups: int, transposed: bool) -> np.ndarray:
 def describe(model: ir.Model, name: str, node: ir.Node, table: Mapping[str, Dims | None]) -> ConvLayer:
     transposed = node.op_type == "ConvTranspose"
     x = node.inputs[0] if node.inputs else None
-    w = node.inputs[1] if len(node.inputs) > 1 else None
+    w_index = QUANTIZED_CONV_OPS.get(node.op_type, 1)
+    w = node.inputs[w_index] if len(node.inputs) > w_index else None
     groups = int_attr(node, "group", 1)
     tensor, note = constant_weight(model, w)
-    if tensor is not None and not tensor.dtype.is_floating_point():
+    if node.op_type in QUANTIZED_CONV_OPS:
+        # Its integer weight gives the geometry; the layer itself is only reported.
+        note = _QUANTIZED_NOTES[node.op_type]
+    elif tensor is not None and not tensor.dtype.is_floating_point():
         tensor, note = None, f"weight has dtype {tensor.dtype}, not a floating-point type"
     if tensor is not None and len(tensor.shape) < 3:
         tensor, note = None, f"weight constant has shape {tuple(tensor.shape.numpy())}, not [N, C, *kernel]"
@@ -96,7 +110,7 @@ def describe(model: ir.Model, name: str, node: ir.Node, table: Mapping[str, Dims
         in_ch = x_dims[1] if x_dims is not None and len(x_dims) > 1 else 0
         out_ch = y_dims[1] if y_dims is not None and len(y_dims) > 1 else 0
     weight = None
-    if tensor is not None:
+    if tensor is not None and node.op_type not in QUANTIZED_CONV_OPS:
         weight = _as_conv_layout(np.asarray(tensor.numpy()).astype(np.float32), groups, transposed)
     in_sp, out_sp = spatial(x_dims), spatial(y_dims)
     if out_sp is None and in_sp is not None and kernel:

@@ -348,16 +348,18 @@ class TorchScriptAdapter:
             module = torch.jit.load(str(path), map_location=device).eval()
         except Exception as e:  # as in load
             raise UnsupportedModelError(f"TorchScript file could not be loaded: {one_line(e, 200)}") from e
-        names = [s.name for s in specs(module)]
+        args = specs(module)
 
         def run(inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-            missing = [n for n in names if n not in inputs]
+            missing = [s.name for s in args if s.name not in inputs]
             if missing:
                 raise InvalidOptionsError(f"missing model inputs: {', '.join(missing)}")
-            tensors = [torch.from_numpy(np.ascontiguousarray(inputs[n])).to(device) for n in names]
+            # Tensors as tensors; a scalar argument (``sr: int``) as the Python number of its 0-d array.
+            values = [np.asarray(inputs[s.name]).item() if s.scalar
+                      else torch.from_numpy(np.ascontiguousarray(inputs[s.name])).to(device) for s in args]
             try:
                 with torch.inference_mode():
-                    out = module(*tensors)
+                    out = module(*values)
             except RuntimeError as e:
                 raise VerificationError(f"the TorchScript model did not run: {one_line(e, 200)}") from e
             return [t.detach().cpu().numpy() for t in _flatten(out)]

@@ -231,10 +231,20 @@ def _numpy_dtype(dtype: torch.dtype | None) -> np.dtype:
         return np.dtype(np.float32)
 
 
+#: Non-tensor ``forward`` arguments a user can give as a 0-d array (``forward(x, sr: int)``), with their dtype.
+_SCALARS = {torch._C.IntType: np.dtype(np.int64), torch._C.FloatType: np.dtype(np.float64),
+            torch._C.BoolType: np.dtype(np.bool_)}
+
+
 def specs(module: torch.jit.ScriptModule) -> list[InputSpec]:
+    """The tensor arguments of ``forward`` after ``self``, and its int/float/bool ones as scalar specs."""
     graph_inputs = list(module.graph.inputs())[1:]
     specs = []
     for arg, value in zip(forward_args(module), graph_inputs, strict=False):
+        scalar = next((dt for ty, dt in _SCALARS.items() if isinstance(arg.type, ty)), None)
+        if scalar is not None:
+            specs.append(InputSpec(arg.name, (), scalar, scalar=True))
+            continue
         if not isinstance(arg.type, torch._C.TensorType):
             continue
         ty = value.type()
@@ -299,7 +309,7 @@ def run_probe(model: TorchScriptModel, input_shapes: Mapping[str, tuple[int, ...
     by_name = {s.name: s for s in specs(model.module)}
     kwargs: dict[str, torch.Tensor] = {}
     for arg in forward_args(model.module):
-        if arg.name in by_name and arg.name in input_shapes:
+        if arg.name in by_name and not by_name[arg.name].scalar and arg.name in input_shapes:
             dtype = torch.from_numpy(np.zeros(0, dtype=by_name[arg.name].dtype)).dtype
             kwargs[arg.name] = torch.zeros(tuple(input_shapes[arg.name]), dtype=dtype)
         elif not arg.has_default_value():

@@ -47,10 +47,12 @@ async def get_job(
     owner: OwnerDep,
     jobs: JobsDep,
     wait: Annotated[float, Query(ge=0, le=600, description="Seconds to block until the job has finished.")] = 0,
-) -> JobPublic:
+) -> Response:
     """Get a job (with `wait`, once it has finished or the time is up)."""
     job = await (jobs.wait(owner, job_id, wait) if wait > 0 else jobs.get(owner, job_id))
-    return JobPublic.from_job(job)
+    # Serialised here, once: FastAPI would validate the model again before serialising it (the endpoint is
+    # polled; response_model still documents the shape).
+    return Response(JobPublic.from_job(job).model_dump_json(by_alias=True), media_type="application/json")
 
 
 @router.get("/{job_id}/model", response_class=StreamingResponse,
@@ -80,7 +82,8 @@ _REPORT_CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsaf
                "frame-ancestors 'self'")
 
 
-@router.get("/{job_id}/report.html", response_class=HTMLResponse,
+# response_class=Response (no media type): the error answers stay documented as JSON, as they are sent.
+@router.get("/{job_id}/report.html", response_class=Response,
             responses={200: {"content": {"text/html": {"schema": {"type": "string"}}},
                              "description": "The report as one self-contained HTML page."},
                        409: ERROR_RESPONSES[409], **_COMMON})
