@@ -7,9 +7,10 @@ speed-up it did not measure. It does not decide anything about layers; it report
 
 from __future__ import annotations
 
+import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ from ._errors import InvalidOptionsError, VerificationError, map_errors
 from ._report import Fidelity, Latency
 from .formats._base import FormatAdapter, InputSpec, Runner
 
-__all__ = ["fidelity", "load_user_inputs", "measure_latency", "random_inputs", "resolve_input_shapes", "verify"]
+__all__ = ["FidelityStats", "batches", "fidelity", "load_user_inputs", "measure_latency", "random_inputs",
+           "resolve_input_shapes", "verify"]
 
 
 def resolve_input_shapes(
@@ -77,7 +79,28 @@ def resolve_input_shapes(
                             f"{spec.name}={'x'.join(str(d) if isinstance(d, int) and d > 0 else 'N' for d in dims)}")
             continue
         shapes[spec.name] = tuple(int(d) for d in dims)
+    for spec in specs:
+        if spec.name in shapes and (user_inputs is None or spec.name not in user_inputs):
+            _check_size(spec, shapes[spec.name])
     return shapes, problems
+
+
+#: The largest input tensor sepconv makes up (random verification inputs, the probe's zeros), in bytes.
+MAX_INPUT_BYTES = 2 * 2**30
+
+
+def _check_size(spec: InputSpec, shape: tuple[int, ...]) -> None:
+    """Refuse, before anything is allocated, an input whose declared or given dims would need more than
+    ``MAX_INPUT_BYTES``."""
+    size = int(np.dtype(spec.dtype).itemsize)
+    for d in shape:
+        size *= int(d)
+    if size > MAX_INPUT_BYTES:
+        dims = "x".join(map(str, shape))
+        raise InvalidOptionsError(
+            f"input {spec.name!r} of shape {dims} would need {size / 2**30:,.1f} GiB ({np.dtype(spec.dtype).name}) "
+            f"to make verification inputs, more than the {MAX_INPUT_BYTES / 2**30:g} GiB limit; give its real dims "
+            f"with --input-shape {spec.name}=…")
 
 
 def load_user_inputs(path: Path, specs: Sequence[InputSpec]) -> dict[str, np.ndarray]:
@@ -87,6 +110,12 @@ def load_user_inputs(path: Path, specs: Sequence[InputSpec]) -> dict[str, np.nda
     Raises:
         InvalidOptionsError: the file is not a readable ``.npz``, or its arrays fit no input.
     """
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):
+                raise InvalidOptionsError("the inputs file is not a .npz (numpy.savez) archive")
+    except OSError as e:
+        raise InvalidOptionsError(f"the inputs file could not be read: {e.strerror}") from None
     # numpy raises many types for a bad file
     with (map_errors("the inputs file is not a readable .npz", InvalidOptionsError, type_name=False),
           np.load(path, allow_pickle=False) as npz):
@@ -107,8 +136,15 @@ def load_user_inputs(path: Path, specs: Sequence[InputSpec]) -> dict[str, np.nda
             if spec.shape is not None and a.ndim != len(spec.shape):
                 raise InvalidOptionsError(f"inputs file: array for {spec.name!r} has {a.ndim} dims, the model "
                                           f"expects {len(spec.shape)}")
-            if a.dtype == object:
-                raise InvalidOptionsError(f"inputs file: array for {spec.name!r} is not numeric")
+            if a.dtype.kind not in "biuf":
+                raise InvalidOptionsError(f"inputs file: array for {spec.name!r} is not numeric ({a.dtype})")
+            if a.ndim and a.shape[0] == 0:
+                raise InvalidOptionsError(f"inputs file: array for {spec.name!r} has no samples (shape {a.shape})")
+            if a.dtype.kind == "f":
+                bad = a.size - int(np.count_nonzero(np.isfinite(a)))
+                if bad:
+                    raise InvalidOptionsError(f"inputs file: array for {spec.name!r} has {bad} NaN or infinite "
+                                              "value(s); verification inputs must be finite")
             a = a.astype(spec.dtype, copy=False)
             # Not np.ascontiguousarray: it turns a 0-d array (a scalar input such as a sample rate) into shape (1,).
             out[spec.name] = a if a.flags.c_contiguous else np.array(a, order="C")
@@ -124,7 +160,9 @@ def random_inputs(
     for spec in specs:
         shape = shapes[spec.name]
         if np.issubdtype(spec.dtype, np.floating):
-            out[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+            # Drawn in float32 where that is the input's type: no float64 copy twice the size.
+            draw = np.float32 if np.dtype(spec.dtype) == np.float32 else np.float64
+            out[spec.name] = rng.standard_normal(shape, dtype=draw).astype(spec.dtype, copy=False)
         elif spec.dtype == np.bool_:
             out[spec.name] = np.asarray(rng.integers(0, 2, shape)).astype(np.bool_)
         else:
@@ -132,28 +170,81 @@ def random_inputs(
     return out
 
 
+class FidelityStats:
+    """Output agreement accumulated batch by batch (sums, not outputs, are kept: memory is one batch's)."""
+
+    def __init__(self) -> None:
+        self.sq_diff = self.sq_ref = self.sq_cand = self.dot = self.max_abs = 0.0
+        self.top1_hits = self.top1_count = self.samples = 0
+        self.top1_possible = True
+        self.batches = 0
+
+    def add(self, reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> None:
+        """Add one batch's outputs of both models.
+
+        Raises:
+            VerificationError: the outputs differ in number or shape, or are not finite.
+        """
+        if len(reference) != len(candidate):
+            raise VerificationError(f"the converted model has {len(candidate)} outputs, the original "
+                                    f"{len(reference)}")
+        for i, (a, b) in enumerate(zip(reference, candidate, strict=True)):
+            if np.shape(a) != np.shape(b):
+                raise VerificationError(f"output {i}: shape {np.shape(b)} after conversion, {np.shape(a)} before")
+            if not _numeric(a):
+                continue
+            y0 = np.asarray(a, dtype=np.float64).ravel()
+            y1 = np.asarray(b, dtype=np.float64).ravel()
+            if not np.isfinite(y0).all():
+                raise VerificationError(f"the original model's output {i} is not finite (NaN or inf) on the "
+                                        "verification inputs; fidelity cannot be measured")
+            if not np.isfinite(y1).all():
+                raise VerificationError(f"the converted model's output {i} is not finite (NaN or inf) where the "
+                                        "original's is: the conversion is numerically broken for this model")
+            diff = y1 - y0
+            self.sq_diff += float(np.dot(diff, diff))
+            self.sq_ref += float(np.dot(y0, y0))
+            self.sq_cand += float(np.dot(y1, y1))
+            self.dot += float(np.dot(y0, y1))
+            if diff.size:
+                self.max_abs = max(self.max_abs, float(np.max(np.abs(diff))))
+        first0, first1 = np.asarray(reference[0]), np.asarray(candidate[0])
+        if first0.ndim >= 2 and first0.shape[1] > 1 and _numeric(first0):
+            self.top1_hits += int(np.sum(np.argmax(first0, axis=1) == np.argmax(first1, axis=1)))
+            self.top1_count += int(np.prod(np.delete(first0.shape, 1)))
+        else:
+            self.top1_possible = False
+        self.samples += int(first0.shape[0]) if first0.ndim >= 1 else 1
+        self.batches += 1
+
+    def result(self, inputs: str) -> Fidelity:
+        """The ``Fidelity`` of everything added."""
+        n0, n1 = math.sqrt(self.sq_ref), math.sqrt(self.sq_cand)
+        err = math.sqrt(self.sq_diff)
+        rel = err / n0 if n0 > 0 else err
+        cos = self.dot / (n0 * n1) if n0 > 0 and n1 > 0 else float(n0 == n1)
+        top1 = self.top1_hits / self.top1_count if self.top1_possible and self.top1_count else None
+        return Fidelity(rel_l2=rel, max_abs=self.max_abs, cosine=cos, top1_agreement=top1, samples=self.samples,
+                        inputs=inputs)
+
+
 def fidelity(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], inputs: str) -> Fidelity:
-    """Agreement of ``candidate`` outputs with ``reference`` outputs (see ``Fidelity``)."""
-    if len(reference) != len(candidate):
-        raise VerificationError(f"the converted model has {len(candidate)} outputs, the original {len(reference)}")
-    for i, (a, b) in enumerate(zip(reference, candidate, strict=True)):
-        if np.shape(a) != np.shape(b):
-            raise VerificationError(f"output {i}: shape {np.shape(b)} after conversion, {np.shape(a)} before")
-    ref = [np.asarray(a, dtype=np.float64).ravel() for a in reference if _numeric(a)]
-    cand = [np.asarray(b, dtype=np.float64).ravel() for a, b in zip(reference, candidate, strict=True) if _numeric(a)]
-    y0 = np.concatenate(ref) if ref else np.zeros(0)
-    y1 = np.concatenate(cand) if cand else np.zeros(0)
-    diff = y1 - y0
-    n0, n1 = float(np.linalg.norm(y0)), float(np.linalg.norm(y1))
-    rel = float(np.linalg.norm(diff) / n0) if n0 > 0 else float(np.linalg.norm(diff))
-    cos = float(np.dot(y0, y1) / (n0 * n1)) if n0 > 0 and n1 > 0 else float(n0 == n1)
-    max_abs = float(np.max(np.abs(diff))) if diff.size else 0.0
-    top1 = None
-    first0, first1 = np.asarray(reference[0]), np.asarray(candidate[0])
-    if first0.ndim >= 2 and first0.shape[1] > 1 and _numeric(first0):
-        top1 = float(np.mean(np.argmax(first0, axis=1) == np.argmax(first1, axis=1)))
-    samples = int(first0.shape[0]) if first0.ndim >= 1 else 1
-    return Fidelity(rel_l2=rel, max_abs=max_abs, cosine=cos, top1_agreement=top1, samples=samples, inputs=inputs)
+    """Agreement of ``candidate`` outputs with ``reference`` outputs (see ``Fidelity``), for one batch."""
+    stats = FidelityStats()
+    stats.add(reference, candidate)
+    return stats.result(inputs)
+
+
+def batches(inputs: Mapping[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
+    """``inputs`` in slices of at most ``size`` along the first (batch) dim, as views; whole when the inputs do not
+    share one first dim (nothing to split by)."""
+    firsts = {a.shape[0] if a.ndim else None for a in inputs.values()}
+    count = firsts.pop() if len(firsts) == 1 else None
+    if count is None or count <= size:
+        yield dict(inputs)
+        return
+    for start in range(0, count, size):
+        yield {k: v[start:start + size] for k, v in inputs.items()}
 
 
 def _numeric(a: np.ndarray) -> bool:
@@ -212,12 +303,21 @@ def verify(
                         type_name=False):
             run, backend = adapter.runner(path, sub, threads, device)
         runners.append(run)
-    outs = []
-    for label, run in zip(("original", "converted"), runners, strict=True):
-        with map_errors(f"the {label} model failed on the verification inputs ({_shapes(inputs)})",
-                        VerificationError, limit=400, type_name=False):
-            outs.append([np.asarray(o) for o in run(inputs)])
-    fid = fidelity(outs[0], outs[1], input_kind)
+    # Fidelity batch by batch (``batch_size`` samples at a time), whatever the number of user samples: memory is
+    # bounded by one batch's inputs, activations and outputs. Latency is timed on the first batch.
+    stats = FidelityStats()
+    timed: dict[str, np.ndarray] | None = None
+    for chunk in batches(inputs, config.batch_size):
+        timed = chunk if timed is None else timed
+        outs = []
+        for label, run in zip(("original", "converted"), runners, strict=True):
+            with map_errors(f"the {label} model failed on the verification inputs ({_shapes(chunk)})",
+                            VerificationError, limit=400, type_name=False):
+                outs.append([np.asarray(o) for o in run(chunk)])
+        stats.add(outs[0], outs[1])
+        del outs
+    fid = stats.result(input_kind)
+    inputs = timed if timed is not None else inputs
     ta, tb = measure_latency(lambda: runners[0](inputs), lambda: runners[1](inputs), config.latency_runs)
     p50a, p50b = float(np.median(ta)) * 1e3, float(np.median(tb)) * 1e3
     first = next(iter(inputs.values()), None)

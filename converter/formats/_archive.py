@@ -2,7 +2,7 @@
 
 Uploads are untrusted, so an archive is read only after its directory has been checked: no absolute paths or
 ``..`` in member names, no symlinks or special files, no encrypted or duplicate members, at most
-``MAX_ZIP_MEMBERS`` members and ``MAX_UNPACKED_BYTES`` unpacked (zip bombs; the byte count is enforced again
+``MAX_ZIP_MEMBERS`` members and ``unpack_limit`` bytes unpacked (zip bombs; the byte count is enforced again
 while unpacking, since a zip's declared sizes can lie). Unpacking writes only into a new folder under the
 given work folder. ``resolve_inside`` applies the same rules to a path a model names (ONNX external data).
 
@@ -26,7 +26,9 @@ from .._errors import UnsupportedModelError, one_line
 
 __all__ = [
     "MAX_UNPACKED_BYTES",
+    "MAX_UNPACK_RATIO",
     "MAX_ZIP_MEMBERS",
+    "MIN_UNPACK_CAP",
     "ZIP_MAGIC",
     "Member",
     "check_archive",
@@ -34,10 +36,15 @@ __all__ = [
     "member_names",
     "resolve_inside",
     "unpack",
+    "unpack_limit",
 ]
 
-#: Refuse archives that would unpack to more than this many bytes (zip bombs).
+#: Refuse archives that would unpack to more than this many bytes (zip bombs), whatever their size…
 MAX_UNPACKED_BYTES = 16 * 2**30
+#: … and to more than this many times their own size, or ``MIN_UNPACK_CAP``, whichever is larger
+#: (``unpack_limit``). The service bounds every file its conversion process writes the same way.
+MAX_UNPACK_RATIO = 8
+MIN_UNPACK_CAP = 2**30
 #: Refuse archives with more members than this.
 MAX_ZIP_MEMBERS = 10_000
 #: The first bytes of a zip file (a local file header, or the end record of an empty archive).
@@ -84,7 +91,18 @@ def _parts(name: str) -> tuple[str, ...]:
     return parts
 
 
-def _safe_members(zf: zipfile.ZipFile) -> list[Member]:
+def unpack_limit(archive_bytes: int) -> int:
+    """The most bytes an archive of ``archive_bytes`` may unpack to: ``MAX_UNPACK_RATIO`` times its size, at least
+    ``MIN_UNPACK_CAP``, at most ``MAX_UNPACKED_BYTES`` (the same in the CLI, the library and the service)."""
+    return min(MAX_UNPACKED_BYTES, max(MIN_UNPACK_CAP, MAX_UNPACK_RATIO * int(archive_bytes)))
+
+
+def _too_big(limit: int) -> UnsupportedModelError:
+    return UnsupportedModelError(f"zip archive unpacks to more than {limit} bytes ({MAX_UNPACK_RATIO}× its size, at "
+                                 f"least {MIN_UNPACK_CAP}); refusing it")
+
+
+def _safe_members(zf: zipfile.ZipFile, limit: int) -> list[Member]:
     infos = zf.infolist()
     if len(infos) > MAX_ZIP_MEMBERS:
         raise UnsupportedModelError(f"zip archive has {len(infos)} members, more than {MAX_ZIP_MEMBERS}")
@@ -107,8 +125,8 @@ def _safe_members(zf: zipfile.ZipFile) -> list[Member]:
             raise UnsupportedModelError(f"zip archive has two members named {info.filename!r}")
         seen.add(key)
         total += info.file_size
-        if total > MAX_UNPACKED_BYTES:
-            raise UnsupportedModelError(f"zip archive unpacks to more than {MAX_UNPACKED_BYTES} bytes; refusing it")
+        if total > limit:
+            raise _too_big(limit)
         members.append(Member(info, parts))
     return members
 
@@ -122,7 +140,7 @@ def check_archive(path: Path) -> list[Member]:
     """
     try:
         with zipfile.ZipFile(path) as zf:
-            return _safe_members(zf)
+            return _safe_members(zf, unpack_limit(os.path.getsize(path)))
     except UnsupportedModelError:
         raise
     except _ERRORS as e:
@@ -157,8 +175,9 @@ def unpack(path: Path, workdir: Path, *, prefix: str,
     workdir.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir=workdir))
     try:
+        limit = unpack_limit(os.path.getsize(path))
         with zipfile.ZipFile(path) as zf:
-            members = _safe_members(zf)
+            members = _safe_members(zf, limit)
             if check is not None:
                 check(members)
             written = 0
@@ -168,9 +187,8 @@ def unpack(path: Path, workdir: Path, *, prefix: str,
                 with zf.open(m.info) as src, open(target, "xb") as dst:
                     while chunk := src.read(1 << 20):
                         written += len(chunk)
-                        if written > MAX_UNPACKED_BYTES:
-                            raise UnsupportedModelError(
-                                f"zip archive unpacks to more than {MAX_UNPACKED_BYTES} bytes; refusing it")
+                        if written > limit:
+                            raise _too_big(limit)
                         dst.write(chunk)
     except UnsupportedModelError:
         raise

@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from converter import SepconvError
 
@@ -117,6 +118,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _database(request: Request, exc: OperationalError) -> JSONResponse:
         log.error("database error on %s %s: %s", request.method, request.url.path, exc)
         return error_response(503, "unavailable", "the job database is unavailable; try again later")
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # Not an error of ours: the client hung up (mid-upload, say). Nobody reads the answer.
+        log.info("client went away during %s %s", request.method, request.url.path)
+        return error_response(400, "invalid_options", "the client closed the connection before the request ended")
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:

@@ -41,6 +41,7 @@ from typing import Any
 import psutil
 
 from converter.formats import format_names
+from converter.formats._archive import unpack_limit
 
 from ..core.config import Settings
 from ..core.db import get_engine
@@ -275,7 +276,7 @@ class JobRunner:
             "report": str(work / "report.json"),
             "options": options,
             "memory_mb": s.job_memory_mb,
-            "max_file_bytes": max(8 * input_bytes, 1024**3),
+            "max_file_bytes": unpack_limit(input_bytes),  # the library's own cap on unpacked archives
             "test_hook": s.test_hook,
             "allow_unconfined": s.allow_unconfined_code,
             "parent_pid": os.getpid(),
