@@ -1,4 +1,4 @@
-"""sepconv's converter: standard CNNs (ONNX, TorchScript) in, depthwise-separable CNNs out.
+"""sepconv's converter: standard CNNs (ONNX, TorchScript, torch.export .pt2) in, depthwise-separable CNNs out.
 
 The public surface is what ``__all__`` lists; everything else lives in private modules and may change.
 Importing this package is cheap and needs only pydantic: the heavy parts (numpy, onnx, torch) load on first use
@@ -23,7 +23,7 @@ from ._errors import (
     UnsupportedModelError,
     VerificationError,
 )
-from ._report import Counts, Fidelity, Latency, LayerReport, Report, Timings
+from ._report import Accuracy, Counts, Fidelity, Latency, LayerReport, Report, StageValues, Timings
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_ENERGY",
+    "Accuracy",
     "ConversionConfig",
     "ConversionError",
     "ConversionResult",
@@ -44,6 +45,7 @@ __all__ = [
     "LayerReport",
     "Report",
     "SepconvError",
+    "StageValues",
     "Timings",
     "UnsupportedModelError",
     "VerificationError",

@@ -13,17 +13,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ._accuracy import Scorer
+from ._accuracy import Scorer, better
+from ._config import ConversionConfig
 from ._data import Samples
 from ._decompose import Decomposition
 from ._refit import LayerStats, calibrate_layer, dense
-from .formats._base import ConvLayer
+from ._report import Accuracy, StageValues
+from .formats._base import ConvLayer, Rewrite
 from .formats._taps import Tap
 
-__all__ = ["Calibration", "LayerOutcome", "calibrate", "evaluate", "overrides"]
+__all__ = ["Calibration", "LayerOutcome", "Recovery", "calibrate", "evaluate", "held_out", "overrides", "recover"]
 
 #: ``progress(fraction)`` within the stage.
 Progress = Callable[[float], None]
@@ -136,3 +140,118 @@ def evaluate(
         if progress is not None:
             progress((i + 1) / total)
     return scorer
+
+
+@dataclass
+class Recovery:
+    """What the calibrate stage hands back to the pipeline.
+
+    Attributes:
+        model: the original model rewritten with the calibrated factors, or None to keep the data-free one.
+        factors: the calibrated factors (as ``Factors``), or None.
+        accuracy: the report's ``accuracy`` section.
+        layers: per layer name, report fields (``calibration``, ``output_error``).
+        warnings: for the report.
+    """
+
+    model: Any
+    factors: list[Any] | None
+    accuracy: Accuracy
+    layers: dict[str, dict[str, Any]]
+    warnings: list[str]
+
+
+def held_out(data: Samples, eval_: Samples | None, share: float, seed: int) -> tuple[Samples, Samples, str]:
+    """``(calibration samples, held-out samples, how they were chosen)``."""
+    if eval_ is not None:
+        return data, eval_, f"{eval_.description}: {eval_.count} samples"
+    kept, held = data.split(share, seed)
+    return kept, held, (f"{held.count} of {data.count} samples of {data.description} ({share:.0%}, seed {seed}) "
+                        "held out, not used for calibration")
+
+
+def recover(
+    adapter: Any,
+    src: Path,
+    workdir: Path,
+    factors: Sequence[Any],
+    input_shapes: dict[str, tuple[int, ...]],
+    data: Samples,
+    eval_: Samples | None,
+    config: ConversionConfig,
+    progress: Progress | None = None,
+) -> Recovery:
+    """Calibrate the converted layers on ``data`` (unless ``recover="none"``), score the original, data-free and
+    calibrated models on the held-out samples, and keep the calibrated factors only if they are at least as
+    good there. ``factors`` are the data-free ``Factors`` of the converted layers (the pipeline's)."""
+    notify = progress or (lambda _: None)
+    fresh = adapter.load(src, _mkdir(workdir / "original"))
+    by_name = {layer.name: layer for layer in adapter.find_convs(fresh, input_shapes)}
+    ours = [by_name[f.layer.name] for f in factors if f.layer.name in by_name]
+    tap = adapter.tap(fresh, ours, _mkdir(workdir / "tap"), config.threads)
+    calib, held, how = held_out(data, eval_, config.holdout, config.seed)
+    calib = calib.head(config.calibration_samples)
+    data_free = {f.layer.name: (f.decomposition, f.bias) for f in factors}
+    variants = {"data_free": overrides(tap, data_free)}
+    result = None
+    warnings: list[str] = []
+    if config.recover != "none" and factors:
+        items = [(by_name[f.layer.name], f.decomposition) for f in factors if f.layer.name in by_name]
+        result = calibrate(tap, items, calib, batch_size=config.batch_size, seed=config.seed,
+                           progress=lambda x: notify(0.8 * x))
+        variants["calibrated"] = overrides(tap, {**data_free, **result.factors})
+        if result.skipped:
+            names = ", ".join(sorted(result.skipped)[:3])
+            warnings.append(f"{len(result.skipped)} converted layer(s) could not be calibrated and stay data-free "
+                            f"({names}: {next(iter(result.skipped.values()))})")
+    scorer = evaluate(tap, variants, held, batch_size=config.batch_size, num_classes=held.num_classes,
+                      progress=lambda x: notify(0.8 + 0.2 * x) if result is not None else notify(x))
+    keep = result is not None and better(scorer, "calibrated", "data_free")
+    metric = scorer.metric
+    values = {name: scorer.values(name) for name in ("original", *variants)}
+    note = None
+    if result is not None and not keep:
+        note = (f"calibration did not improve the held-out {metric} ({values['calibrated'][metric]} vs "
+                f"{values['data_free'][metric]} data-free): the data-free factors were kept")
+        warnings.append(note)
+
+    def stage(key: str) -> StageValues | None:
+        got = {name: v[key] for name, v in values.items()}
+        if all(v is None for v in got.values()):
+            return None
+        return StageValues(**got)
+
+    accuracy = Accuracy(
+        metric=metric, samples=scorer.samples, held_out=how,
+        original=values["original"][metric], data_free=values["data_free"][metric],
+        calibrated=values["calibrated"][metric] if "calibrated" in values else None,
+        top5=stage("top5"), top1_agreement=stage("top1_agreement"), rel_l2=stage("rel_l2"),
+        calibration_samples=result.samples if result is not None else None,
+        kept="calibrated" if keep else "data_free", note=note,
+    )
+    layers: dict[str, dict[str, Any]] = {}
+    if result is not None:
+        for name, outcome in result.layers.items():
+            layers[name] = {"calibration": outcome.method if keep else f"{outcome.method} (not kept)",
+                            "output_error": StageValues(data_free=outcome.data_free,
+                                                        calibrated=outcome.calibrated)}
+        for name, reason in result.skipped.items():
+            layers[name] = {"calibration": f"skipped: {reason}"}
+    if not keep:
+        return Recovery(None, None, accuracy, layers, warnings)
+    new = []
+    for f in factors:
+        if f.layer.name in result.factors:
+            dec, bias = result.factors[f.layer.name]
+            f = f.with_weights(dec.first if dec.order == "dw-pw" else dec.second,
+                               dec.second if dec.order == "dw-pw" else dec.first, bias)
+        new.append(f)
+    # The rewrite goes onto the freshly loaded original (the tap left it as it was), with that model's layers.
+    rewrites = [Rewrite(by_name.get(f.layer.name, f.layer), f.lowered(), f.bias) for f in new]
+    model = adapter.apply(fresh, rewrites)
+    return Recovery(model, new, accuracy, layers, warnings)
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p

@@ -6,7 +6,7 @@ catch one type and print its message; lower-level errors (protobuf, torch, onnxr
 
     SepconvError
     ├── InvalidOptionsError     unknown, out-of-range or contradictory options; bad --input-shape or inputs
-    ├── UnsupportedModelError   not ONNX/TorchScript, empty, truncated, corrupt, unsafe archive
+    ├── UnsupportedModelError   no registered format, empty, truncated, corrupt, unsafe archive
     ├── ConversionError         a layer could not be rewritten, or the result could not be saved
     └── VerificationError       the original or converted model would not run on the verification inputs
 
@@ -46,7 +46,8 @@ class InvalidOptionsError(SepconvError, ValueError):
 
 
 class UnsupportedModelError(SepconvError):
-    """The input is not a model sepconv reads: not ONNX or TorchScript, empty, truncated, corrupt or unsafe."""
+    """The input is not a model sepconv reads: no registered format reads it, or it is empty, truncated, corrupt
+    or unsafe."""
 
     code = "unsupported_model"
 

@@ -51,7 +51,7 @@ class Factors:
         decomposition: the two factors (``first``, ``second``; see ``Decomposition``) and their weight error.
         lowering: how they are emitted as convs.
         bias: a replacement bias for the layer's output, or None to keep the original (the adapter carries it
-            over). Calibration may set it; adapters that do not yet honour a replacement refuse it.
+            over). Calibration may set it.
     """
 
     layer: ConvLayer
@@ -108,14 +108,5 @@ def factorize(decisions: Iterable[LayerDecision], spectra: Spectra | None = None
 
 
 def rewrites(factors: Iterable[Factors]) -> list[Rewrite]:
-    """What the adapter is asked to do: replace each layer by its lowered factors.
-
-    Raises:
-        ValueError: a factor carries a replacement bias (no adapter takes one yet).
-    """
-    out = []
-    for f in factors:
-        if f.bias is not None:
-            raise ValueError(f"layer {f.layer.name}: a replacement bias cannot be written yet")
-        out.append(Rewrite(f.layer, f.lowered()))
-    return out
+    """What the adapter is asked to do: replace each layer by its lowered factors (and replacement bias)."""
+    return [Rewrite(f.layer, f.lowered(), f.bias) for f in factors]

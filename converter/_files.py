@@ -31,7 +31,8 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     ``dest`` is left as it was. The block must create the file.
     """
     dest = Path(dest)
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.tmp")
+    # Hidden, and ending in dest's suffix (torch.export.save warns about any other).
+    tmp = dest.with_name(f".{dest.stem}.{uuid.uuid4().hex[:12]}.tmp{dest.suffix}")
     try:
         yield tmp
         os.replace(tmp, dest)

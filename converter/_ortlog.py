@@ -7,7 +7,8 @@ its warnings are about the runtime's internals (a declared output shape that a u
 memory-pattern choices) and its errors also come back as the Python exception that our one-line errors quote.
 With the ``sepconv`` logger at DEBUG (``SEPCONV_LOG_LEVEL=debug``), its warnings are let through for diagnosis.
 
-This module does not create sessions; the places that do call ``session_severity()`` for their options.
+This module does not create sessions: the pipeline calls ``quiet_onnxruntime()`` before any exists, and the
+places that create them (the ONNX runner, the latency timers) set ``session_severity()`` in their options too.
 """
 
 from __future__ import annotations

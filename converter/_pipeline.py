@@ -23,18 +23,21 @@ from typing import Any
 
 import numpy as np
 
+from ._calibrate import held_out, recover
 from ._config import ConversionConfig
 from ._cost import CostModel, CountingCostModel
+from ._data import Samples, image_spec_from, load_samples
 from ._device import resolve_device
 from ._errors import ConversionError, InvalidOptionsError, map_errors
 from ._factorize import Factors, Spectra, factorize, rewrites
 from ._graphcheck import trusting
+from ._latency._stage import measure_step, verify_step
 from ._ortlog import quiet_onnxruntime
 from ._plan import Plan, plan
 from ._report import Fidelity, FinetuneReport, Latency, Report
 from ._stages import STAGE_NAMES, ProgressCallback, StageClock, StageProgress
 from ._summary import build_report
-from ._verify import load_user_inputs, random_inputs, resolve_input_shapes, verify
+from ._verify import load_user_inputs, resolve_input_shapes
 from .formats import detect_format
 from .formats._base import ConvLayer, FormatAdapter, InputSpec, ModelStats
 
@@ -81,7 +84,8 @@ class Conversion:
     """What the stages of one conversion share. Each stage reads what earlier ones left and adds its part.
 
     Set before the first stage: ``config``, ``src`` (the input file), ``dest`` (where the result goes, or None
-    for bytes), ``inputs_path`` (the user's verification inputs), ``work`` (a private scratch folder).
+    for bytes), ``inputs_path`` (the user's verification inputs), ``work`` (a private scratch folder),
+    ``data_path`` and ``eval_path`` (the user's samples for recovery and the accuracy report).
     """
 
     config: ConversionConfig
@@ -89,10 +93,9 @@ class Conversion:
     dest: Path | None
     inputs_path: Path | None
     work: Path
-    # the user's samples (``data``/``eval``) and where a fine-tune keeps its checkpoints
     data_path: Path | None = None
     eval_path: Path | None = None
-    checkpoint_dir: Path | None = None
+    checkpoint_dir: Path | None = None  # where a fine-tune keeps its checkpoint (resumes from one found there)
     # load
     adapter: FormatAdapter | None = None
     model: Any = None
@@ -100,6 +103,8 @@ class Conversion:
     user_inputs: dict[str, np.ndarray] | None = None
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    samples: Samples | None = None
+    eval_samples: Samples | None = None
     # plan (and measure, which may replace the cost model and plan again)
     cost_model: CostModel = field(default_factory=CountingCostModel)
     spectra: Spectra = field(default_factory=Spectra)
@@ -114,10 +119,10 @@ class Conversion:
     # verify
     fidelity: Fidelity | None = None
     latency: Latency | None = None
-    # report keys and warnings that stages add (accuracy, …)
+    # report keys and warnings that stages add (accuracy, …), and per-layer report fields by layer name
     report_extra: dict[str, Any] = field(default_factory=dict)
+    layer_extra: dict[str, dict[str, Any]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    _samples: tuple[Any, Any] | None = field(default=None, repr=False)
 
     @property
     def per_sample(self) -> dict[str, tuple[int, ...]]:
@@ -133,24 +138,6 @@ class Conversion:
         """A private scratch folder for one purpose, created on first use."""
         return _mkdir(self.work / name)
 
-    def samples(self) -> tuple[Any, Any]:
-        """The user's samples as ``(training/calibration, held-out)``: ``eval`` when given, else a seeded
-        ``config.holdout`` share of ``data`` (loaded and validated once, on first use)."""
-        if self._samples is None:
-            from ._data import image_spec_from, load_samples
-
-            if self.data_path is None:
-                raise InvalidOptionsError(f"recover={self.config.recover} needs samples: give data (--data)")
-            image = image_spec_from(self.config)
-            data = load_samples(self.data_path, self.specs, image_spec=image, what="data")
-            if self.eval_path is not None:
-                held = load_samples(self.eval_path, self.specs, image_spec=image, num_classes=data.num_classes,
-                                    what="eval")
-                self._samples = (data, held)
-            else:
-                self._samples = data.split(self.config.holdout, self.config.seed)
-        return self._samples
-
 
 def _load(c: Conversion, _: StageProgress) -> None:
     c.adapter = detect_format(c.src)
@@ -159,16 +146,31 @@ def _load(c: Conversion, _: StageProgress) -> None:
     c.specs = c.adapter.input_specs(c.model)
     if c.inputs_path is not None:
         c.user_inputs = load_user_inputs(c.inputs_path, c.specs)
+    _load_samples(c)
     c.shapes, c.problems = resolve_input_shapes(c.specs, c.config, c.user_inputs)
     if c.problems and (c.config.verify or c.config.target_macs is not None):
         need = "verification" if c.config.verify else "a MAC budget"
         raise InvalidOptionsError(f"{need} needs concrete input shapes: {c.problems[0]}")
 
 
+def _load_samples(c: Conversion) -> None:
+    """The user's samples, checked against the model's inputs before any long work starts."""
+    cfg = c.config
+    if c.data_path is None and cfg.recover in ("calibrate", "finetune"):
+        raise InvalidOptionsError(f"recover={cfg.recover} needs samples of the model's inputs: give --data")
+    image = image_spec_from(cfg)
+    if c.data_path is not None:
+        c.samples = load_samples(c.data_path, c.specs, image_spec=image, what="data")
+    if c.eval_path is not None:
+        c.eval_samples = load_samples(c.eval_path, c.specs, image_spec=image, what="eval")
+
+
 def _plan(c: Conversion, _: StageProgress) -> None:
     assert c.adapter is not None
     c.layers = c.adapter.find_convs(c.model, c.per_sample)
     c.before = c.adapter.stats(c.model, c.per_sample)
+    if c.config.measure:
+        return  # the measure stage plans, on measured latency
     c.plan = plan(c.layers, c.config, c.cost_model, total_params=c.before.params, total_macs=c.before.macs,
                   spectra=c.spectra)
     c.factors = factorize(c.plan.decisions, c.spectra)
@@ -185,6 +187,22 @@ def _rewrite(c: Conversion, _: StageProgress) -> None:
     c.after = c.adapter.stats(c.model, c.per_sample)
 
 
+def _calibrate(c: Conversion, within: StageProgress) -> None:
+    assert c.adapter is not None
+    data = c.samples if c.samples is not None else c.eval_samples
+    assert data is not None
+    cfg = c.config if c.samples is not None else c.config.model_copy(update={"recover": "none"})
+    with trusting(c.config.trust_model), map_errors("calibration failed", ConversionError):
+        out = recover(c.adapter, c.src, c.workdir("calibrate"), c.factors, c.per_sample, data,
+                      c.eval_samples if c.samples is not None else None, cfg, within.update)
+    c.report_extra["accuracy"] = out.accuracy
+    c.layer_extra.update(out.layers)
+    c.warnings.extend(out.warnings)
+    if out.model is not None:
+        c.model, c.factors = out.model, out.factors
+        c.after = c.adapter.stats(c.model, c.per_sample)
+
+
 def _save(c: Conversion, _: StageProgress) -> None:
     assert c.adapter is not None and c.staging is not None
     if c.factors:
@@ -195,27 +213,17 @@ def _save(c: Conversion, _: StageProgress) -> None:
         shutil.copyfile(c.src, c.saved)
 
 
-def _verify(c: Conversion, _: StageProgress) -> None:
-    assert c.adapter is not None and c.saved is not None
-    cfg = c.config
-    if c.user_inputs is not None:
-        others = random_inputs([s for s in c.specs if s.name not in c.user_inputs], c.shapes, cfg.seed)
-        inputs, kind = {**others, **c.user_inputs}, "user"
-    else:
-        inputs, kind = random_inputs(c.specs, c.shapes, cfg.seed), "random"
-    c.fidelity, c.latency = verify(c.adapter, c.src, c.saved, inputs, kind, cfg, c.workdir("verify"), c.device)
-
-
 def _finetune(c: Conversion, within: StageProgress) -> None:
-    """Fine-tune the rewritten model by distillation from the original (``converter._finetune``); the trained
-    model replaces ``c.model``, so the save stage writes it as any converted model."""
+    """Fine-tune the rewritten (and calibrated) model by distillation from the original (``converter._finetune``)
+    on the calibration split of the samples, early-stopping on the held-out one; the trained model replaces
+    ``c.model``, so the save stage writes it as any converted model."""
     from ._finetune import FinetuneOptions, finetune
 
-    assert c.adapter is not None
+    assert c.adapter is not None and c.samples is not None
     if not c.factors:
         c.warnings.append("fine-tuning skipped: no layer was converted")
         return
-    train, held = c.samples()
+    train, held, _ = held_out(c.samples, c.eval_samples, c.config.holdout, c.config.seed)
     folder = c.workdir("finetune")
     with map_errors("saving the model for fine-tuning failed", ConversionError):
         student = c.adapter.save(c.model, folder / f"student{c.adapter.suffix}")
@@ -224,15 +232,28 @@ def _finetune(c: Conversion, within: StageProgress) -> None:
                           holdout=held, options=FinetuneOptions.from_config(c.config, c.device),
                           workdir=c.workdir("finetune-work"), checkpoint_dir=c.checkpoint_dir,
                           progress=within.update, threads=c.config.threads)
-        c.model = c.adapter.load(result.path, c.workdir("finetune-load"))
+        if result.improved:
+            c.model = c.adapter.load(result.path, c.workdir("finetune-load"))
     c.report_extra["finetune"] = FinetuneReport(
         metric=result.metric, before=round(result.before, 6), after=round(result.after, 6), epochs=result.epochs,
         stopped=result.stopped, seconds=result.seconds, resumed=result.resumed, device=result.device,
         scope=result.scope, train_samples=train.count, holdout_samples=held.count, history=result.history)
+    accuracy = c.report_extra.get("accuracy")
+    if accuracy is not None and accuracy.metric == result.metric:
+        # The same held-out samples and metric as the accuracy section's other stages.
+        update: dict[str, Any] = {"finetuned": round(result.after, 6)}
+        if result.improved:
+            update["kept"] = "finetuned"
+        c.report_extra["accuracy"] = accuracy.model_copy(update=update)
 
 
 def _always(_: Conversion) -> bool:
     return True
+
+
+def _has_samples(c: Conversion) -> bool:
+    # With --eval alone the stage only measures accuracy; with --recover none, too.
+    return c.data_path is not None or c.eval_path is not None
 
 
 #: A stage's code: reads and updates the conversion, reports progress within the stage.
@@ -244,10 +265,12 @@ Step = Callable[[Conversion, StageProgress], None]
 STEPS: dict[str, tuple[Callable[[Conversion], bool], Step]] = {
     "load": (_always, _load),
     "plan": (_always, _plan),
+    "measure": (lambda c: c.config.measure, measure_step),
     "rewrite": (_always, _rewrite),
+    "calibrate": (_has_samples, _calibrate),
     "finetune": (lambda c: c.config.recover == "finetune", _finetune),
     "save": (_always, _save),
-    "verify": (lambda c: c.config.verify, _verify),
+    "verify": (lambda c: c.config.verify, verify_step),
 }
 
 
@@ -257,9 +280,9 @@ def convert(
     *,
     config: ConversionConfig | None = None,
     inputs: str | Path | None = None,
-    progress: ProgressCallback | None = None,
     data: str | Path | None = None,
     eval: str | Path | None = None,
+    progress: ProgressCallback | None = None,
     checkpoint_dir: str | Path | None = None,
     **options: Any,
 ) -> ConversionResult:
@@ -272,13 +295,15 @@ def convert(
             external data is written as a ``.zip``). Without it the bytes are returned in ``result.data``.
         config: options as a ``ConversionConfig``; keyword ``options`` (the same names) override it.
         inputs: a ``.npz`` of verification inputs (an ``inputs`` array, or arrays named like the model's inputs).
+        data: samples of the model's real inputs (a ``.npz``, optionally with ``labels``, or an image folder with
+            the ``image_*`` options): calibration recovers accuracy on them (``recover``), and the report's
+            ``accuracy`` is measured on held-out samples (README, "Accuracy recovery").
+        eval: held-out samples for the accuracy report (same layout); without it ``holdout`` of ``data`` is
+            held out.
         progress: called as ``progress(stage, fraction)`` while the conversion runs (``progress(stage, fraction,
             detail)`` if it takes a third parameter); see ``converter._stages``.
-        data: the user's samples for accuracy recovery: a ``.npz`` (``inputs`` or arrays named like the model's
-            inputs, optional ``labels``) or an image folder (see ``converter._data``).
-        eval: held-out samples, same layout; without it a ``holdout`` share of ``data`` is held out.
-        checkpoint_dir: where a fine-tune (``recover="finetune"``) keeps its checkpoint; run again with the
-            same folder and inputs, an interrupted fine-tune resumes instead of starting over.
+        checkpoint_dir: where a fine-tune (``recover="finetune"``) keeps its checkpoint; run again with the same
+            folder and inputs, an interrupted fine-tune resumes instead of starting over.
         **options: any ``ConversionConfig`` field, e.g. ``rank=2``, ``order="dw-pw"``, ``device="cuda"``.
 
     Returns:
@@ -336,7 +361,8 @@ def _report(c: Conversion, seconds: dict[str, float]) -> Report:
         format=c.adapter.name, before=c.before, after=c.after or c.before,
         file_bytes=(c.src.stat().st_size, c.saved.stat().st_size), policy=c.plan.policy,
         decisions=c.plan.decisions, factors=c.factors, shapes=c.shapes, problems=c.problems,
-        fidelity=c.fidelity, latency=c.latency, seconds=seconds, extra=c.report_extra, warnings=c.warnings)
+        fidelity=c.fidelity, latency=c.latency, seconds=seconds, extra=c.report_extra, warnings=c.warnings,
+        layer_extra=c.layer_extra)
 
 
 def _publish(c: Conversion, report: Report) -> ConversionResult:

@@ -28,8 +28,13 @@ kernel whitened by the input-patch covariance; its right factor gives the depthw
 channel, the SVD of ``Σ_C^{1/2} B_n Σ_k^{1/2}`` with the channel and tap covariances (a Kronecker approximation
 of the patch covariance). Either is followed by the least-squares refit above.
 
-**Choice.** ``calibrate_layer`` measures ``E`` for the data-free factors, the data-free factors refitted, and the
-whitened factors refitted, on the same statistics, and keeps the smallest (the report says which).
+**Alternating least squares.** With the last factor fixed the output is linear in the first factor too (PW→DW:
+per output channel, features ``Σ_t Q[n,r,t] p[m,t]``; DW→PW: all depthwise filters jointly, normal matrix
+``(PᵀP) ∘ G`` blockwise), so ``refit_first`` and ``refit`` alternate, each step lowering ``E``.
+
+**Choice.** ``calibrate_layer`` measures ``E`` for the data-free factors, the data-free factors refitted, the
+whitened factors refitted, and the better of those two after alternating least squares, on the same statistics,
+and keeps the smallest (the report says which).
 """
 
 from __future__ import annotations
@@ -46,11 +51,13 @@ __all__ = [
     "CalibratedLayer",
     "Geometry",
     "LayerStats",
+    "alternate",
     "calibrate_layer",
     "dense",
     "output_error",
     "patches",
     "refit",
+    "refit_first",
     "whitened",
 ]
 
@@ -246,6 +253,80 @@ def refit(stats: LayerStats, dec: Decomposition, ridge: float = 1e-3) -> tuple[D
     return out, bias.astype(np.float32)
 
 
+def refit_first(stats: LayerStats, dec: Decomposition, bias: np.ndarray, ridge: float = 1e-3,
+                limit: int = MAX_PATCH_DIM) -> tuple[Decomposition, np.ndarray] | None:
+    """Keep the last factor, refit the first by least squares (one step of alternating least squares); returns
+    the new factors and bias, or None where the normal equations would exceed ``limit`` unknowns per solve.
+
+    PW→DW: per output channel ``n`` the output is linear in ``P[n·K + r, m]`` with features
+    ``Σ_t Q[n, r, t] p[m, t]``; the bias is refitted with it. DW→PW: the output is linear in all depthwise
+    filters at once, ``AᵀA[(c,r,t),(c',r',t')] = (PᵀP)[(c,r),(c',r')] · G[(c,t),(c',t')]``; the bias is kept.
+    """
+    g, c, k, ng, kk = stats.groups, stats.c, stats.k, stats.ng, dec.rank
+    n = g * ng
+    bias = np.asarray(bias, dtype=np.float64)
+    if dec.order == "pw-dw":
+        if kk * c + 1 > limit:
+            return None
+        q = dec.second.reshape(n, kk, k).astype(np.float64)
+        first = np.zeros((n, kk, c))
+        new_bias = np.zeros(n)
+        for gi in range(g):
+            gm, xg = stats.G[gi], stats.X[gi]
+            g4 = gm[:-1, :-1].reshape(c, k, c, k)
+            gc = gm[:-1, -1].reshape(c, k)
+            step = max(1, _CHUNK_ELEMENTS // max(1, kk * c * c * k))
+            for lo in range(0, ng, step):
+                hi = min(ng, lo + step)
+                qn = q[gi * ng + lo:gi * ng + hi]  # [n, K, k]
+                h = np.tensordot(qn, g4, axes=([2], [1]))  # [n, K, C, C, k]: Σ_t Q[n,r,t] G[m,t,l,u]
+                m = hi - lo
+                gram_f = (h.reshape(m, kk * c * c, k) @ qn.transpose(0, 2, 1)).reshape(m, kk, c, c, kk)
+                gram = np.zeros((m, kk * c + 1, kk * c + 1))
+                gram[:, :-1, :-1] = gram_f.transpose(0, 1, 2, 4, 3).reshape(m, kk * c, kk * c)
+                gram_c = np.einsum("nrt,mt->nrm", qn, gc).reshape(m, kk * c)
+                gram[:, :-1, -1] = gram_c
+                gram[:, -1, :-1] = gram_c
+                gram[:, -1, -1] = gm[-1, -1]
+                cross = np.einsum("nrt,mtn->nrm", qn, xg[:-1, lo:hi].reshape(c, k, m)).reshape(m, kk * c)
+                rhs = np.concatenate([cross, xg[-1, lo:hi, None]], axis=1)[..., None]
+                sol = _solve(gram, rhs, ridge)[..., 0]
+                first[gi * ng + lo:gi * ng + hi] = sol[:, :-1].reshape(m, kk, c)
+                new_bias[gi * ng + lo:gi * ng + hi] = sol[:, -1]
+        out = Decomposition(dec.order, kk, g, first.reshape(dec.first.shape).astype(np.float32), dec.second,
+                            dec.rel_error, dec.energy)
+        return out, new_bias.astype(np.float32)
+    if c * kk * k > limit:
+        return None
+    p = dec.second.reshape(g, ng, c * kk).astype(np.float64)
+    filt = np.zeros((g, c, kk, k))
+    for gi in range(g):
+        gm, xg = stats.G[gi], stats.X[gi]
+        ptp = (p[gi].T @ p[gi]).reshape(c, kk, c, kk)
+        g4 = gm[:-1, :-1].reshape(c, k, c, k)
+        ata = np.einsum("crds,ctdu->crtdsu", ptp, g4).reshape(c * kk * k, c * kk * k)
+        b = bias[gi * ng:(gi + 1) * ng]
+        target = xg[:-1].reshape(c, k, ng) - gm[:-1, -1].reshape(c, k)[:, :, None] * b[None, None, :]
+        atb = np.einsum("ncr,ctn->crt", p[gi].reshape(ng, c, kk), target).reshape(-1)
+        reg = ridge * max(float(np.trace(ata)) / ata.shape[0], 1e-30)
+        filt[gi] = np.linalg.solve(ata + reg * np.eye(ata.shape[0]), atb).reshape(c, kk, k)
+    first = filt.reshape(dec.first.shape)
+    out = Decomposition(dec.order, kk, g, first.astype(np.float32), dec.second, dec.rel_error, dec.energy)
+    return out, bias.astype(np.float32)
+
+
+def alternate(stats: LayerStats, dec: Decomposition, bias: np.ndarray, ridge: float = 1e-3,
+              rounds: int = 3) -> tuple[Decomposition, np.ndarray]:
+    """Alternating least squares from refitted factors: the first factor, then the last factor and the bias,
+    ``rounds`` times (each step can only lower the output error, up to the ridge)."""
+    for _ in range(rounds):
+        step = refit_first(stats, dec, bias, ridge)
+        if step is None:
+            break
+        dec, bias = refit(stats, step[0], ridge)
+    return dec, bias
+
+
 def _inv_sqrt(cov: np.ndarray, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
     """``(S^{1/2}, S^{-1/2})`` of symmetric PSD matrices (batched), eigenvalues floored at ``eps``·mean."""
     vals, vecs = np.linalg.eigh(cov)
@@ -308,7 +389,8 @@ class CalibratedLayer:
     Attributes:
         decomposition, bias: the factors and the bias to write (bias None: keep the original bias).
         method: ``data-free`` (nothing beat the data-free factors), ``refit`` (data-free first factor, last
-            factor and bias by least squares) or ``whitened`` (data-aware first factor, then the refit).
+            factor and bias by least squares), ``whitened`` (data-aware first factor, then the refit) or
+            ``alternating`` (the better of those, then alternating least squares on both factors).
         errors: relative output error on the calibration samples of each candidate, by method.
     """
 
@@ -328,6 +410,14 @@ def calibrate_layer(stats: LayerStats, dec: Decomposition, ridge: float = 1e-3) 
     errors = {name: output_error(stats, dense(d), orig_bias if b is None else b)
               for name, (d, b) in candidates.items()}
     errors = {k: v for k, v in errors.items() if np.isfinite(v)}
+    start = min((k for k in errors if k != "data-free"), key=lambda k: errors[k], default=None)
+    if start is not None:
+        with contextlib.suppress(np.linalg.LinAlgError):
+            d, b = candidates[start]
+            candidates["alternating"] = alternate(stats, d, b, ridge)
+            errors["alternating"] = output_error(stats, dense(candidates["alternating"][0]),
+                                                 candidates["alternating"][1])
+            errors = {k: v for k, v in errors.items() if np.isfinite(v)}
     best = min(errors, key=lambda name: (errors[name], name != "data-free"))
     d, b = candidates[best]
     return CalibratedLayer(d, b, best, {k: round(v, 6) for k, v in errors.items()})

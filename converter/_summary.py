@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ._factorize import Factors
+from ._latency._whole import speed_warning
 from ._plan import LayerDecision
 from ._report import Counts, Fidelity, Latency, LayerReport, Report, Timings
 from ._stages import timings_from
@@ -37,8 +38,10 @@ def build_report(
     seconds: Mapping[str, float],
     extra: Mapping[str, Any] | None = None,
     warnings: list[str] | None = None,
+    layer_extra: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Report:
-    """The report (see ``Report``); ``extra`` adds keys other stages contribute, ``warnings`` theirs."""
+    """The report (see ``Report``); ``extra`` adds keys other stages contribute, ``warnings`` theirs, and
+    ``layer_extra`` per-layer fields by layer name."""
     by_layer = {id(f.layer): f for f in factors}
     converted = [d for d in decisions if d.converted]
     return Report(
@@ -51,14 +54,16 @@ def build_report(
                 "input_shapes": {k: list(v) for k, v in shapes.items()}},
         fidelity=fidelity,
         latency=latency,
-        layers=[_layer_report(d, by_layer.get(id(d.layer))) for d in decisions],
+        layers=[_layer_report(d, by_layer.get(id(d.layer)), (layer_extra or {}).get(d.layer.name, {}))
+                for d in decisions],
         timings=Timings(**timings_from(seconds)),
-        warnings=[*_warnings(decisions, fidelity, latency, problems), *(warnings or [])],
+        warnings=[*_warnings(decisions, fidelity, latency, problems, recovered="accuracy" in (extra or {})),
+                  *(warnings or [])],
         **(extra or {}),
     )
 
 
-def _layer_report(d: LayerDecision, f: Factors | None) -> LayerReport:
+def _layer_report(d: LayerDecision, f: Factors | None, extra: Mapping[str, Any]) -> LayerReport:
     layer = d.layer
     energy, error = d.energy, d.rel_weight_error
     if f is not None:  # the factors as they are (calibration may have refined them)
@@ -81,6 +86,9 @@ def _layer_report(d: LayerDecision, f: Factors | None) -> LayerReport:
         params_after=d.params_after,
         macs_before=d.macs_before,
         macs_after=d.macs_after,
+        latency_ms_before=_round(d.cost_before.latency_ms),
+        latency_ms_after=_round(d.cost_after.latency_ms),
+        **extra,
     )
 
 
@@ -89,25 +97,27 @@ def _round(x: float | None) -> float | None:
 
 
 def _warnings(decisions: list[LayerDecision], fid: Fidelity | None, lat: Latency | None,
-              problems: list[str]) -> list[str]:
+              problems: list[str], recovered: bool = False) -> list[str]:
+    # ``recovered``: accuracy was measured on the user's samples (the report's ``accuracy`` says how much was
+    # kept), so the guesses from kernel energy and random inputs would only repeat it less precisely.
     out = []
     conv = [d for d in decisions if d.converted]
     if not conv:
         reasons = sorted({d.reason for d in decisions}) or ["the model has no convolutions"]
         out.append("no layer was converted; the model is returned unchanged (" + "; ".join(reasons[:4]) + ")")
     low = [d for d in conv if d.energy is not None and d.energy < 0.6]
-    if low:
+    if low and not recovered:
         worst = min(low, key=lambda d: d.energy or 0.0)
         out.append(f"{len(low)} converted layer(s) keep less than 60 % of their kernel energy (worst: "
                    f"{worst.layer.name}, {worst.energy:.0%}); expect an accuracy drop until fine-tuned")
     if fid is not None:
         if not np.isfinite(fid.rel_l2):
             out.append("the converted model's outputs are not finite")
-        elif fid.rel_l2 > 0.1:
+        elif fid.rel_l2 > 0.1 and not recovered:
             out.append(f"outputs differ from the original by {fid.rel_l2:.1%} (relative L2) on the verification "
                        "inputs; check accuracy on real data and fine-tune to recover it")
-    if lat is not None and lat.speedup < 1.0:
-        out.append(f"the converted model ran slower than the original on {lat.backend} with {lat.threads} "
-                   f"thread(s) ({lat.speedup:.2f}×); fewer MACs do not guarantee lower latency")
+    slower = speed_warning(lat)  # only when the speed-up's interval lies below 1.0: noise is not a finding
+    if slower is not None:
+        out.append(slower)
     out.extend(f"MACs unknown: {p}" for p in problems)
     return out

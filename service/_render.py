@@ -92,6 +92,13 @@ def render_report(report: Report, console: Console, *, title: str = "", max_laye
         lt = report.latency
         console.print(f"latency {lt.original_ms:.3f} ms → {lt.converted_ms:.3f} ms ([bold]{lt.speedup:.2f}×[/]) "
                       f"p50 on {lt.backend}, {lt.threads} thread(s), batch {lt.batch}")
+    acc = getattr(report, "accuracy", None)
+    if acc is not None:
+        fmt = (lambda v: "—" if v is None else f"{v:.4g}") if acc.metric == "rel_l2" else \
+            (lambda v: "—" if v is None else f"{v:.1%}")
+        stages = " → ".join(f"{name} {fmt(getattr(acc, name))}" for name in
+                            ("original", "data_free", "calibrated", "finetuned") if getattr(acc, name) is not None)
+        console.print(f"accuracy ({acc.metric}, {acc.samples} held-out samples) {stages}; kept [bold]{acc.kept}[/]")
     ft = getattr(report, "finetune", None)
     if ft is not None:
         fmt = "{:.4g}" if ft.metric == "rel_l2" else "{:.1%}"

@@ -35,6 +35,11 @@ __all__ = ["submit"]
 @config_options
 @click.option("--inputs", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A .npz of verification inputs: an 'inputs' array, or arrays named like the model's inputs.")
+@click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A .npz of the model's real inputs (optional 'labels'): calibration recovers accuracy on "
+                   "them, and the report measures it on a held-out share.")
+@click.option("--eval", "eval_", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A .npz of held-out samples for the accuracy report (same layout as --data).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the JSON report to this file.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -45,8 +50,8 @@ __all__ = ["submit"]
 @click.pass_context
 @handle_errors
 def submit(ctx: click.Context, model: Path, server: str, api_key: str | None, output: Path | None,
-           inputs: Path | None, report_path: Path | None, html_path: Path | None, as_json: bool, timeout: float | None,
-           **kwargs: Any) -> None:
+           inputs: Path | None, data: Path | None, eval_: Path | None, report_path: Path | None,
+           html_path: Path | None, as_json: bool, timeout: float | None, **kwargs: Any) -> None:
     """Convert MODEL on a sepconv server (ONNX, ONNX .zip with external data, or TorchScript) and report."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -54,7 +59,7 @@ def submit(ctx: click.Context, model: Path, server: str, api_key: str | None, ou
     from ._render import render_report
 
     options = collect_config(kwargs)
-    for what, path in (("model", model), ("inputs", inputs)):
+    for what, path in (("model", model), ("inputs", inputs), ("data", data), ("eval", eval_)):
         if path is not None and not path.is_file():
             raise InvalidOptions(f"{what} file not found: {path}")
     output = output if output is not None else Path.cwd()
@@ -88,7 +93,7 @@ def submit(ctx: click.Context, model: Path, server: str, api_key: str | None, ou
                 bar.update(tracking[0], completed=job.progress, description=job.stage,
                            detail=f"{job.progress:>4.0%} {job.status}")
 
-            job = client.convert(model, inputs=inputs, wait=True if timeout is None else timeout,
+            job = client.convert(model, inputs=inputs, data=data, eval=eval_, wait=True if timeout is None else timeout,
                                  progress=on_job, upload_progress=on_upload, **options)
             report = job.report
             written = job.download(output)

@@ -35,11 +35,11 @@ def cli() -> None:
 @click.option("--inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A .npz of verification inputs: an 'inputs' array, or arrays named like the model's inputs.")
 @click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Samples of the model's real inputs for accuracy recovery: a .npz ('inputs' or arrays named like "
-                   "the model's inputs, optional 'labels') or an image folder (class_name/*.png|jpg).")
-@click.option("--eval", "eval_path", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Held-out samples for the accuracy report and early stopping, same layout as --data "
-                   "[default: a --holdout share of --data].")
+              help="Samples of the model's real inputs (.npz with 'inputs' or arrays named like the inputs, "
+                   "optional 'labels'; or an image folder class/*.png with --image-size): calibration recovers "
+                   "accuracy on them, and the report measures it on a held-out share.")
+@click.option("--eval", "eval_", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Held-out samples for the accuracy report (same layout as --data).")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep the fine-tune's checkpoint here: run the same command again and an interrupted "
                    "fine-tune resumes.")
@@ -49,7 +49,7 @@ def cli() -> None:
               help="Also write the report as one self-contained HTML page (charts, sortable layer table).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary.")
 @handle_errors
-def convert(model: Path, output: Path, inputs: Path | None, data: Path | None, eval_path: Path | None,
+def convert(model: Path, output: Path, inputs: Path | None, data: Path | None, eval_: Path | None,
             checkpoint_dir: Path | None, report_path: Path | None, html_path: Path | None, as_json: bool,
             **kwargs: Any) -> None:
     """Convert MODEL and report on the result (the help text, set above, names the registered formats)."""
@@ -74,7 +74,7 @@ def convert(model: Path, output: Path, inputs: Path | None, data: Path | None, e
             # While fine-tuning: epoch, training loss and the held-out metric beside the bar.
             bar.update(task, completed=frac, description=stage, detail=_detail_text(detail))
 
-        result = converter.convert(model, output, config=config, inputs=inputs, data=data, eval=eval_path,
+        result = converter.convert(model, output, config=config, inputs=inputs, data=data, eval=eval_,
                                    checkpoint_dir=checkpoint_dir, progress=progress)
     report = result.report
     text = report.model_dump_json(indent=2)
@@ -188,12 +188,13 @@ def worker(queues: str | None, concurrency: int) -> None:
     from .core.db import migrate
     from .core.storage import open_storage
     from .jobs.celery_app import celery_app, configure
-    from .jobs.runner import protect_worker_process
+    from .jobs.runner import protect_worker_process, warn_if_unconfined, worker_name
 
     settings = _service_settings()
     if not settings.broker_url:
         fail("sepconv worker needs SEPCONV_BROKER_URL (a redis:// URL)", EXIT_USER)
     settings.log_warnings()
+    warn_if_unconfined(settings, worker_name("celery"))
     migrate(settings.database_url)
     open_storage(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url).ensure()
     protect_worker_process()

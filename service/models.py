@@ -88,6 +88,8 @@ class Job(Base):
     input_key: Mapped[str] = mapped_column(String(255))
     input_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     inputs_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    data_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    eval_key: Mapped[str | None] = mapped_column(String(255), default=None)
     output_key: Mapped[str | None] = mapped_column(String(255), default=None)
     output_suffix: Mapped[str | None] = mapped_column(String(16), default=None)
     report_key: Mapped[str | None] = mapped_column(String(255), default=None)

@@ -104,6 +104,7 @@ class FinetuneResult:
         resumed: whether it continued from a checkpoint.
         device: where it trained.
         scope: ``factors`` or ``all``.
+        improved: whether the weights written differ from the converted model's (a lower held-out loss was seen).
         history: per epoch ``{epoch, loss, metric}``.
     """
 
@@ -117,6 +118,7 @@ class FinetuneResult:
     resumed: bool
     device: str
     scope: str
+    improved: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -264,7 +266,7 @@ def finetune(student: Path, teacher: Path, dest: Path, *, fmt: str, train: Sampl
         state = {"key": key, "epoch": 0, "pos": 0, "loss_sum": 0.0, "loss_n": 0, "elapsed": 0.0,
                  "planned": options.epochs, "before": base.value, "best_score": base.score,
                  "best_metric": base.value, "best_loss": base.mean_loss, "best": run.snapshot(), "bad": 0,
-                 "history": [], "stopped": ""}
+                 "history": [], "stopped": "", "improved": False}
     else:
         run.restore(state["params"])
         run.optimizer.load_state_dict(state["optimizer"])
@@ -317,7 +319,7 @@ def finetune(student: Path, teacher: Path, dest: Path, *, fmt: str, train: Sampl
         # The held-out loss decides (a few hundred samples make accuracy a noisy judge), the metric breaks ties.
         if (-acc.mean_loss, acc.score) > (-state["best_loss"], state["best_score"]):
             state.update(best_score=acc.score, best_metric=acc.value, best_loss=acc.mean_loss, best=run.snapshot(),
-                         bad=0)
+                         bad=0, improved=True)
         else:
             state["bad"] += 1
         state.update(epoch=epoch + 1, pos=0, loss_sum=0.0, loss_n=0)
@@ -344,4 +346,4 @@ def _write(run: _Run, state: dict[str, Any], dest: Path, fmt: str, adapter: Any,
     return FinetuneResult(path=written, metric=run.objective.metric, before=float(state["before"]),
                           after=float(state["best_metric"]), epochs=int(state["epoch"]), stopped=state["stopped"],
                           seconds=round(seconds, 3), resumed=resumed, device=device, scope=run.options.scope,
-                          history=list(state["history"]))
+                          improved=bool(state["improved"]), history=list(state["history"]))

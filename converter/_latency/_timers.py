@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .._errors import InvalidOptionsError
+from .._ortlog import session_severity
 from ..formats._base import FormatAdapter
 
 __all__ = ["Timed", "timed_runner"]
@@ -62,6 +63,7 @@ def _onnxruntime(adapter: FormatAdapter, path: Path, workdir: Path, threads: int
         run, _ = adapter.runner(path, workdir, threads, device)
         return lambda: run(inputs)
     opts = ort.SessionOptions()
+    opts.log_severity_level = session_severity()  # its own log lines never reach the terminal raw
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]

@@ -16,7 +16,7 @@ import importlib
 from pathlib import Path
 
 from .._errors import UnsupportedModelError
-from . import _onnx, _torchscript
+from . import _onnx, _pt2, _torchscript
 from ._archive import ZIP_MAGIC, member_names
 from ._base import FormatAdapter, FormatInfo
 
@@ -152,3 +152,4 @@ def describe_unknown(path: Path | None, head: bytes) -> str:
 # The built-in formats, in the order detection tries them (ONNX first: its zips are checked without torch).
 register(_onnx.FORMAT)
 register(_torchscript.FORMAT)
+register(_pt2.FORMAT)

@@ -28,12 +28,12 @@ def inputs_key(job_id: str) -> str:
 
 
 def data_key(job_id: str) -> str:
-    """The user's samples for accuracy recovery (.npz); present only when given."""
+    """The uploaded samples for calibration and the accuracy report (.npz)."""
     return f"jobs/{job_id}/data.npz"
 
 
 def eval_key(job_id: str) -> str:
-    """The user's held-out samples (.npz); present only when given."""
+    """The uploaded held-out samples for the accuracy report (.npz)."""
     return f"jobs/{job_id}/eval.npz"
 
 
@@ -56,7 +56,7 @@ def report_key(job_id: str) -> str:
 
 def delete_job_files(storage: Storage, job: Job) -> None:
     """Delete every file of a job that exists; failures are logged, not raised (the record goes anyway)."""
-    for key in (job.input_key, job.inputs_key, job.output_key, job.report_key, data_key(job.id), eval_key(job.id),
+    for key in (job.input_key, job.inputs_key, job.data_key, job.eval_key, job.output_key, job.report_key,
                 checkpoint_key(job.id)):
         if key:
             try:

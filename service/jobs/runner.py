@@ -162,9 +162,10 @@ class JobRunner:
             return Outcome("cancelled")
         try:
             self.storage.download(job.input_key, work / "model.in")
-            if job.inputs_key:
-                self.storage.download(job.inputs_key, work / "inputs.npz")
-            samples = self._download_samples(claim.job_id, work)
+            for key, name in ((job.inputs_key, "inputs.npz"), (job.data_key, "data.npz"), (job.eval_key, "eval.npz")):
+                if key:
+                    self.storage.download(key, work / name)
+            resume = self._download_checkpoint(claim.job_id, work)
         except ObjectNotFoundError:
             if not crud.is_still_mine(self.engine, claim):
                 return Outcome("cancelled")
@@ -174,7 +175,8 @@ class JobRunner:
         if not crud.heartbeat(self.engine, claim, self.settings.job_lease_s):  # the download may have been long
             return Outcome("cancelled")
 
-        outcome = self._supervise(claim, job.input_bytes, work, job.options, bool(job.inputs_key), samples)
+        outcome = self._supervise(claim, job.input_bytes, work, job.options, bool(job.inputs_key),
+                                  bool(job.data_key), bool(job.eval_key), resume)
         sandbox = next((e for e in outcome.events if e["event"] == "sandbox"), {})
         if sandbox.get("network") == "shared":
             log.info("job %s: the kernel refused a private network namespace and a socket filter; the conversion "
@@ -235,19 +237,14 @@ class JobRunner:
 
     # -- the child process -----------------------------------------------------------------------------------
 
-    def _download_samples(self, job_id: str, work: Path) -> dict[str, str]:
-        """The job's data/eval samples and the checkpoint of an earlier attempt, where stored: spec entries."""
-        out: dict[str, str] = {}
-        for name, key in (("data", files.data_key(job_id)), ("eval", files.eval_key(job_id))):
-            if self.storage.exists(key):
-                self.storage.download(key, work / f"{name}.npz")
-                out[name] = str(work / f"{name}.npz")
-        (work / "checkpoint").mkdir()
-        out["checkpoint_dir"] = str(work / "checkpoint")
+    def _download_checkpoint(self, job_id: str, work: Path) -> str:
+        """The job's checkpoint folder, holding the checkpoint of an earlier attempt where one was stored."""
+        folder = work / "checkpoint"
+        folder.mkdir()
         with contextlib.suppress(ObjectNotFoundError):
-            self.storage.download(files.checkpoint_key(job_id), work / "checkpoint" / CHECKPOINT_NAME)
+            self.storage.download(files.checkpoint_key(job_id), folder / CHECKPOINT_NAME)
             log.info("job %s: resuming the fine-tune from the checkpoint of an earlier attempt", job_id)
-        return out
+        return str(folder)
 
     def _sync_checkpoint(self, job_id: str, work: Path, seen: float) -> float:
         """Upload the fine-tune's checkpoint when the child has written a new one; returns its mtime."""
@@ -266,12 +263,15 @@ class JobRunner:
         return info.st_mtime
 
     def _supervise(self, claim: crud.Claim, input_bytes: int, work: Path, options: dict[str, Any],
-                   has_inputs: bool, samples: dict[str, str] | None = None) -> Outcome:
+                   has_inputs: bool, has_data: bool = False, has_eval: bool = False,
+                   checkpoint_dir: str | None = None) -> Outcome:
         s = self.settings
         spec = {
             "model": str(work / "model.in"),
             "inputs": str(work / "inputs.npz") if has_inputs else None,
-            **(samples or {}),
+            "data": str(work / "data.npz") if has_data else None,
+            "eval": str(work / "eval.npz") if has_eval else None,
+            "checkpoint_dir": checkpoint_dir,
             "output_dir": str(work / "out"),
             "report": str(work / "report.json"),
             "options": options,

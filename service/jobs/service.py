@@ -18,7 +18,7 @@ import math
 import re
 import time
 import typing
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -161,12 +161,13 @@ class JobService:
         stored: list[str] = []
         fields: dict[str, list[str]] = {}
         model: tuple[str, int] | None = None
-        inputs_bytes = 0
+        npz_keys = {"inputs": files.inputs_key, "data": files.data_key, "eval": files.eval_key}
+        npz_bytes: dict[str, int] = {}
         budget = self.settings.max_upload_bytes
         try:
             async for part in parts:
                 if isinstance(part, FieldPart):
-                    if part.name in ("model", "inputs", *SAMPLE_PARTS):
+                    if part.name == "model" or part.name in npz_keys:
                         raise BadRequestError(f"'{part.name}' must be a file part")
                     fields.setdefault(part.name, []).append(part.value)
                 elif part.name == "model":
@@ -177,19 +178,17 @@ class JobService:
                     stored.append(key)
                     budget -= size
                     model = (clean_filename(part.filename), size)
-                elif part.name == "inputs":
-                    if inputs_bytes:
-                        raise BadRequestError("give one 'inputs' file part")
-                    key = files.inputs_key(job_id)
-                    inputs_bytes = await self._store(part.chunks, key, budget, _check_npz)
+                elif part.name in npz_keys:  # inputs (verification), data and eval (samples): each a .npz
+                    if part.name in npz_bytes:
+                        raise BadRequestError(f"give one '{part.name}' file part")
+                    key = npz_keys[part.name](job_id)
+                    size = await self._store(part.chunks, key, budget, _check_npz(part.name))
+                    npz_bytes[part.name] = size
                     stored.append(key)
-                    budget -= inputs_bytes
-                elif part.name in SAMPLE_PARTS:
-                    size = await self._store_samples(part, job_id, budget, stored)
                     budget -= size
                 else:
-                    raise BadRequestError(f"unexpected file part {part.name!r}; the files are 'model', 'inputs', "
-                                          "'data' and 'eval'")
+                    raise BadRequestError(f"unexpected file part {part.name!r}; the files are 'model', "
+                                          f"{', '.join(repr(k) for k in npz_keys)}")
             if model is None:
                 raise BadRequestError("the request has no 'model' file part")
             config = ConversionConfig.from_options(**options_from_form(fields))
@@ -201,7 +200,9 @@ class JobService:
             job = Job(id=job_id, owner=owner, status=JobStatus.QUEUED, stage=JobStage.QUEUED, progress=0.0,
                       filename=model[0], options=config.model_dump(mode="json", exclude_unset=True),
                       input_key=files.input_key(job_id), input_bytes=model[1],
-                      inputs_key=files.inputs_key(job_id) if inputs_bytes else None, attempts=0,
+                      inputs_key=files.inputs_key(job_id) if "inputs" in npz_bytes else None,
+                      data_key=files.data_key(job_id) if "data" in npz_bytes else None,
+                      eval_key=files.eval_key(job_id) if "eval" in npz_bytes else None, attempts=0,
                       cancel_requested=False, created_at=utcnow())
             await to_thread.run_sync(crud.create_job, self.engine, job)
         except BaseException:
@@ -218,7 +219,7 @@ class JobService:
         key = files.data_key(job_id) if part.name == "data" else files.eval_key(job_id)
         if key in stored:
             raise BadRequestError(f"give one '{part.name}' file part")
-        size = await self._store(part.chunks, key, budget, _check_samples)
+        size = await self._store(part.chunks, key, budget, _check_npz(part.name))
         stored.append(key)
         return size
 
@@ -268,12 +269,12 @@ class JobService:
             config = ConversionConfig.from_options(**options)
             self._check_budget(config)
             copies = [(parent.input_key, files.input_key(new_id))]
-            if parent.inputs_key:
-                copies.append((parent.inputs_key, files.inputs_key(new_id)))
-            for key in (files.data_key, files.eval_key):
-                if key(new_id) not in stored and await to_thread.run_sync(self.storage.exists, key(parent.id)):
-                    copies.append((key(parent.id), key(new_id)))
-            if files.data_key(new_id) not in stored + [dst for _, dst in copies]:
+            for own, key in ((parent.inputs_key, files.inputs_key), (parent.data_key, files.data_key),
+                             (parent.eval_key, files.eval_key)):
+                if own and key(new_id) not in stored:
+                    copies.append((own, key(new_id)))
+            has = set(stored) | {dst for _, dst in copies}
+            if files.data_key(new_id) not in has:
                 raise InvalidOptionsError("a fine-tune needs samples: give a 'data' file part (the job was "
                                           "converted without data)")
             for src, dst in copies:
@@ -282,8 +283,10 @@ class JobService:
             job = Job(id=new_id, owner=owner, status=JobStatus.QUEUED, stage=JobStage.QUEUED, progress=0.0,
                       filename=parent.filename, options=config.model_dump(mode="json", exclude_unset=True),
                       input_key=files.input_key(new_id), input_bytes=parent.input_bytes,
-                      inputs_key=files.inputs_key(new_id) if parent.inputs_key else None, attempts=0,
-                      cancel_requested=False, created_at=utcnow())
+                      inputs_key=files.inputs_key(new_id) if files.inputs_key(new_id) in has else None,
+                      data_key=files.data_key(new_id), eval_key=files.eval_key(new_id)
+                      if files.eval_key(new_id) in has else None, attempts=0, cancel_requested=False,
+                      created_at=utcnow())
             await to_thread.run_sync(crud.create_job, self.engine, job)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -512,11 +515,13 @@ def _kernel_confines() -> bool:
     return landlock_abi() > 0
 
 
-def _check_samples(head: bytes, complete: bool) -> None:
-    if not head.startswith(b"PK\x03\x04"):
-        raise InvalidOptionsError("data/eval: expected a .npz file (numpy.savez) of samples")
+def _check_npz(part: str) -> Callable[[bytes, bool], None]:
+    """The first-bytes check of an uploaded ``.npz`` part (``inputs``, ``data``, ``eval``)."""
+    what = {"inputs": "verification inputs", "data": "samples of the model's inputs",
+            "eval": "held-out samples"}[part]
 
+    def check(head: bytes, complete: bool) -> None:
+        if not head.startswith(b"PK\x03\x04"):
+            raise InvalidOptionsError(f"{part}: expected a .npz file (numpy.savez) of {what}")
 
-def _check_npz(head: bytes, complete: bool) -> None:
-    if not head.startswith(b"PK\x03\x04"):
-        raise InvalidOptionsError("inputs: expected a .npz file (numpy.savez) of verification inputs")
+    return check

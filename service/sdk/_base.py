@@ -263,14 +263,16 @@ class _BaseClient:
         )
 
     def _convert_call(self, path: str | Path, inputs: str | Path | None, options: Mapping[str, Any],
-                      upload_progress: Callable[[int, int], object] | None, data_path: str | Path | None = None,
-                      eval_path: str | Path | None = None) -> Call:
+                      upload_progress: Callable[[int, int], object] | None,
+                      samples: Mapping[str, str | Path | None] | None = None) -> Call:
         data = encode_options(options)
         model = Path(path)
         files = [FilePart("model", model, upload_progress)]
         if inputs is not None:
             files.append(FilePart("inputs", Path(inputs)))
-        files += self._sample_parts(data_path, eval_path)
+        for name, file in (samples or {}).items():  # ``data`` and ``eval``: samples for recovery and accuracy
+            if file is not None:
+                files.append(FilePart(name, Path(file)))
         for part in files:
             if not part.path.is_file():
                 raise InvalidOptions(f"{part.name} file not found: {part.path}")

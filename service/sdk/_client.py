@@ -121,8 +121,10 @@ class Client(_BaseClient):
             path: The model: ONNX, ONNX with external data as one .zip, or TorchScript. It is streamed from
                 disk, never read into memory whole.
             inputs: A .npz of verification inputs (an ``inputs`` array, or arrays named like the model's inputs).
-            data: A .npz of samples for accuracy recovery (``recover="calibrate"`` or ``"finetune"``).
-            eval: A .npz of held-out samples (default: a ``holdout`` share of ``data``).
+            data: A .npz of the model's real inputs (optionally ``labels``): calibration recovers accuracy on
+                them (``recover``), and the report's ``accuracy`` is measured on a held-out share.
+            eval: A .npz of held-out samples for the accuracy report (same layout); without it a share of
+                ``data`` is held out.
             wait: ``True`` to wait until the job has finished, a number of seconds to wait at most (then
                 ``WaitTimeout``), ``False`` to return the queued job at once.
             progress: Called with the job after the upload and on each change while waiting.
@@ -140,7 +142,7 @@ class Client(_BaseClient):
             JobFailed, JobCancelled, WaitTimeout: While waiting, as for ``wait_job``.
             TransportError: The server could not be reached or the connection failed.
         """
-        call = self._convert_call(path, inputs, options, upload_progress, data, eval)
+        call = self._convert_call(path, inputs, options, upload_progress, {"data": data, "eval": eval})
         timeout = None if wait is False else self._wait_timeout(wait)
         job = self._send(call, lambda r: self._parse_job(r, Job))
         if wait is False:
@@ -383,12 +385,12 @@ class AsyncClient(_BaseClient):
 
     # -- API ----------------------------------------------------------------------------------------------------
 
-    async def convert(self, path: str | Path, *, inputs: str | Path | None = None, data: str | Path | None = None,
-                      eval: str | Path | None = None, wait: bool | float = True,
+    async def convert(self, path: str | Path, *, inputs: str | Path | None = None,
+                      data: str | Path | None = None, eval: str | Path | None = None, wait: bool | float = True,
                       progress: Callable[[AsyncJob], Any] | None = None,
                       upload_progress: Callable[[int, int], Any] | None = None, **options: Any) -> AsyncJob:
         """Upload a model for conversion and, by default, wait for the result; see ``Client.convert``."""
-        call = self._convert_call(path, inputs, options, upload_progress, data, eval)
+        call = self._convert_call(path, inputs, options, upload_progress, {"data": data, "eval": eval})
         timeout = None if wait is False else self._wait_timeout(wait)
         job = await self._send(call, self._read_job)
         if wait is False:

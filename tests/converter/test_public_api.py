@@ -8,7 +8,8 @@ import sys
 import converter
 
 EXPECTED = {
-    "DEFAULT_ENERGY", "ConversionConfig", "ConversionError", "ConversionResult", "Counts", "Decomposition",
+    "Accuracy", "DEFAULT_ENERGY", "StageValues", "ConversionConfig", "ConversionError", "ConversionResult",
+    "Counts", "Decomposition",
     "Fidelity", "InvalidOptionsError", "LayerReport", "Latency", "Report", "SepconvError", "Timings",
     "UnsupportedModelError", "VerificationError", "__version__", "convert", "decompose", "lower", "render_html",
 }

@@ -107,7 +107,7 @@ def test_calibration_is_never_worse_and_exact_at_full_rank(order):
     assert full.errors["data-free"] < 1e-5
     low = calibrate_layer(s, decompose(w, 1, order, 1))
     assert low.errors[low.method] <= low.errors["data-free"]
-    assert set(low.errors) == {"data-free", "refit", "whitened"}
+    assert set(low.errors) == {"data-free", "refit", "whitened", "alternating"}
     assert low.errors[low.method] < 0.9 * low.errors["data-free"]
 
 
@@ -128,3 +128,24 @@ def test_row_cap_bounds_the_work():
     s = LayerStats(w, b, 1, GEO, max_rows=50)
     s.update(xc[:4], xo[:4])
     assert s.n == 50
+
+
+@pytest.mark.parametrize(("order", "groups"), [("dw-pw", 1), ("pw-dw", 1), ("dw-pw", 2), ("pw-dw", 2)])
+def test_refit_first_is_optimal_and_alternating_only_descends(order, groups):
+    from converter._refit import alternate, refit_first
+
+    w, b, xc, xo = _data(groups, shift=0.2)
+    s = _stats(w, b, groups, xc, xo)
+    dec, bias = refit(s, decompose(w, groups, order, 1), ridge=0.0)
+    before = output_error(s, dense(dec), bias)
+    new, nb = refit_first(s, dec, bias, ridge=0.0)
+    after = output_error(s, dense(new), nb)
+    assert after <= before + 1e-7
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        nudged = type(new)(new.order, new.rank, new.groups,
+                           new.first + 1e-2 * rng.standard_normal(new.first.shape).astype(np.float32),
+                           new.second, new.rel_error, new.energy)
+        assert output_error(s, dense(nudged), nb) >= after - 1e-7
+    final = alternate(s, dec, bias, ridge=0.0)
+    assert output_error(s, dense(final[0]), final[1]) <= after + 1e-7

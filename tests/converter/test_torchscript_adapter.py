@@ -24,6 +24,7 @@ from converter.formats import ConvLayer, FormatAdapter, Rewrite, adapter_for, de
 from converter.formats._torchscript import TorchScriptAdapter, TorchScriptModel
 from tests.utils.models import ZOO, build, export_torchscript
 from tests.utils.ts_models import (
+    CONV_GRID,
     ConvCase,
     DynamicWeight,
     LoopNet,
@@ -162,26 +163,7 @@ def test_input_specs_use_shapes_and_dtypes_the_graph_records(tmp_path: Path) -> 
 
 # --- exactness of single convs ----------------------------------------------------------------------------------
 
-CASES = [
-    ConvCase((1, 3), padding=(0, 1)),
-    ConvCase((3, 1), stride=2, padding=(1, 0), bias=False),
-    ConvCase((3, 3), padding=1),
-    ConvCase((3, 3), stride=2, padding=1, groups=2, bias=False),
-    ConvCase((3, 3), padding=2, dilation=2, groups=4),
-    ConvCase((3, 3), stride=2, padding=(2, 1), dilation=2),
-    ConvCase((3, 3), padding="same", dilation=2, bias=False),
-    ConvCase((3, 3), padding="valid", groups=2),
-    ConvCase((5, 5), stride=2, padding=2),
-    ConvCase((5, 5), padding="same", groups=4, bias=False),
-    ConvCase((7, 7), stride=2, padding=3, bias=False),
-    ConvCase((3,), padding=1, groups=2),
-    ConvCase((5,), stride=2, padding=2, dilation=2, bias=False),
-    ConvCase((5,), padding="same", groups=4),
-    ConvCase((3, 3, 3), padding=1),
-    ConvCase((3, 3, 3), stride=2, padding=1, groups=2, bias=False),
-    ConvCase((3, 3, 3), padding="same", groups=4),
-    ConvCase((3, 3, 3), padding="valid", dilation=2),
-]
+CASES = CONV_GRID
 
 
 @pytest.mark.parametrize("mode", ["script", "trace"])

@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, text
 from service.core.config import Settings, load_settings
 from service.core.db import dispose_engines
 from tests.service.helpers import KEY_ALICE, KEY_BOB, TEST_DATABASE_URL, TEST_REDIS_URL, serve_app
-from tests.utils.models import build, export_onnx, export_torchscript
+from tests.utils.models import build, export_onnx, export_pt2, export_torchscript
 
 
 @pytest.fixture(autouse=True)
@@ -39,13 +39,15 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A tiny VGG as ONNX and as TorchScript, and verification inputs for it."""
+    """A tiny VGG as ONNX, TorchScript and ``.pt2`` (torch.export), and verification inputs for it."""
     folder = tmp_path_factory.mktemp("models")
     model, x = build("vgg")
     export_onnx(model, x, folder / "vgg.onnx")
     export_torchscript(model, x, folder / "vgg.pt")
+    export_pt2(model, x, folder / "vgg.pt2")
     np.savez(folder / "inputs.npz", inputs=np.random.default_rng(0).standard_normal((1, 3, 32, 32), np.float32))
-    return {"onnx": folder / "vgg.onnx", "torchscript": folder / "vgg.pt", "inputs": folder / "inputs.npz"}
+    return {"onnx": folder / "vgg.onnx", "torchscript": folder / "vgg.pt", "pt2": folder / "vgg.pt2",
+            "inputs": folder / "inputs.npz"}
 
 
 @pytest.fixture

@@ -300,7 +300,7 @@ async def test_openapi_describes_the_multipart_body_with_every_option(api):
     body = doc["paths"]["/convert"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert body["required"] == ["model"]
     files = {"model", "inputs", "data", "eval"}
-    assert set(body["properties"]) == files | set(ConversionConfig.model_fields) - {"trust_model"}
+    assert set(body["properties"]) == {*files, *ConversionConfig.model_fields} - {"trust_model"}
     assert body["properties"]["model"]["format"] == "binary"
     assert body["properties"]["rank"]["description"] == ConversionConfig.model_fields["rank"].description
     assert body["properties"]["exclude"]["type"] == "array"

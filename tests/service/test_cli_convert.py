@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from converter import ConversionConfig
 from service.cli import cli
-from tests.utils.models import build, export_onnx, export_torchscript
+from tests.utils.models import build, export_onnx, export_pt2, export_torchscript
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,8 @@ def models(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("cli")
     model, x = build("vgg")
     export_onnx(model, x, folder / "vgg.onnx", dynamic="batch")
-    return {"onnx": folder / "vgg.onnx", "torchscript": export_torchscript(model, x, folder / "vgg.pt")}
+    return {"onnx": folder / "vgg.onnx", "torchscript": export_torchscript(model, x, folder / "vgg.pt"),
+            "pt2": export_pt2(model, x, folder / "vgg.pt2")}
 
 
 def test_every_config_field_is_a_flag():
@@ -47,6 +48,16 @@ def test_convert_torchscript_json(models, tmp_path):
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)
     assert report["format"] == "torchscript" and report["fidelity"]["rel_l2"] >= 0
+
+
+def test_convert_pt2_json(models, tmp_path):
+    out = tmp_path / "slim.pt2"
+    res = CliRunner().invoke(cli, ["convert", str(models["pt2"]), "-o", str(out), "--rank", "2",
+                                   "--latency-runs", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["format"] == "pt2" and report["fidelity"]["rel_l2"] >= 0 and out.exists()
+    assert "torch.export" in CliRunner().invoke(cli, ["convert", "--help"]).output
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -162,3 +162,17 @@ def test_code_formats_refused_where_unconfined(model_files, tmp_path, allow):
                 _convert(spec, _Channel(w), Confinement(landlock_abi=0, seccomp=True))
     finally:
         os.close(r)
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_worker_says_loudly_when_unconfined(make_settings, monkeypatch, caplog, allow):
+    import logging
+
+    from service.jobs import runner
+
+    monkeypatch.setattr(runner, "landlock_abi", lambda: 0)
+    with caplog.at_level(logging.INFO, logger="sepconv.runner"):
+        runner.warn_if_unconfined(make_settings(allow_unconfined_code=allow), "w1")
+    warning = next(r for r in caplog.records if r.levelno == logging.WARNING)
+    assert "HAS NO FILE-SYSTEM CONFINEMENT" in warning.getMessage()
+    assert ("ACCEPTED anyway" if allow else "are refused") in warning.getMessage()

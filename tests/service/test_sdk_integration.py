@@ -160,6 +160,20 @@ def test_blocking_client_converts_torchscript(make_settings: Callable[..., Setti
     assert seen[0] == "queued" and seen[-1] == "succeeded"
 
 
+def test_blocking_client_converts_a_pt2_program(make_settings: Callable[..., Settings],
+                                               model_files: dict[str, Path], tmp_path: Path):
+    """A torch.export program through HTTP and the SDK: the job records the registry's name for it."""
+    import torch
+
+    with sync_transport(make_settings(api_keys=[KEY_ALICE])) as transport, \
+            Client(BASE, api_key=KEY_ALICE, transport=transport) as client:
+        job = client.convert(model_files["pt2"], **FAST)
+        assert job.succeeded and job.format == "pt2" and job.report.format == "pt2"
+        target = tmp_path / "slim.pt2"
+        assert job.download(target) == target
+        assert torch.export.load(str(target)).module()(torch.randn(3, 3, 32, 32)).shape == (3, 10)
+
+
 @pytest.mark.asyncio
 async def test_the_contracts_errors_are_the_sdks_types(make_settings: Callable[..., Settings],
                                                        model_files: dict[str, Path], tmp_path: Path):

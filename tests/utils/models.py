@@ -217,3 +217,18 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, *, m
         sm = torch.jit.script(model) if mode == "script" else torch.jit.trace(model, example)
     torch.jit.save(sm, str(path))
     return Path(path)
+
+
+def export_pt2(model: nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool = True,
+               decompose: bool = False) -> Path:
+    """Save ``torch.export.export`` of the model (batch dim dynamic when ``dynamic_batch``) with
+    ``torch.export.save``; with ``decompose`` the program is lowered to core ATen first (convs become
+    ``aten.convolution``)."""
+    dims = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(model, (example,), dynamic_shapes=dims)
+        if decompose:
+            program = program.run_decompositions()
+    torch.export.save(program, str(path))
+    return Path(path)

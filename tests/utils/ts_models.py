@@ -48,6 +48,29 @@ class ConvCase:
         return f"k{k}_s{self.stride}_{pad}_d{self.dilation}_g{self.groups}_{'b' if self.bias else 'nob'}"
 
 
+#: The exactness grid every format's adapter is tested on: 1-D/2-D/3-D, stride, dilation, padding, groups, bias.
+CONV_GRID = [
+    ConvCase((1, 3), padding=(0, 1)),
+    ConvCase((3, 1), stride=2, padding=(1, 0), bias=False),
+    ConvCase((3, 3), padding=1),
+    ConvCase((3, 3), stride=2, padding=1, groups=2, bias=False),
+    ConvCase((3, 3), padding=2, dilation=2, groups=4),
+    ConvCase((3, 3), stride=2, padding=(2, 1), dilation=2),
+    ConvCase((3, 3), padding="same", dilation=2, bias=False),
+    ConvCase((3, 3), padding="valid", groups=2),
+    ConvCase((5, 5), stride=2, padding=2),
+    ConvCase((5, 5), padding="same", groups=4, bias=False),
+    ConvCase((7, 7), stride=2, padding=3, bias=False),
+    ConvCase((3,), padding=1, groups=2),
+    ConvCase((5,), stride=2, padding=2, dilation=2, bias=False),
+    ConvCase((5,), padding="same", groups=4),
+    ConvCase((3, 3, 3), padding=1),
+    ConvCase((3, 3, 3), stride=2, padding=1, groups=2, bias=False),
+    ConvCase((3, 3, 3), padding="same", groups=4),
+    ConvCase((3, 3, 3), padding="valid", dilation=2),
+]
+
+
 class SingleConv(nn.Module):
     """The conv under test, then a ReLU and a 1×1 ``head`` conv that no rewrite should touch."""
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..._errors import InvalidOptionsError
+from ..._ortlog import session_severity
 from .._base import Runner
 from ._io import open_model
 
@@ -31,6 +32,7 @@ def make_runner(path: Path, workdir: Path, threads: int | None, device: str = "c
         raise InvalidOptionsError(f"device must be 'cpu' or 'cuda', got {device!r}")
     onnx_path, _, external = open_model(Path(path), Path(workdir))
     opts = ort.SessionOptions()
+    opts.log_severity_level = session_severity()  # its own log lines never reach the terminal raw
     opts.intra_op_num_threads = threads or 0
     opts.inter_op_num_threads = 1
     providers = ["CPUExecutionProvider"]

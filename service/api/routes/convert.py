@@ -40,14 +40,15 @@ def _form_schema() -> dict[str, Any]:
     props: dict[str, Any] = {
         "model": {"type": "string", "format": "binary",
                   "description": f"The model: {expected_formats()}."},
+        "data": {"type": "string", "format": "binary",
+                 "description": "Optional .npz of samples of the model's inputs ('inputs' or arrays named like "
+                                "the inputs, optional integer 'labels'): calibration recovers accuracy on them and "
+                                "the report's accuracy is measured on a held-out share."},
+        "eval": {"type": "string", "format": "binary",
+                 "description": "Optional .npz of held-out samples for the accuracy report (same layout as data)."},
         "inputs": {"type": "string", "format": "binary",
                    "description": "Optional .npz of verification inputs ('inputs' array, or arrays named like the "
                                   "model's inputs)."},
-        "data": {"type": "string", "format": "binary",
-                 "description": "Optional .npz of samples for accuracy recovery ('inputs' or arrays named like the "
-                                "model's inputs, optional 'labels')."},
-        "eval": {"type": "string", "format": "binary",
-                 "description": "Optional .npz of held-out samples (default: a 'holdout' share of 'data')."},
     }
     props.update({name: _field_schema(name) for name in ConversionConfig.model_fields
                   if name not in SERVICE_REFUSED_OPTIONS})
