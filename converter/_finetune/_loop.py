@@ -20,7 +20,8 @@ planned epochs is fixed after the first epoch from its duration and the time bud
 checkpoint, so a resumed run follows the same schedule.
 
 Checkpoints (with ``checkpoint_dir``) are written at every epoch end and at least every ``CHECKPOINT_EVERY_S``
-seconds mid-epoch; a fine-tune restarted with the same inputs and options resumes where the last one stopped.
+seconds mid-epoch; a fine-tune restarted with the same original, samples, options and converted graph (weight
+names and shapes: the same layers, ranks and lowerings) resumes where the last one stopped.
 """
 
 from __future__ import annotations
@@ -257,8 +258,10 @@ def finetune(student: Path, teacher: Path, dest: Path, *, fmt: str, train: Sampl
     objective = objective_for([np.asarray(t) for t in teacher_run(first)], options.loss,
                               train.num_classes if train.has_labels else None)
     run = _Run(view, teacher_run, objective, options, device)
-    key = fingerprint(file_digest(Path(student)), file_digest(Path(teacher)), asdict(options), train.count,
-                      holdout.count, fmt)
+    # The checkpoint fits when the original, the options, the samples and the converted graph's weights (names
+    # and shapes) are the same; the converted model's values may differ (a rerun of a job calibrates again).
+    structure = sorted((name, list(p.shape)) for name, p in view.params.items())
+    key = fingerprint(file_digest(Path(teacher)), asdict(options), train.count, holdout.count, fmt, structure)
     state = load_checkpoint(checkpoint_dir, key)
     resumed = state is not None
     if state is None:

@@ -28,8 +28,9 @@ from tests.utils.finetune_models import tiny_files
 
 pytestmark = pytest.mark.asyncio
 
+# No latency measurement: its plan depends on timings, and the resume test needs the same converted graph twice.
 OPTIONS = {"rank": "1", "recover": "finetune", "epochs": "2", "batch_size": "12", "verify": "false",
-           "input_shape": "x=2x1x8x8"}
+           "measure": "false", "input_shape": "x=2x1x8x8"}
 
 
 @pytest.fixture(scope="module")
