@@ -42,10 +42,10 @@ __all__ = [
 DEFAULT_ENERGY = 0.9
 
 #: The fields that select a rank policy (at most one may be set); ``converter._policies`` has one entry each.
-POLICY_FIELDS = ("rank", "energy", "target_params", "target_macs")
+POLICY_FIELDS = ("rank", "energy", "target_params", "target_macs", "target_latency")
 
 Order = Literal["dw-pw", "pw-dw", "auto"]
-Lowering = Literal["split", "fused", "auto"]
+Lowering = Literal["split", "fused", "summed", "auto"]
 Device = Literal["cpu", "cuda", "auto"]
 Recover = Literal["calibrate", "finetune", "none"]
 
@@ -103,9 +103,10 @@ class ConversionConfig(BaseModel):
         "auto", description="dw-pw (depthwise then pointwise), pw-dw (pointwise then depthwise), or auto: per "
                             "layer the form with the smaller weight error.")
     lowering: Lowering = Field(
-        "split", description="split: K depthwise convs of channel multiplier 1 (fastest on onnxruntime and "
-                             "torch CPU); fused: one depthwise conv with multiplier K (fewest nodes); auto: per layer, "
-                             "the cheaper by the cost model (split where they cost the same).")
+        "auto", description="auto: per layer the fastest as measured (split where not measured); split: K "
+                            "depthwise convs of channel multiplier 1, concatenated (DW→PW) or summed; fused: one "
+                            "depthwise conv with multiplier K (fewest nodes); summed: K branches added, never "
+                            "concatenated (the runtime can fuse each Add into a conv).")
     exclude: list[str] = Field(
         default_factory=list, description="Glob pattern on layer names never to convert (repeatable).")
     layer_rank: dict[str, Annotated[int, Field(ge=1)]] = Field(
@@ -121,10 +122,25 @@ class ConversionConfig(BaseModel):
         False, description="Convert eligible layers even where the chosen rank saves too little or adds MACs.")
     verify: bool = Field(
         True, description="Run both models side by side: output fidelity and latency.")
-    threads: Annotated[int, Field(ge=1, le=1024)] | None = Field(
-        None, description="Intra-op threads for the latency measurement (default: all cores).")
     latency_runs: Annotated[int, Field(ge=1, le=10_000)] = Field(
         30, description="Timed runs of each model, interleaved, after warm-up.")
+
+    # --- latency: candidates timed on the target backend, latency policy (README "Latency") ---
+    threads: Annotated[int, Field(ge=1, le=1024)] = Field(
+        1, description="Intra-op threads the models are planned for and measured with: the thread count you "
+                       "deploy with (default 1, the common edge case).")
+    measure: bool = Field(
+        True, description="Time each layer's candidates in context on the target backend and plan on measured "
+                          "latency; with the default policy the result is then never slower than the original. "
+                          "False (--no-measure): plan on parameters and MACs alone.")
+    latency_budget_s: Annotated[float, Field(ge=0.0, le=3600.0)] = Field(
+        20.0, description="Seconds at most for timing candidates (largest layers first; the rest are decided "
+                          "on counts).")
+    target_latency: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
+        None, description="Keep this share of the original model's measured latency (0.6 = 60 %), ranks "
+                          "allocated across layers for the least total weight error.")
+    throughput_batch: Annotated[int, Field(ge=2, le=4096)] | None = Field(
+        None, description="Also measure throughput (inferences/s) of both models at this batch size.")
     seed: int = Field(0, description="Seed of the random verification inputs.")
     device: Device = Field(
         "cpu", description="Where models run (verification, and any stage that runs a model): cpu, cuda, or "
@@ -196,7 +212,7 @@ class ConversionConfig(BaseModel):
             return dict(parse(s) for s in v)
         return v
 
-    @field_validator("energy", "target_params", "target_macs")
+    @field_validator("energy", "target_params", "target_macs", "target_latency")
     @classmethod
     def _finite(cls, v: float | None) -> float | None:
         if v is not None and not math.isfinite(v):
@@ -218,6 +234,11 @@ class ConversionConfig(BaseModel):
             if value is not None:
                 return kind, value
         return "energy", DEFAULT_ENERGY
+
+    @property
+    def default_policy(self) -> bool:
+        """True when no rank policy was chosen (the default policy, which promises "never slower")."""
+        return all(getattr(self, k) is None for k in POLICY_FIELDS) and not self.layer_rank
 
     @classmethod
     def from_options(cls, config: ConversionConfig | None = None, **options: Any) -> ConversionConfig:

@@ -450,15 +450,17 @@ def _table(d: Mapping[str, Any]) -> str:
                 known.add(k)
                 numeric = all(_is_num(x.get(k)) or x.get(k) is None for x in layers)
                 columns.append((k, k.replace("_", " "), numeric))
-    head = "".join(f'<th data-type="{"num" if num else "text"}" class="{"num" if num else "text"}" scope="col" '
-                   f'tabindex="0">{escape(h)}</th>' for _, h, num in columns)
+    head = "".join(f'<th data-type="{"num" if num else "text"}" class="{"num" if num else "text"} col-{escape(k)}" '
+                   f'scope="col" tabindex="0">{escape(h)}</th>' for k, h, num in columns)
     rows = []
     for la in layers:
         cells = []
         for key, _, _ in columns:
             text, sort = _cell(key, la.get(key))
-            cls = ' class="name"' if key == "name" else (' class="reason"' if key == "reason" else "")
-            cells.append(f'<td{cls} data-v="{escape(sort)}">{escape(text)}</td>')
+            shown = escape(text)
+            if key == "name":  # where a long name may break when printed: after a separator
+                shown = shown.replace("/", "/<wbr>").replace(".", ".<wbr>")
+            cells.append(f'<td class="col-{escape(key)}" data-v="{escape(sort)}">{shown}</td>')
         rows.append(f'<tr class="{escape(str(la.get("status", "")))}">{"".join(cells)}</tr>')
     return (f'<section id="layers"><h2>Layers</h2><p class="note">Click a column to sort. '
             f"Full layer names as in the JSON report.</p><div class=\"scroll\"><table id=\"layer-table\">"

@@ -31,12 +31,13 @@ from ._device import resolve_device
 from ._errors import ConversionError, InvalidOptionsError, map_errors
 from ._factorize import Factors, Spectra, factorize, rewrites
 from ._graphcheck import trusting
+from ._latency._stage import measure_step, verify_step
 from ._ortlog import quiet_onnxruntime
 from ._plan import Plan, plan
 from ._report import Fidelity, Latency, Report
 from ._stages import STAGE_NAMES, ProgressCallback, StageClock, StageProgress
 from ._summary import build_report
-from ._verify import load_user_inputs, random_inputs, resolve_input_shapes, verify
+from ._verify import load_user_inputs, resolve_input_shapes
 from .formats import detect_format
 from .formats._base import ConvLayer, FormatAdapter, InputSpec, ModelStats
 
@@ -167,6 +168,8 @@ def _plan(c: Conversion, _: StageProgress) -> None:
     assert c.adapter is not None
     c.layers = c.adapter.find_convs(c.model, c.per_sample)
     c.before = c.adapter.stats(c.model, c.per_sample)
+    if c.config.measure:
+        return  # the measure stage plans, on measured latency
     c.plan = plan(c.layers, c.config, c.cost_model, total_params=c.before.params, total_macs=c.before.macs,
                   spectra=c.spectra)
     c.factors = factorize(c.plan.decisions, c.spectra)
@@ -209,17 +212,6 @@ def _save(c: Conversion, _: StageProgress) -> None:
         shutil.copyfile(c.src, c.saved)
 
 
-def _verify(c: Conversion, _: StageProgress) -> None:
-    assert c.adapter is not None and c.saved is not None
-    cfg = c.config
-    if c.user_inputs is not None:
-        others = random_inputs([s for s in c.specs if s.name not in c.user_inputs], c.shapes, cfg.seed)
-        inputs, kind = {**others, **c.user_inputs}, "user"
-    else:
-        inputs, kind = random_inputs(c.specs, c.shapes, cfg.seed), "random"
-    c.fidelity, c.latency = verify(c.adapter, c.src, c.saved, inputs, kind, cfg, c.workdir("verify"), c.device)
-
-
 def _always(_: Conversion) -> bool:
     return True
 
@@ -238,10 +230,11 @@ Step = Callable[[Conversion, StageProgress], None]
 STEPS: dict[str, tuple[Callable[[Conversion], bool], Step]] = {
     "load": (_always, _load),
     "plan": (_always, _plan),
+    "measure": (lambda c: c.config.measure, measure_step),
     "rewrite": (_always, _rewrite),
     "calibrate": (_has_samples, _calibrate),
     "save": (_always, _save),
-    "verify": (lambda c: c.config.verify, _verify),
+    "verify": (lambda c: c.config.verify, verify_step),
 }
 
 

@@ -22,6 +22,7 @@ from ._cost import Candidate, Cost, CostModel, CountingCostModel, Lowering, macs
 from ._decompose import Order, energy_curve
 from ._errors import InvalidOptionsError
 from ._factorize import Spectra
+from ._latency._candidates import lowerings_for
 from ._policies import OVERRIDE, RANK_POLICIES, Option, RankPolicy, allocate
 from .formats._base import ConvLayer
 
@@ -111,7 +112,9 @@ def _candidates(layer: ConvLayer, config: ConversionConfig, spectra: Spectra) ->
     for order in _orders(config):
         curve = energy_curve(spectra.get(layer, order))
         for lowering in _lowerings(config):
-            out.extend(Candidate(layer, order, r, lowering, float(curve[r - 1])) for r in range(1, len(curve) + 1))
+            # auto lists a lowering only where it emits a graph of its own (rank 1: all are the same two convs)
+            out.extend(Candidate(layer, order, r, lowering, float(curve[r - 1])) for r in range(1, len(curve) + 1)
+                       if config.lowering != "auto" or lowering in lowerings_for(order, r, layer.groups))
     return out
 
 
@@ -123,6 +126,7 @@ def plan(
     total_params: int,
     total_macs: int | None,
     spectra: Spectra | None = None,
+    total_latency_ms: float | None = None,
 ) -> Plan:
     """Decide, for every layer, whether and how it is converted.
 
@@ -134,6 +138,7 @@ def plan(
         total_params: the whole model's parameters (for ``target_params``).
         total_macs: the whole model's MACs, or None if unknown (then ``target_macs`` is refused).
         spectra: a cache of the layers' singular values, shared with ``factorize`` (default: a fresh one).
+        total_latency_ms: the whole original model's measured latency (for ``target_latency``).
 
     Raises:
         InvalidOptionsError: a budget cannot be met (the message gives the smallest reachable share), or a
@@ -161,28 +166,80 @@ def plan(
 
     info: dict = {"kind": kind, "value": value, "order": config.order, "lowering": config.lowering,
                   "cost_model": cost_model.name}
+    block = int(getattr(cost_model, "block", 1) or 1)
     budgeted: list[tuple[LayerDecision, list[Option]]] = []
     for d, options in menus:
         override = _layer_override(d.layer, config)
         if override is not None:
-            _per_layer(d, options, OVERRIDE, override, config)
+            _per_layer(d, options, OVERRIDE, override, config, block)
         elif policy.budget is None:
-            _per_layer(d, options, policy, float(value), config)
+            _per_layer(d, options, policy, float(value), config, block)
         else:
             budgeted.append((d, options))
     if policy.budget is not None:
-        info.update(_spend(budgeted, decisions, config, policy, float(value), total_params, total_macs))
+        info.update(_spend(budgeted, decisions, config, policy, float(value), total_params, total_macs,
+                           total_latency_ms))
     return Plan(decisions=decisions, policy=info)
 
 
 def _per_layer(d: LayerDecision, options: list[Option], policy: RankPolicy, value: float,
-               config: ConversionConfig) -> None:
+               config: ConversionConfig, block: int = 1) -> None:
     assert policy.narrow is not None and policy.prefer is not None
     candidates = policy.narrow(options, value)
+    notes: dict[int, str] = {}
+    if block > 1 and config.default_policy:  # an explicit rank policy gets exactly the rank it names
+        candidates, notes = _round_ranks(d.layer, candidates, options, block)
     # Between the forms' candidates (same policy, so no rank is changed): the best among those worth converting
-    # with; if none is, the best overall, whose rejection becomes the layer's skip reason.
-    worth = [o for o in candidates if _rejection(o, d, config) is None]
-    _choose(d, min(worth or candidates, key=policy.prefer), config, policy.describe(value))
+    # with; if none is, the best overall, whose rejection becomes the layer's skip reason. The default policy
+    # promises speed: where latency was measured it prefers the fastest form.
+    worth = [o for o in candidates if _rejection(o, d, config) is None] or candidates
+    if _timed(worth) and config.default_policy:
+        best = min(worth, key=_by_latency)
+    elif _timed(worth):
+        # the policy's own criterion first (weight error at a rank, parameters at an energy); forms within
+        # _NEAR of the best by it are near-ties, broken by the measured latency
+        first = min(policy.prefer(o)[0] for o in worth)
+        near = [o for o in worth if policy.prefer(o)[0] <= first * (1 + _NEAR) + 1e-12]
+        best = min(near, key=lambda o: (o.cost.latency_ms, policy.prefer(o)))
+    else:
+        best = min(worth, key=policy.prefer)
+    _choose(d, best, config, policy.describe(value) + notes.get(id(best), ""))
+
+
+#: Forms whose policy criterion (weight error, parameters) is within this share of the best are near-ties.
+_NEAR = 0.05
+
+
+def _timed(options: list[Option]) -> bool:
+    return bool(options) and all(o.cost.latency_ms is not None for o in options)
+
+
+def _by_latency(o: Option) -> tuple:
+    return (o.cost.latency_ms, o.cost.params, o.err2)
+
+
+def _round_ranks(layer: ConvLayer, candidates: list[Option], options: list[Option],
+                 block: int) -> tuple[list[Option], dict[int, str]]:
+    """Each DW→PW candidate whose pointwise input channels per group (``C·K``) do not fill whole channel blocks
+    is replaced by the same form at the next rank that does, if that measured no slower (it keeps more energy)."""
+    c = layer.in_channels // layer.groups
+    out, notes = [], {}
+    for o in candidates:
+        k = o.candidate.rank or 0
+        lat = o.cost.latency_ms
+        if o.candidate.order != "dw-pw" or lat is None or (c * k) % block == 0:
+            out.append(o)
+            continue
+        up = min((u for u in options if u.form == o.form and (u.candidate.rank or 0) > k
+                  and (c * (u.candidate.rank or 0)) % block == 0), key=lambda u: u.candidate.rank or 0, default=None)
+        if up is not None and up.cost.latency_ms is not None and up.cost.latency_ms <= lat:
+            out.append(up)
+            notes[id(up)] = (f"; rank rounded up {k}→{up.candidate.rank} so that its {c}·K intermediate channels "
+                             f"fill whole {block}-channel blocks (measured {up.cost.latency_ms:.3g} ms, no slower "
+                             f"than {lat:.3g} ms)")
+        else:
+            out.append(o)
+    return out, notes
 
 
 def _rejection(opt: Option, d: LayerDecision, config: ConversionConfig) -> str | None:
@@ -197,7 +254,10 @@ def _rejection(opt: Option, d: LayerDecision, config: ConversionConfig) -> str |
                 f"({c.params} vs {before.params}; min_reduction {config.min_reduction:g})")
     if _adds_macs(opt, d):
         return f"{what} would add MACs ({c.macs} > {before.macs})"
-    if c.latency_ms is not None and before.latency_ms is not None and c.latency_ms > before.latency_ms:
+    # Slower in context: a reason to keep the layer only under the default policy, which promises speed; an
+    # explicit rank policy asks for compression, and gets the fastest lowering of it.
+    if (config.default_policy and c.latency_ms is not None and before.latency_ms is not None
+            and c.latency_ms > before.latency_ms):
         return f"{what} would be slower ({c.latency_ms:.4g} ms > {before.latency_ms:.4g} ms)"
     return None
 
@@ -227,9 +287,12 @@ def _spend(
     share: float,
     total_params: int,
     total_macs: int | None,
+    total_latency_ms: float | None = None,
 ) -> dict:
     metric = policy.budget
     assert metric is not None
+    if metric == "latency_ms":
+        return _spend_latency(menus, config, policy, share, total_latency_ms)
     if metric == "macs":
         unknown = [d.layer.name for d, _ in menus if d.macs_before is None]
         if total_macs is None or unknown:
@@ -243,14 +306,53 @@ def _spend(
     allowed = [(d.cost_before, [o for o in options if config.force or not _adds_macs(o, d)]) for d, options in menus]
     chosen, spent = allocate(allowed, metric, share * total, total, f"{policy.name}={share:g}")
     forced = config.model_copy(update={"force": True})
-    for (d, _), opt in zip(menus, chosen, strict=True):
+    for (d, options), opt in zip(menus, chosen, strict=True):
         if opt is None:
             d.reason = f"kept: the {metric} budget is better spent on other layers"
         else:
-            _choose(d, opt, forced, policy.describe(share))
+            _choose(d, _fastest_lowering(opt, options), forced, policy.describe(share))
     return {
         "allocation": "greedy on each layer's convex hull of (cost, squared relative weight error), "
                       "minimising their sum under the budget",
         "budget_metric": metric,
         "achieved": round(spent / total if total else 0.0, 6),
+    }
+
+
+def _fastest_lowering(opt: Option, options: list[Option]) -> Option:
+    """The same order and rank in the lowering measured fastest (counted costs are equal across lowerings)."""
+    same = [o for o in options if o.candidate.order == opt.candidate.order and o.candidate.rank == opt.candidate.rank
+            and o.cost.latency_ms is not None]
+    return min(same, key=lambda o: o.cost.latency_ms or 0.0) if same else opt
+
+
+def _spend_latency(
+    menus: list[tuple[LayerDecision, list[Option]]],
+    config: ConversionConfig,
+    policy: RankPolicy,
+    share: float,
+    total_ms: float | None,
+) -> dict:
+    """``target_latency``: spend the measured latency budget; layers that were not timed are kept as they are."""
+    if total_ms is None:
+        raise InvalidOptionsError(
+            f"{policy.name} needs measured latency: do not pass --no-measure, and give concrete input shapes "
+            "(--input-shape)")
+    timed = [(d, o) for d, o in menus if d.cost_before.latency_ms is not None]
+    for d, _ in menus:
+        if d.cost_before.latency_ms is None:
+            d.reason = "kept: not timed (latency budget spent, or spatial sizes unknown), so not priced"
+    allowed = [(d.cost_before, [o for o in options if o.cost.latency_ms is not None]) for d, options in timed]
+    chosen, spent = allocate(allowed, "latency_ms", share * total_ms, total_ms, f"{policy.name}={share:g}")
+    forced = config.model_copy(update={"force": True})
+    for (d, _), opt in zip(timed, chosen, strict=True):
+        if opt is None:
+            d.reason = "kept: the latency budget is better spent on other layers"
+        else:
+            _choose(d, opt, forced, policy.describe(share))
+    return {
+        "allocation": "greedy on each layer's convex hull of (in-context latency, squared relative weight error), "
+                      "minimising their sum under the budget",
+        "budget_metric": "latency_ms",
+        "achieved": round(spent / total_ms if total_ms else 0.0, 6),
     }

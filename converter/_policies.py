@@ -113,6 +113,9 @@ register_policy(RankPolicy("target_params", lambda v: f"rank allocated for targe
 register_policy(RankPolicy("target_macs", lambda v: f"rank allocated for target_macs={v:g} (least total "
                                                      "weight error)", budget="macs"))
 
+register_policy(RankPolicy("target_latency", lambda v: f"rank allocated for target_latency={v:g} (least total "
+                                                        "weight error, measured latency)", budget="latency_ms"))
+
 #: The per-layer override (``layer_rank``) behaves like the rank policy for the layers it names.
 OVERRIDE = RankPolicy("layer_rank", lambda v: f"rank {int(v)} set for this layer", _at_rank, _by_error)
 

@@ -148,6 +148,8 @@ class LayerReport(_Model):
     params_after: int
     macs_before: int | None = None
     macs_after: int | None = None
+    latency_ms_before: float | None = None
+    latency_ms_after: float | None = None
     # accuracy recovery (README "Accuracy recovery")
     calibration: str | None = None
     output_error: StageValues | None = None

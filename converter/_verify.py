@@ -8,9 +8,7 @@ speed-up it did not measure. It does not decide anything about layers; it report
 from __future__ import annotations
 
 import math
-import os
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +18,8 @@ from ._errors import InvalidOptionsError, VerificationError, map_errors
 from ._report import Fidelity, Latency
 from .formats._base import FormatAdapter, InputSpec, Runner
 
-__all__ = ["FidelityStats", "batches", "fidelity", "load_user_inputs", "measure_latency", "random_inputs",
-           "resolve_input_shapes", "verify"]
+__all__ = ["FidelityStats", "batches", "fidelity", "load_user_inputs", "random_inputs", "resolve_input_shapes",
+           "verify"]
 
 
 def resolve_input_shapes(
@@ -251,33 +249,6 @@ def _numeric(a: np.ndarray) -> bool:
     return np.issubdtype(np.asarray(a).dtype, np.number)
 
 
-def measure_latency(
-    run_a: Callable[[], object], run_b: Callable[[], object], runs: int, warmup: int | None = None
-) -> tuple[list[float], list[float]]:
-    """Time two callables interleaved (ABBA order, so neither always runs first) after warm-up; seconds each."""
-    warmup = max(3, runs // 10) if warmup is None else warmup
-    for _ in range(warmup):
-        run_a()
-        run_b()
-    ta: list[float] = []
-    tb: list[float] = []
-    for i in range(runs):
-        pair = ((run_a, ta), (run_b, tb)) if i % 2 == 0 else ((run_b, tb), (run_a, ta))
-        for fn, acc in pair:
-            t0 = time.perf_counter()
-            fn()
-            acc.append(time.perf_counter() - t0)
-    return ta, tb
-
-
-def default_threads() -> int:
-    """All cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def verify(
     adapter: FormatAdapter,
     original: Path,
@@ -287,13 +258,16 @@ def verify(
     config: ConversionConfig,
     workdir: Path,
     device: str = "cpu",
-) -> tuple[Fidelity, Latency]:
-    """Fidelity and latency of ``converted`` against ``original`` (both model files) on ``inputs``.
+    *,
+    latency: bool = True,
+) -> tuple[Fidelity, Latency | None]:
+    """Fidelity and latency of ``converted`` against ``original`` (both model files) on ``inputs``; latency
+    (``converter._latency``: interleaved, p50/p90/p99, speed-up with its interval) only if ``latency``.
 
     Raises:
         VerificationError: either model does not run on the inputs; the message says which and why.
     """
-    threads = config.threads or default_threads()
+    threads = config.threads
     runners: list[Runner] = []
     backend = ""
     for label, path in (("original", original), ("converted", converted)):
@@ -317,22 +291,17 @@ def verify(
         stats.add(outs[0], outs[1])
         del outs
     fid = stats.result(input_kind)
+    if not latency:
+        return fid, None
+    from ._latency._cache import backend_for
+    from ._latency._whole import compare_files, latency_report
+
     inputs = timed if timed is not None else inputs
-    ta, tb = measure_latency(lambda: runners[0](inputs), lambda: runners[1](inputs), config.latency_runs)
-    p50a, p50b = float(np.median(ta)) * 1e3, float(np.median(tb)) * 1e3
+    backend = backend_for(adapter.name, device, threads)
+    cmp = compare_files(adapter, original, converted, inputs, threads=threads, device=device, workdir=workdir,
+                        runs=config.latency_runs, seed=config.seed)
     first = next(iter(inputs.values()), None)
-    return fid, Latency(
-        backend=backend,
-        device=device,
-        threads=threads,
-        runs=config.latency_runs,
-        batch=int(first.shape[0]) if first is not None and first.ndim else None,
-        original_ms=round(p50a, 4),
-        converted_ms=round(p50b, 4),
-        speedup=round(p50a / p50b, 4) if p50b > 0 else 0.0,
-        original_p90_ms=round(float(np.percentile(ta, 90)) * 1e3, 4),
-        converted_p90_ms=round(float(np.percentile(tb, 90)) * 1e3, 4),
-    )
+    return fid, latency_report(cmp, backend, int(first.shape[0]) if first is not None and first.ndim else None)
 
 
 def _shapes(inputs: Mapping[str, np.ndarray]) -> str:

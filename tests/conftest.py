@@ -11,3 +11,11 @@ def _deterministic_torch() -> None:
     torch.manual_seed(0)
     # Two cores here and on CI: keep the test processes from oversubscribing them.
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _timing_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Candidate timings are cached per session (shapes repeat across tests), never in the user's cache folder.
+    import os
+
+    os.environ.setdefault("SEPCONV_CACHE_DIR", str(tmp_path_factory.mktemp("sepconv-cache")))

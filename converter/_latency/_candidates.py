@@ -90,7 +90,7 @@ class CandidateTimer:
     """Times candidates of layers in context on one backend (see the module docstring)."""
 
     def __init__(self, adapter: FormatAdapter, backend: Backend, batch: int, cache: TimingCache,
-                 *, seed: int = 0, max_runs: int = 30) -> None:
+                 *, seed: int = 0, max_runs: int = 15) -> None:
         self.adapter = adapter
         self.backend = backend
         self.batch = batch

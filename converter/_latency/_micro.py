@@ -24,7 +24,10 @@ import numpy as np
 
 from ..formats._base import ConvLayer
 
-__all__ = ["LayerShape", "build_micro", "geometry"]
+__all__ = ["MICRO_FORMATS", "LayerShape", "build_micro", "geometry"]
+
+#: The formats a micro-model can be written in.
+MICRO_FORMATS = ("onnx", "torchscript")
 
 #: The name of the layer inside a micro-model (ONNX node name; TorchScript module path).
 LAYER = "layer"
@@ -164,6 +167,6 @@ def _torchscript(shape: LayerShape, batch: int, dest: Path, seed: int) -> Path:
 
     example = torch.zeros(batch, shape.in_channels, *shape.in_spatial)
     with torch.no_grad():
-        traced = torch.jit.trace(Micro().eval(), example)
+        traced = torch.jit.trace(Micro().eval(), example, check_trace=False)
     traced.save(str(dest))
     return dest

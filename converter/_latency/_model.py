@@ -26,6 +26,7 @@ import numpy as np
 
 from .._config import DEFAULT_ENERGY
 from .._decompose import Order
+from .._errors import one_line
 from ..formats._base import ConvLayer
 from ._candidates import Candidate, CandidateTimer, LayerTimes, lowerings_for, rounded_rank
 from ._micro import LayerShape
@@ -72,6 +73,7 @@ class MeasureSummary:
     layers_cached: int = 0
     layers_untimed: list[str] = field(default_factory=list)
     candidates_timed: int = 0
+    failures: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +81,7 @@ class MeasureSummary:
             "channel_block": self.block, "budget_s": self.budget_s, "spent_s": round(self.spent_s, 3),
             "layers_timed": self.layers_timed, "layers_cached": self.layers_cached,
             "layers_untimed": len(self.layers_untimed), "candidates_timed": self.candidates_timed,
+            **({"failures": self.failures[:5]} if self.failures else {}),
         }
 
 
@@ -87,17 +90,15 @@ class LatencyModel:
 
     Args:
         timer: the candidate timer for the target backend.
-        focus: per layer, the ranks to time per order (``focus_ranks``).
         macs: ``macs(layer, order, rank)``, the counted MACs (for scaling beyond timed ranks).
         budget_s: wall-clock seconds for all timing.
         progress: called with the share of layers done.
     """
 
-    def __init__(self, timer: CandidateTimer, focus: Callable[[ConvLayer], dict[Order, tuple[int, ...]]],
+    def __init__(self, timer: CandidateTimer,
                  macs: Callable[[ConvLayer, Order | None, int | None], int | None], budget_s: float,
                  progress: Callable[[float], None] | None = None) -> None:
         self.timer = timer
-        self.focus = focus
         self.macs = macs
         self.budget_s = budget_s
         self.progress = progress
@@ -110,20 +111,26 @@ class LatencyModel:
     def block(self) -> int:
         return self.timer.backend.block
 
-    def prepare(self, layers: Sequence[ConvLayer]) -> None:
-        """Time the candidates of ``layers`` (largest by MACs first) within the budget."""
+    def prepare(self, focus: Sequence[tuple[ConvLayer, dict[Order, tuple[int, ...]]]]) -> None:
+        """Time the candidates of each layer at its focus ranks per order (``focus_ranks``), largest layer (by
+        MACs) first, within the budget."""
         start = time.perf_counter()
-        todo = [lay for lay in layers if lay.name not in self.times]
-        todo.sort(key=lambda lay: -(self.macs(lay, None, None) or 0))
-        for i, layer in enumerate(todo):
+        todo = [(lay, ranks) for lay, ranks in focus if lay.name not in self.times]
+        todo.sort(key=lambda item: -(self.macs(item[0], None, None) or 0))
+        for i, (layer, ranks) in enumerate(todo):
             shape = LayerShape.of(layer)
             left = self.budget_s - (time.perf_counter() - start)
             if shape is None or left <= 0:
                 self.summary.layers_untimed.append(layer.name)
                 continue
-            cands = self._candidates(layer, shape)
+            cands = self._candidates(layer, shape, ranks)
             before = self.timer.cached_layers
-            self.times[layer.name] = self.timer.time_layer(shape, cands, budget_s=min(left, max(2.0, left / 4)))
+            try:
+                self.times[layer.name] = self.timer.time_layer(shape, cands, budget_s=min(left, max(2.0, left / 4)))
+            except Exception as e:  # measuring is best effort: an untimed layer is decided on counts
+                self.summary.layers_untimed.append(layer.name)
+                self.summary.failures.append(f"{layer.name}: {type(e).__name__}: {one_line(e, 160)}")
+                continue
             if self.timer.cached_layers > before:
                 self.summary.layers_cached += 1
             else:
@@ -134,9 +141,10 @@ class LatencyModel:
         self.summary.spent_s += time.perf_counter() - start
         self.timer.cache.save()
 
-    def _candidates(self, layer: ConvLayer, shape: LayerShape) -> list[Candidate]:
+    def _candidates(self, layer: ConvLayer, shape: LayerShape,
+                    focus: dict[Order, tuple[int, ...]]) -> list[Candidate]:
         out: list[Candidate] = []
-        for order, ranks in self.focus(layer).items():
+        for order, ranks in focus.items():
             for rank in ranks:
                 out.extend(Candidate(order, rank, low) for low in lowerings_for(order, rank, layer.groups))
                 up = rounded_rank(shape, order, rank, self.block)

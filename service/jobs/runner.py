@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 import select
 import shutil
 import signal
@@ -46,8 +47,8 @@ from . import crud, files
 from .confine import landlock_abi, seccomp_supported
 from .sandbox import EXIT_OOM
 
-__all__ = ["JobRunner", "Outcome", "protect_worker_process", "sweep_stale_workdirs", "warn_if_unconfined",
-           "worker_name"]
+__all__ = ["JobRunner", "Outcome", "protect_worker_process", "scrub_paths", "sweep_stale_workdirs",
+           "warn_if_unconfined", "worker_name"]
 
 log = logging.getLogger("sepconv.runner")
 
@@ -167,6 +168,8 @@ class JobRunner:
 
         outcome = self._supervise(claim, job.input_bytes, work, job.options, bool(job.inputs_key),
                                   bool(job.data_key), bool(job.eval_key))
+        if outcome.message:
+            outcome.message = scrub_paths(outcome.message, work)
         sandbox = next((e for e in outcome.events if e["event"] == "sandbox"), {})
         if sandbox.get("network") == "shared":
             log.info("job %s: the kernel refused a private network namespace and a socket filter; the conversion "
@@ -334,6 +337,17 @@ def warn_if_unconfined(settings: Settings, worker_id: str) -> None:
             "TorchScript/.pt2 models are refused (set SEPCONV_ALLOW_UNCONFINED_CODE=1 to accept them)")
     log.warning("WORKER %s HAS NO FILE-SYSTEM CONFINEMENT: this kernel offers no Landlock, so a conversion can read "
                 "whatever the worker's user can read; %s. Use Linux >= 5.13 with Landlock enabled.", worker_id, what)
+
+
+_TEMP_PATH = re.compile(r"""/[^\s'"]*/(?:sepconv-job-|sepconv-)[^\s'"]*""")
+
+
+def scrub_paths(message: str, work: Path) -> str:
+    """A failure message without the job folder's (or any other sepconv temporary folder's) path: files in it are
+    named relative to it (``model.in``), anything else temporary as ``<temp>``."""
+    for root in {str(work.resolve()), str(work)}:
+        message = message.replace(root + "/", "").replace(root, "<job folder>")
+    return _TEMP_PATH.sub("<temp>", message)
 
 
 def sweep_stale_workdirs() -> int:

@@ -10,7 +10,8 @@ from converter import DEFAULT_ENERGY, ConversionConfig, InvalidOptionsError
 def test_defaults_and_policy():
     c = ConversionConfig()
     assert c.policy == ("energy", DEFAULT_ENERGY)
-    assert (c.order, c.lowering, c.verify, c.force) == ("auto", "split", True, False)
+    assert (c.order, c.lowering, c.verify, c.force) == ("auto", "auto", True, False)
+    assert (c.threads, c.measure, c.default_policy) == (1, True, True)
     assert ConversionConfig(target_macs=0.4).policy == ("target_macs", 0.4)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ import torch
 from converter._decompose import decompose, lower
 from converter._latency._cache import Backend, TimingCache, backend_for, block_size, cache_dir
 from converter._latency._candidates import ORIGINAL, Candidate, CandidateTimer, LayerTimes, lowerings_for, rounded_rank
-from converter._latency._harness import Timing, compare, speedup_interval, time_interleaved
+from converter._latency._guard import never_slower
+from converter._latency._harness import Comparison, Timing, compare, speedup_interval, time_interleaved
 from converter._latency._micro import INPUT, LAYER, LayerShape, build_micro, geometry
 from converter._latency._model import LatencyModel, focus_ranks
 from converter._latency._timers import timed_runner
@@ -68,7 +70,7 @@ def test_a_real_difference_excludes_one() -> None:
 
 # ---- report section and warning -----------------------------------------------------------------------------------
 
-def _comparison(fa: float, fb: float, noise: float, seed: int = 0) -> object:
+def _comparison(fa: float, fb: float, noise: float, seed: int = 0) -> Comparison:
     rng = np.random.default_rng(seed)
     a = fa * (1 + noise * rng.standard_normal(30)).clip(0.3)
     b = fb * (1 + noise * rng.standard_normal(30)).clip(0.3)
@@ -279,9 +281,9 @@ def test_focus_ranks_per_policy() -> None:
 
 def test_latency_model_times_focus_ranks_and_interpolates() -> None:
     timer = _FakeTimer()
-    model = LatencyModel(timer, lambda lay: {"dw-pw": (1, 4)}, _macs, budget_s=10)  # type: ignore[arg-type]
+    model = LatencyModel(timer, _macs, budget_s=10)  # type: ignore[arg-type]
     layer = _layer()
-    model.prepare([layer])
+    model.prepare([(layer, {"dw-pw": (1, 4)})])
     assert {c.rank for c in timer.asked[0]} == {1, 4}
     assert model.latency(layer, None, None, None) == 4.0
     assert model.latency(layer, "dw-pw", 4, "fused") == pytest.approx(6.0)
@@ -293,8 +295,8 @@ def test_latency_model_times_focus_ranks_and_interpolates() -> None:
 
 def test_latency_model_respects_the_budget() -> None:
     timer = _FakeTimer()
-    model = LatencyModel(timer, lambda lay: {"dw-pw": (2,)}, _macs, budget_s=0.0)  # type: ignore[arg-type]
-    model.prepare([_layer("a"), _layer("b")])
+    model = LatencyModel(timer, _macs, budget_s=0.0)  # type: ignore[arg-type]
+    model.prepare([(_layer("a"), {"dw-pw": (2,)}), (_layer("b"), {"dw-pw": (2,)})])
     assert timer.asked == [] and model.summary.layers_untimed == ["a", "b"]
 
 
@@ -322,3 +324,56 @@ def test_candidates_on_cuda(fmt: str, tmp_path: Path) -> None:
     timer = CandidateTimer(adapter, backend, 1, TimingCache(backend, tmp_path), max_runs=5)
     lt = timer.time_layer(SHAPE, [Candidate("dw-pw", 2, "split")])
     assert all(ms > 0 for ms in lt.ms.values())
+
+
+# ---- never slower --------------------------------------------------------------------------------------------------
+
+def _fake_measure(speedups: dict[frozenset, float], calls: list[list[str]]) -> Callable[[list[str]], Comparison]:
+    def measure(layers: list[str]) -> Comparison:
+        calls.append(list(layers))
+        s = speedups[frozenset(layers)]
+        return _comparison(0.010 * s, 0.010, 0.02)
+    return measure
+
+
+def test_guard_keeps_a_faster_model() -> None:
+    calls: list[list[str]] = []
+    r = never_slower(["a", "b"], {"a": 0.3, "b": 0.2}, _fake_measure({frozenset("ab"): 1.4}, calls))
+    assert r.kept == ["a", "b"] and not r.reverted and len(calls) == 1
+
+
+def test_guard_reverts_layers_that_do_not_pay() -> None:
+    calls: list[list[str]] = []
+    r = never_slower(["a", "b", "c"], {"a": 0.3, "b": 0.01, "c": None},
+                     _fake_measure({frozenset("abc"): 0.97, frozenset("a"): 1.2}, calls))
+    assert r.kept == ["a"] and set(r.reverted) == {"b", "c"}
+    assert "not faster" in r.reverted["b"] and calls == [["a", "b", "c"], ["a"]]
+    assert r.comparison is not None and r.comparison.faster
+
+
+def test_guard_returns_the_original_when_nothing_pays() -> None:
+    calls: list[list[str]] = []
+    r = never_slower(["a", "b"], {"a": 0.3, "b": 0.2},
+                     _fake_measure({frozenset("ab"): 0.9, frozenset("b"): 0.95, frozenset("a"): 0.95}, calls))
+    assert r.unchanged and set(r.reverted) == {"a", "b"} and len(calls) == 2
+    assert calls[1] == ["a"]  # no weak layer: the half with the smaller gain went first
+    assert "returned unchanged" in r.reverted["a"]
+
+
+def test_guard_with_noise_does_not_claim_faster() -> None:
+    # a speed-up inside the noise is not "faster": the original comes back
+    def measure(layers: list[str]) -> Comparison:
+        return _comparison(0.0102, 0.010, 0.4, seed=len(layers))
+    r = never_slower(["a"], {"a": 0.3}, measure)
+    assert r.unchanged
+
+
+def test_a_layer_whose_timing_fails_is_decided_on_counts() -> None:
+    class Broken(_FakeTimer):
+        def time_layer(self, shape: LayerShape, cands: list[Candidate], *, budget_s: float | None = None) -> LayerTimes:
+            raise RuntimeError("the runtime refused the micro-model")
+
+    model = LatencyModel(Broken(), _macs, budget_s=10)  # type: ignore[arg-type]
+    model.prepare([(_layer("a"), {"dw-pw": (2,)})])
+    assert model.latency(_layer("a"), None, None, None) is None
+    assert model.summary.layers_untimed == ["a"] and "refused" in model.summary.as_dict()["failures"][0]

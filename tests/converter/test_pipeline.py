@@ -20,7 +20,8 @@ from tests.utils.models import build, export_onnx, export_torchscript
 REPORT_KEYS = {"schema_version", "sepconv_version", "format", "params", "macs", "file_bytes", "policy", "fidelity",
                "latency", "layers", "timings", "warnings"}
 LAYER_KEYS = {"name", "op", "kernel", "in_channels", "out_channels", "groups", "status", "reason", "order", "rank",
-              "lowering", "energy", "rel_weight_error", "params_before", "params_after", "macs_before", "macs_after"}
+              "lowering", "energy", "rel_weight_error", "params_before", "params_after", "macs_before", "macs_after",
+              "latency_ms_before", "latency_ms_after"}
 FAST = {"latency_runs": 3}
 
 
@@ -49,7 +50,8 @@ def test_onnx_report_is_complete_and_true(resnet_onnx, tmp_path):
     assert set(data["fidelity"]) >= {"rel_l2", "max_abs", "cosine", "top1_agreement"}
     assert set(data["latency"]) >= {"backend", "threads", "original_ms", "converted_ms", "speedup"}
     assert set(data["timings"]) >= {"load_s", "convert_s", "verify_s", "save_s"}
-    assert all(data["timings"][f"{s}_s"] is not None for s in ("load", "plan", "rewrite", "save", "verify"))
+    assert all(data["timings"][f"{s}_s"] is not None for s in ("load", "plan", "measure", "rewrite", "save",
+                                                                             "verify"))
     assert r.format == "onnx" and result.output_path == out and out.exists()
     assert r.file_bytes.converted == out.stat().st_size and r.file_bytes.original == resnet_onnx.stat().st_size
     onnx.checker.check_model(str(out), full_check=True)
@@ -134,7 +136,7 @@ def test_progress_reaches_one_in_order(resnet_onnx, tmp_path):
     converter.convert(resnet_onnx, tmp_path / "o.onnx", rank=2, progress=lambda s, f: seen.append((s, f)), **FAST)
     fractions = [f for _, f in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    assert [s for s, _ in seen][:5] == ["load", "plan", "rewrite", "save", "verify"]
+    assert list(dict.fromkeys(s for s, _ in seen))[:6] == ["load", "plan", "measure", "rewrite", "save", "verify"]
 
 
 def test_config_object_and_options_combine(resnet_onnx, tmp_path):

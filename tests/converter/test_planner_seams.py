@@ -45,7 +45,7 @@ def test_cost_model_is_asked_once_for_every_candidate():
     layers = [layer("a", decay=0.5), layer("b", seed=2), layer("pw", kernel=(1, 1))]
     model = _Recording()
     assert isinstance(model, CostModel)
-    p = plan(layers, ConversionConfig(order="auto"), model, total_params=10**6, total_macs=None)
+    p = plan(layers, ConversionConfig(order="auto", lowering="split"), model, total_params=10**6, total_macs=None)
     # every layer kept (3), plus for a and b: 2 orders × 9 ranks
     assert model.calls == [3 + 2 * 2 * 9]
     assert p.policy["cost_model"] == "recording"
@@ -75,12 +75,16 @@ def test_a_fake_cost_model_changes_decisions():
     lay = layer("slow.conv", n=32, m=32, decay=0.3)
     counted = plan([lay], ConversionConfig(energy=0.9, order="dw-pw"), total_params=1, total_macs=None)
     assert counted.decisions[0].converted
-    timed = plan([lay], ConversionConfig(energy=0.9, order="dw-pw"), _FakeLatency(), total_params=1,
-                 total_macs=None)
+    # the default policy (energy 0.9, never slower) keeps a layer measured slower in every form it may take
+    timed = plan([lay], ConversionConfig(order="dw-pw"), _FakeLatency(), total_params=1, total_macs=None)
     d = timed.decisions[0]
     assert d.status == "skipped" and "would be slower" in d.reason
+    # an explicit policy asks for compression: it converts, in the fastest lowering
+    explicit = plan([lay], ConversionConfig(energy=0.9, order="dw-pw"), _FakeLatency(), total_params=1,
+                    total_macs=None).decisions[0]
+    assert explicit.converted and explicit.lowering == "split"
     # with both orders allowed the slow form is avoided instead
-    auto = plan([lay], ConversionConfig(energy=0.9), _FakeLatency(), total_params=1, total_macs=None).decisions[0]
+    auto = plan([lay], ConversionConfig(), _FakeLatency(), total_params=1, total_macs=None).decisions[0]
     assert auto.converted and auto.order == "pw-dw" and auto.cost_after.latency_ms < 100.0
 
 
@@ -151,7 +155,7 @@ def test_per_layer_lowering_is_rewritten_exactly(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "plan", lambda layers, cfg, _model, **kw: real_plan(layers, cfg, Alternating(),
                                                                                       **kw))
     result = converter.convert(model_path, tmp_path / "out.onnx", rank=9, order="dw-pw", lowering="auto",
-                               force=True, latency_runs=3, input_shape=["x=2x3x32x32"])
+                               force=True, measure=False, latency_runs=3, input_shape=["x=2x3x32x32"])
     conv = result.report.converted_layers
     assert len(conv) >= 2 and {lay.lowering for lay in conv} == {"fused", "split"}
     assert result.report.fidelity.rel_l2 < 1e-4

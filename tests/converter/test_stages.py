@@ -89,11 +89,12 @@ def test_pipeline_runs_the_table(small_onnx, tmp_path, verify):
     seen: list[tuple[str, float]] = []
     result = converter.convert(small_onnx, tmp_path / "o.onnx", rank=2, verify=verify, latency_runs=3,
                                progress=lambda s, f: seen.append((s, f)))
-    ran = ["load", "plan", "rewrite", "save", *(["verify"] if verify else [])]
-    assert [s for s, _ in seen][: len(ran)] == ran
+    ran = ["load", "plan", "measure", "rewrite", "save", *(["verify"] if verify else [])]
+    assert list(dict.fromkeys(s for s, _ in seen))[: len(ran)] == ran
     fractions = [f for _, f in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     timings = json.loads(result.report.model_dump_json())["timings"]
     for name in STAGE_NAMES:
         assert (timings[f"{name}_s"] is not None) == (name in ran), name
-    assert timings["convert_s"] == pytest.approx(timings["plan_s"] + timings["rewrite_s"], abs=2e-4)
+    assert timings["convert_s"] == pytest.approx(timings["plan_s"] + timings["measure_s"] + timings["rewrite_s"],
+                                                 abs=2e-4)

@@ -10,6 +10,7 @@ Selenium by path, so Selenium Manager never runs. Without them the tests are ski
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import time
@@ -34,6 +35,7 @@ if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
 from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.print_page_options import PrintOptions  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 
@@ -162,6 +164,10 @@ def test_convert_from_the_page_and_read_the_report(browser, server, model, artif
     assert len(browser.find_elements(By.CSS_SELECTOR, "svg.chart")) == len(charts)
     screenshot(browser, artifacts / "report-laptop.png", LAPTOP)
     screenshot(browser, artifacts / "report-phone.png", PHONE)
+    # Printable: Chromium prints it (A4) with the charts and the whole table.
+    pdf = base64.b64decode(browser.print_page(PrintOptions()))
+    assert pdf.startswith(b"%PDF") and len(pdf) > 20_000
+    (artifacts / "report.pdf").write_bytes(pdf)
     # On a phone the page itself does not scroll sideways; only the wide table does, inside its box.
     assert browser.execute_script("return document.documentElement.scrollWidth") <= PHONE
     assert console_errors(browser) == []
