@@ -86,7 +86,7 @@ def pt2_view(path: Path, workdir: Path, original: set[str], device: str = "cpu")
             target.state_dict[name] = nn.Parameter(new, requires_grad=old.requires_grad) \
                 if isinstance(old, nn.Parameter) else new
         dest = Path(dest)
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
+        tmp = dest.with_name(f".{dest.stem}.{uuid.uuid4().hex}{dest.suffix}")  # torch.export wants a .pt2 name
         try:
             torch.export.save(target, str(tmp))
             os.replace(tmp, dest)

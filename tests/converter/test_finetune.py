@@ -20,7 +20,7 @@ from converter._data import load_samples
 from converter._finetune import FinetuneOptions, _loop, finetune, trainable_view
 from converter._finetune._view import original_digests
 from converter.formats import adapter_for
-from tests.utils.finetune_models import tiny_files
+from tests.utils.finetune_models import TinyNet, tiny_files
 from tests.utils.models import build, export_onnx
 from tests.utils.onnx_models import make_model, output, rel_l2
 
@@ -227,3 +227,22 @@ def test_convert_with_recover_finetune(tiny, tmp_path, fmt):
 def test_convert_finetune_needs_data(tiny, tmp_path):
     with pytest.raises(InvalidOptionsError, match="needs samples"):
         converter.convert(tiny["onnx"], tmp_path / "o.onnx", rank=1, recover="finetune", verify=False)
+
+
+def test_convert_pt2_with_recover_finetune_loads_in_a_fresh_process(tiny, tmp_path):
+    x = torch.from_numpy(np.load(tiny["data"])["inputs"][:6])
+    torch.manual_seed(0)  # the fixture's TinyNet, exported with torch.export
+    program = torch.export.export(TinyNet().eval(), (x[:2],), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    torch.export.save(program, str(tmp_path / "tiny.pt2"))
+    result = converter.convert(tmp_path / "tiny.pt2", tmp_path / "out.pt2", rank=1, recover="finetune",
+                               data=tiny["data"], epochs=2, batch_size=12, measure=False, latency_runs=1)
+    assert result.format == "pt2" and result.report.finetune is not None
+    np.save(tmp_path / "x.npy", x.numpy())
+    code = ("import sys, numpy as np, torch; m = torch.export.load(sys.argv[1]).module(); "
+            "np.save(sys.argv[3], m(torch.from_numpy(np.load(sys.argv[2]))).detach().numpy())")
+    subprocess.run([sys.executable, "-c", code, str(result.output_path), str(tmp_path / "x.npy"),
+                    str(tmp_path / "y.npy")], check=True, timeout=120)
+    fresh = np.load(tmp_path / "y.npy")
+    view = trainable_view("pt2", result.output_path, tmp_path / "v", set())
+    assert rel_l2(view.module(x)[0].detach().numpy(), fresh) < 1e-6
+
