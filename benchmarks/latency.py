@@ -10,7 +10,8 @@ Then a ResNet-50-sized conversion's wall time with candidate timing (target < 60
 These machines are shared: absolute times and intervals move with the load; read the ratios, measured
 interleaved in one process, and rerun when the machine is quiet.
 
-Usage: python benchmarks/latency.py [--models yolo,resnet,mobilenet] [--runs 30] [--no-resnet50]
+Usage: python benchmarks/latency.py [--models yolo,resnet,mobilenet] [--backends ort1,ort2,torch1]
+       [--policies default,default*,rank 1,rank 2] [--runs 30] [--no-resnet50]
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def main() -> None:
     ap.add_argument("--models", default="yolo,resnet,mobilenet")
     ap.add_argument("--runs", type=int, default=30, help="most timed rounds of the final measurement")
     ap.add_argument("--no-resnet50", action="store_true")
+    ap.add_argument("--backends", default="ort1,ort2,torch1", help="of ort1, ort2, torch1")
+    ap.add_argument("--policies", default=",".join(POLICIES), help=f"of {', '.join(POLICIES)}")
     args = ap.parse_args()
     print(f"{'model':<10} {'backend':<18} {'policy':<8} {'layers':>6} {'MAC cut':>8} {'speed-up':>8} "
           f"{'95% interval':>13} {'realised':>8} {'convert s':>9}  note")
@@ -71,9 +74,13 @@ def main() -> None:
         folder = Path(tmp)
         for name in args.models.split(","):
             for fmt, threads in BACKENDS:
+                if f"{'ort' if fmt == 'onnx' else 'torch'}{threads}" not in args.backends.split(","):
+                    continue
                 plain, shape = export(name, fmt, folder)
                 decayed, _ = export(name, fmt, folder, decayed=True)
                 for label, options in POLICIES.items():
+                    if label not in args.policies.split(","):
+                        continue
                     src = decayed if label.endswith("*") else plain
                     t0 = time.perf_counter()
                     r = converter.convert(src, folder / f"out{src.suffix}", threads=threads, input_shape=[shape],
