@@ -37,7 +37,9 @@ MODELS = {"yolo": (YoloLike, 320), "resnet": (ResNetLike, 224), "mobilenet": (Mo
 BACKENDS = (("onnx", 1), ("onnx", 2), ("torchscript", 1))
 # "default*": the default policy on the same net with decaying kernel spectra (as trained kernels have), where it
 # reaches its energy target at a low rank; on flat random spectra it converts nothing.
-POLICIES = {"default": {}, "default*": {}, "rank 1": {"rank": 1}, "rank 2": {"rank": 2}}
+# "rank 2 nm": rank 2 planned on counts alone (--no-measure), to show what measuring changes.
+POLICIES = {"default": {}, "default*": {}, "rank 1": {"rank": 1}, "rank 2": {"rank": 2},
+            "rank 2 nm": {"rank": 2, "measure": False}}
 
 
 def export(name: str, fmt: str, folder: Path, decayed: bool = False) -> tuple[Path, str]:
@@ -68,7 +70,7 @@ def main() -> None:
     ap.add_argument("--backends", default="ort1,ort2,torch1", help="of ort1, ort2, torch1")
     ap.add_argument("--policies", default=",".join(POLICIES), help=f"of {', '.join(POLICIES)}")
     args = ap.parse_args()
-    print(f"{'model':<10} {'backend':<18} {'policy':<8} {'layers':>6} {'MAC cut':>8} {'speed-up':>8} "
+    print(f"{'model':<10} {'backend':<18} {'policy':<9} {'layers':>6} {'MAC cut':>8} {'speed-up':>8} "
           f"{'95% interval':>13} {'realised':>8} {'convert s':>9}  note")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -90,11 +92,11 @@ def main() -> None:
                     lat = r.latency
                     backend = f"{'ort' if fmt == 'onnx' else 'torch'}-cpu {threads}t"
                     if lat is None:
-                        print(f"{name:<10} {backend:<18} {label:<8} {len(r.converted_layers):>6} {cut:>7.2f}× "
+                        print(f"{name:<10} {backend:<18} {label:<9} {len(r.converted_layers):>6} {cut:>7.2f}× "
                               f"{'1.00×':>8} {'(unchanged)':>13} {'':>8} {took:>9.1f}  {_why(r)}")
                         continue
                     realised = lat.speedup / cut if cut > 1.1 else float("nan")  # meaningless without a cut
-                    print(f"{name:<10} {backend:<18} {label:<8} {len(r.converted_layers):>6} {cut:>7.2f}× "
+                    print(f"{name:<10} {backend:<18} {label:<9} {len(r.converted_layers):>6} {cut:>7.2f}× "
                           f"{lat.speedup:>7.2f}× {lat.speedup_low:>6.2f}–{lat.speedup_high:<6.2f} {realised:>8.2f} "
                           f"{took:>9.1f}  p50 {lat.original_ms:.2f}→{lat.converted_ms:.2f} ms")
         if not args.no_resnet50:
