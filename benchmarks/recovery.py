@@ -83,7 +83,7 @@ def export(model: nn.Module, example: torch.Tensor, out: Path, name: str) -> dic
         torch.onnx.export(model, (example,), paths["onnx"], dynamo=False, opset_version=17, input_names=["x"],
                           output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
         paths["torchscript"] = out / f"{name}.pt"
-        torch.jit.save(torch.jit.script(model), str(paths["torchscript"]))
+        torch.jit.save(torch.jit.trace(model, example), str(paths["torchscript"]))
         if "pt2" in format_names():
             paths["pt2"] = out / f"{name}.pt2"
             batch = torch.export.Dim("batch", min=1)

@@ -22,6 +22,7 @@ from ._accuracy import Scorer, better
 from ._config import ConversionConfig
 from ._data import Samples
 from ._decompose import Decomposition
+from ._errors import InvalidOptionsError
 from ._refit import LayerStats, calibrate_layer, dense
 from ._report import Accuracy, StageValues
 from .formats._base import ConvLayer, Rewrite
@@ -185,6 +186,9 @@ def recover(
     calibrated models on the held-out samples, and keep the calibrated factors only if they are at least as
     good there. ``factors`` are the data-free ``Factors`` of the converted layers (the pipeline's)."""
     notify = progress or (lambda _: None)
+    if not hasattr(adapter, "tap"):
+        raise InvalidOptionsError(f"calibration and accuracy on samples are not available for {adapter.name} models "
+                                  "yet (no activation tap for this format); convert without --data/--eval")
     fresh = adapter.load(src, _mkdir(workdir / "original"))
     by_name = {layer.name: layer for layer in adapter.find_convs(fresh, input_shapes)}
     ours = [by_name[f.layer.name] for f in factors if f.layer.name in by_name]

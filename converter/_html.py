@@ -363,7 +363,8 @@ def _accuracy_figure(acc: Mapping[str, Any]) -> str:
         body = "".join(f"<tr><th scope=\"row\">{escape(name)}</th>"
                        + "".join(f"<td>{v[k]:.4g}</td>" if _is_num(v.get(k)) else "<td></td>" for k in keys)
                        + "</tr>" for name, v in others)
-        table = f'<table class="kv stages"><thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table>'
+        table = (f'<div class="scroll"><table class="kv stages"><thead><tr><th></th>{head}</tr></thead>'
+                 f"<tbody>{body}</tbody></table></div>")
     notes = [f"{acc['samples']} held-out sample(s)" if _is_num(acc.get("samples")) else "",
              str(acc.get("held_out") or ""), f"kept: {kept}" if len(stages) > 1 else "", str(acc.get("note") or "")]
     note = " · ".join(n for n in notes if n)
@@ -450,15 +451,17 @@ def _table(d: Mapping[str, Any]) -> str:
                 known.add(k)
                 numeric = all(_is_num(x.get(k)) or x.get(k) is None for x in layers)
                 columns.append((k, k.replace("_", " "), numeric))
-    head = "".join(f'<th data-type="{"num" if num else "text"}" class="{"num" if num else "text"}" scope="col" '
-                   f'tabindex="0">{escape(h)}</th>' for _, h, num in columns)
+    head = "".join(f'<th data-type="{"num" if num else "text"}" class="{"num" if num else "text"} col-{escape(k)}" '
+                   f'scope="col" tabindex="0">{escape(h)}</th>' for k, h, num in columns)
     rows = []
     for la in layers:
         cells = []
         for key, _, _ in columns:
             text, sort = _cell(key, la.get(key))
-            cls = ' class="name"' if key == "name" else (' class="reason"' if key == "reason" else "")
-            cells.append(f'<td{cls} data-v="{escape(sort)}">{escape(text)}</td>')
+            shown = escape(text)
+            if key == "name":  # where a long name may break when printed: after a separator
+                shown = shown.replace("/", "/<wbr>").replace(".", ".<wbr>")
+            cells.append(f'<td class="col-{escape(key)}" data-v="{escape(sort)}">{shown}</td>')
         rows.append(f'<tr class="{escape(str(la.get("status", "")))}">{"".join(cells)}</tr>')
     return (f'<section id="layers"><h2>Layers</h2><p class="note">Click a column to sort. '
             f"Full layer names as in the JSON report.</p><div class=\"scroll\"><table id=\"layer-table\">"

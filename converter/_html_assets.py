@@ -22,8 +22,8 @@ h2{font-size:1.1rem;margin:1.2rem 0 .5rem}
 .card{border:1px solid var(--line);border-radius:6px;padding:.55rem .75rem}
 .card .k{color:var(--muted);font-size:.85rem}.card .v{font-size:1.35rem;font-weight:650}
 .card .s{color:var(--muted);font-size:.8rem}
-.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,520px),1fr));gap:14px}
-figure{margin:0;border:1px solid var(--line);border-radius:6px;padding:.6rem;break-inside:avoid}
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,520px),1fr));gap:14px;align-items:start}
+figure{margin:0;border:1px solid var(--line);border-radius:6px;padding:.6rem;break-inside:avoid;min-width:0}
 figcaption{font-weight:600;margin-bottom:.3rem}
 svg.chart{width:100%;height:auto;display:block}
 .note{color:var(--muted);font-size:.82rem;margin:.3rem 0}
@@ -32,16 +32,19 @@ table{border-collapse:collapse;font-size:.85rem;width:100%}
 th,td{padding:.3rem .45rem;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
 th{background:#f6f8fa;cursor:pointer;user-select:none;position:sticky;top:0}
 th[aria-sort=ascending]::after{content:" ▲"}th[aria-sort=descending]::after{content:" ▼"}
-td.name,td.reason,th.text{text-align:left}
-td.reason{white-space:normal;min-width:16rem;max-width:28rem}
-td.name{font-family:ui-monospace,monospace;font-size:.8rem}
+td.col-name,td.col-reason,th.text{text-align:left}
+td.col-reason{white-space:normal;min-width:16rem;max-width:28rem}
+td.col-name{font-family:ui-monospace,monospace;font-size:.8rem}
 tr.skipped td{color:var(--muted)}
 table.kv{width:auto}table.kv th{cursor:default;text-align:left;position:static}
 table.kv td{text-align:left;white-space:normal;overflow-wrap:anywhere}
 details{margin:.5rem 0}summary{font-weight:600;cursor:pointer}
 @media (max-width:600px){main{padding:10px}h1{font-size:1.2rem}.verdict{font-size:.95rem}}
 @media print{main{max-width:none;padding:0}th{position:static}.scroll{overflow:visible}
- figure,section.cards,.warnings{break-inside:avoid}body{font-size:11pt}}
+ figure,section.cards,.warnings{break-inside:avoid}body{font-size:10pt}.charts{grid-template-columns:1fr 1fr}
+ table{font-size:7pt}th,td{padding:.12rem .2rem}td.col-name,td.col-reason{white-space:normal;min-width:0}
+ th[aria-sort]::after{content:""}
+ .col-op,.col-groups,.col-macs_before,.col-macs_after{display:none}}
 """
 
 #: The one inline script of every report page (sorting the layer table); the web page allows it by its hash.

@@ -4,6 +4,7 @@ Writes to OUT (default ``examples/out``):
     digits.onnx       the model as ONNX (opset 17, symbolic batch)
     digits.pt         the same model as TorchScript (torch.jit.script)
     digits-test.npz   held-out images: ``inputs`` [N, 1, 16, 16] float32 and ``labels`` [N] int64
+    digits-calib.npz  256 training images without labels (``inputs``): samples to calibrate on (``--data``)
 
 Usage: python examples/digits.py [OUT]      (about 10 s on one CPU core)
 """
@@ -66,6 +67,7 @@ def train(epochs: int = 30, seed: int = 0) -> tuple[DigitsCNN, torch.Tensor, tor
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model, xte, yte = train()
+    xtr = data()[0]
     with torch.no_grad():
         acc = (model(xte).argmax(1) == yte).float().mean().item()
     with warnings.catch_warnings():
@@ -74,7 +76,9 @@ def main(out: Path) -> None:
                           input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "batch"}})
     torch.jit.save(torch.jit.script(model), str(out / "digits.pt"))
     np.savez(out / "digits-test.npz", inputs=xte.numpy(), labels=yte.numpy())
-    print(f"test accuracy {acc:.3f} on {len(yte)} images; wrote {out}/digits.onnx, digits.pt, digits-test.npz")
+    np.savez(out / "digits-calib.npz", inputs=xtr[:256].numpy())
+    print(f"test accuracy {acc:.3f} on {len(yte)} images; wrote {out}/digits.onnx, digits.pt, digits-test.npz, "
+          "digits-calib.npz")
 
 
 if __name__ == "__main__":

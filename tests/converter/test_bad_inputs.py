@@ -22,7 +22,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import converter
-from converter import InvalidOptionsError, SepconvError, UnsupportedModelError, VerificationError
+from converter import ConversionError, InvalidOptionsError, SepconvError, UnsupportedModelError, VerificationError
 from converter.formats import _archive
 from tests.utils.hostile_models import save_hostile
 from tests.utils.models import build, export_onnx, export_torchscript
@@ -31,9 +31,10 @@ from tests.utils.onnx_models import make_model, make_zip, output, save_external,
 SHAPE = {"x": (1, 3, 16, 16)}
 
 
-def _conv(w_shape: tuple[int, ...], in_shape: list[Any], op: str = "Conv", domain: str = "") -> onnx.ModelProto:
+def _conv(w_shape: tuple[int, ...], in_shape: list[Any], op: str = "Conv", domain: str = "",
+          **attrs: Any) -> onnx.ModelProto:
     w = numpy_helper.from_array(np.random.default_rng(0).random(w_shape, dtype=np.float32), "W")
-    node = helper.make_node(op, ["x", "W"], ["y"], kernel_shape=list(w_shape[2:]), domain=domain)
+    node = helper.make_node(op, ["x", "W"], ["y"], domain=domain, **{"kernel_shape": list(w_shape[2:]), **attrs})
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
                               [output("y", 4)], [w])
     return make_model(graph)
@@ -196,6 +197,18 @@ CORPUS: dict[str, Case] = {
                                                                       "com.evil"), rank=1), SepconvError),
     "onnx conv weight contradicting its input": Case(_onnx(lambda: _conv((8, 5, 3, 3), [1, 3, 16, 16]), rank=1),
                                                      VerificationError, "channels"),
+    "onnx conv groups contradicting its weight": Case(_onnx(lambda: _conv((8, 3, 3, 3), [1, 3, 16, 16], group=2),
+                                                            rank=1), VerificationError, "channels"),
+    "onnx conv kernel_shape contradicting its weight": Case(
+        _onnx(lambda: _conv((8, 3, 3, 3), [1, 3, 16, 16], kernel_shape=[5, 5]), rank=1), ConversionError, "kernel"),
+    "onnx conv weight of the wrong rank": Case(_onnx(lambda: _conv((8, 3, 3), [1, 3, 16, 16], kernel_shape=[3, 3]),
+                                                     rank=1), ConversionError, "kernel"),
+    "onnx conv with zero output channels": Case(_onnx(lambda: _conv((0, 3, 3, 3), [1, 3, 16, 16]), rank=1),
+                                                VerificationError),
+    "onnx conv with zero strides": Case(_onnx(lambda: _conv((8, 3, 3, 3), [1, 3, 16, 16], strides=[0, 0]), rank=1),
+                                        UnsupportedModelError),
+    "onnx conv with negative pads": Case(_onnx(lambda: _conv((8, 3, 3, 3), [1, 3, 16, 16], pads=[-5] * 4), rank=1),
+                                         VerificationError, "pads"),
     "huge declared input dims": Case(_onnx(lambda: _conv((8, 3, 3, 3), [1, 3, 100000, 100000]), rank=1),
                                      InvalidOptionsError, "GiB"),
     "huge --input-shape": Case(_onnx(lambda: _conv((8, 3, 3, 3), [1, 3, "h", "w"]), rank=1,

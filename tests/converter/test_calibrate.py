@@ -13,14 +13,16 @@ from converter._data import load_samples
 from converter._decompose import decompose
 from converter._refit import patches
 from converter.formats import detect_format
-from tests.utils.models import build, export_onnx, export_torchscript
+from tests.utils.models import build, export_onnx, export_pt2, export_torchscript
 
-FORMATS = ["onnx", "torchscript"]
+FORMATS = ["onnx", "torchscript", "pt2"]
 
 
 def _save(model, example, fmt, path):
     if fmt == "onnx":
         export_onnx(model, example, path, dynamic="batch")
+    elif fmt == "pt2":
+        export_pt2(model, example, path)
     else:
         export_torchscript(model, example, path, mode="trace")
     return path
@@ -50,11 +52,11 @@ def test_tap_reads_the_conv_geometry(tmp_path, fmt, conv, shape):
     torch.manual_seed(0)
     conv = conv.eval()
     x = torch.randn(*shape)
-    path = _save(conv, x, fmt, tmp_path / ("m.onnx" if fmt == "onnx" else "m.pt"))
+    path = _save(conv, x, fmt, tmp_path / {"onnx": "m.onnx", "pt2": "m.pt2"}.get(fmt, "m.pt"))
     _, _, layers, tap = _tap(path, tmp_path, shape)
     (layer,) = layers
     point = tap.points[layer.name]
-    outs, got = tap({"x" if fmt == "onnx" else tap_input(path): x.numpy()}, {}, [layer.name])
+    outs, got = tap({tap_input(path): x.numpy()}, {}, [layer.name])
     np.testing.assert_allclose(got[layer.name], x.numpy())
     p = patches(got[layer.name], layer.kernel, point.geometry)  # [B·P, M, k]
     w = layer.weight.reshape(layer.groups, -1, layer.weight.shape[1] * int(np.prod(layer.kernel)))
@@ -73,7 +75,7 @@ def tap_input(path):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_tap_overrides_and_leaves_the_model_alone(tmp_path, fmt):
     model, x = build("vgg")
-    path = _save(model, x, fmt, tmp_path / ("m.onnx" if fmt == "onnx" else "m.pt"))
+    path = _save(model, x, fmt, tmp_path / {"onnx": "m.onnx", "pt2": "m.pt2"}.get(fmt, "m.pt"))
     adapter, loaded, layers, tap = _tap(path, tmp_path, tuple(x.shape))
     name = adapter.input_specs(loaded)[0].name
     run, _ = adapter.runner(path, tmp_path, None)
@@ -95,7 +97,7 @@ def test_tap_overrides_and_leaves_the_model_alone(tmp_path, fmt):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_calibration_beats_data_free_on_held_out_samples(tmp_path, fmt):
     model, x = build("vgg")
-    path = _save(model, x, fmt, tmp_path / ("m.onnx" if fmt == "onnx" else "m.pt"))
+    path = _save(model, x, fmt, tmp_path / {"onnx": "m.onnx", "pt2": "m.pt2"}.get(fmt, "m.pt"))
     adapter, loaded, layers, tap = _tap(path, tmp_path, tuple(x.shape))
     name = adapter.input_specs(loaded)[0].name
     rng = np.random.default_rng(0)
@@ -129,7 +131,7 @@ def test_written_model_is_the_tapped_function(tmp_path, fmt, order):
     from converter.formats._base import Rewrite
 
     model, x = build("vgg")
-    path = _save(model, x, fmt, tmp_path / ("m.onnx" if fmt == "onnx" else "m.pt"))
+    path = _save(model, x, fmt, tmp_path / {"onnx": "m.onnx", "pt2": "m.pt2"}.get(fmt, "m.pt"))
     adapter, loaded, layers, tap = _tap(path, tmp_path, tuple(x.shape))
     name = adapter.input_specs(loaded)[0].name
     rng = np.random.default_rng(0)

@@ -9,9 +9,9 @@ import pytest
 import converter
 from converter import InvalidOptionsError
 from converter.formats import detect_format
-from tests.utils.models import build, export_onnx, export_torchscript
+from tests.utils.models import build, export_onnx, export_pt2, export_torchscript
 
-FORMATS = ["onnx", "torchscript"]
+FORMATS = ["onnx", "torchscript", "pt2"]
 
 
 def _model(tmp_path, fmt):
@@ -19,6 +19,8 @@ def _model(tmp_path, fmt):
     if fmt == "onnx":
         path = tmp_path / "m.onnx"
         export_onnx(model, x, path, dynamic="batch")
+    elif fmt == "pt2":
+        path = export_pt2(model, x, tmp_path / "m.pt2")
     else:
         path = export_torchscript(model, x, tmp_path / "m.pt", mode="trace")
     return path
@@ -41,7 +43,7 @@ def test_calibration_through_convert(tmp_path, fmt):
     src = _model(tmp_path, fmt)
     np.savez(tmp_path / "data.npz", inputs=_images(40, 0))
     out = tmp_path / f"slim{src.suffix}"
-    shape = {} if fmt == "onnx" else {"input_shape": "x=1x3x32x32"}
+    shape = {"input_shape": "x=1x3x32x32"} if fmt == "torchscript" else {}
     r = converter.convert(src, out, data=tmp_path / "data.npz", rank=1, verify=False, **shape).report
     a = r.accuracy
     assert a is not None and a.metric == "top1_agreement"

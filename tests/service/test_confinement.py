@@ -176,3 +176,11 @@ def test_worker_says_loudly_when_unconfined(make_settings, monkeypatch, caplog, 
     warning = next(r for r in caplog.records if r.levelno == logging.WARNING)
     assert "HAS NO FILE-SYSTEM CONFINEMENT" in warning.getMessage()
     assert ("ACCEPTED anyway" if allow else "are refused") in warning.getMessage()
+
+
+def test_failure_messages_hold_no_temporary_paths(tmp_path):
+    from service.jobs.runner import scrub_paths
+
+    work = tmp_path / "sepconv-job-1-abc-x"
+    message = f"could not read '{work}/model.in'; see {work} and /tmp/sepconv-k2j3/unpacked/m.onnx"
+    assert scrub_paths(message, work) == "could not read 'model.in'; see <job folder> and <temp>"

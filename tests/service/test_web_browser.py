@@ -10,12 +10,14 @@ Selenium by path, so Selenium Manager never runs. Without them the tests are ski
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.service.helpers import KEY_ALICE
@@ -34,6 +36,7 @@ if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
 from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.print_page_options import PrintOptions  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 
@@ -58,6 +61,20 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     net, x = build("vgg")
     path = tmp_path_factory.mktemp("web-model") / "vgg.onnx"
     export_onnx(net, x, path, dynamic="batch")
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Samples for accuracy recovery, labelled with the original model's own predictions."""
+    import torch
+
+    net, _ = build("vgg")
+    xs = np.random.default_rng(0).standard_normal((96, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        labels = net.eval()(torch.from_numpy(xs)).argmax(1).numpy().astype(np.int64)
+    path = tmp_path_factory.mktemp("web-data") / "samples.npz"
+    np.savez(path, x=xs, labels=labels)
     return path
 
 
@@ -102,8 +119,10 @@ def wait_visible(driver: webdriver.Chrome, element_id: str, timeout: float) -> N
         pytest.fail(f"#{element_id} not shown in {timeout} s; status: {status!r}; error: {error!r}")
 
 
-def fill_form(driver: webdriver.Chrome, model: Path, *, key: str) -> None:
+def fill_form(driver: webdriver.Chrome, model: Path, *, key: str, data: Path | None = None) -> None:
     driver.find_element(By.ID, "model").send_keys(str(model))
+    if data is not None:
+        driver.find_element(By.ID, "data").send_keys(str(data))
     Select(driver.find_element(By.ID, "policy")).select_by_value("rank")
     value = driver.find_element(By.ID, "policy-value")
     value.clear()
@@ -114,14 +133,17 @@ def fill_form(driver: webdriver.Chrome, model: Path, *, key: str) -> None:
     field.send_keys(key)
 
 
-def test_convert_from_the_page_and_read_the_report(browser, server, model, artifacts, tmp_path):
+def test_convert_from_the_page_and_read_the_report(browser, server, model, data, artifacts, tmp_path):
     browser.get(server.url + "/")
     assert browser.title.startswith("sepconv")
+    # The page asked the server's schema: the data file is sent as samples for recovery, which it offers.
+    WebDriverWait(browser, 10).until(lambda d: not d.find_element(By.ID, "recover-box").get_attribute("hidden"))
+    assert browser.find_element(By.ID, "data-label").text == "Data"
     screenshot(browser, artifacts / "web-phone.png", PHONE)
     screenshot(browser, artifacts / "web-laptop.png", LAPTOP)
     browser.set_window_size(LAPTOP, 900)
 
-    fill_form(browser, model, key=KEY_ALICE)
+    fill_form(browser, model, key=KEY_ALICE, data=data)
     browser.find_element(By.ID, "submit").click()
     wait_visible(browser, "status", 10)
     wait_visible(browser, "result", 180)
@@ -139,12 +161,13 @@ def test_convert_from_the_page_and_read_the_report(browser, server, model, artif
     browser.switch_to.frame(frame)
     assert browser.find_element(By.ID, "verdict").text.startswith("4 of 4 convolutions converted")
     charts = browser.find_elements(By.CSS_SELECTOR, "svg.chart")
-    assert len(charts) >= 5 and all(c.size["width"] > 200 and c.size["height"] > 50 for c in charts)
+    assert len(charts) >= 6 and all(c.size["width"] > 200 and c.size["height"] > 50 for c in charts)
+    assert browser.find_element(By.ID, "plot-accuracy").is_displayed()  # recovery ran on the data
     rank_header = browser.find_element(By.XPATH, "//table[@id='layer-table']//th[text()='params before']")
     rank_header.click()
     assert rank_header.get_attribute("aria-sort") == "ascending"
     values = [float(td.get_attribute("data-v")) for td in browser.find_elements(
-        By.CSS_SELECTOR, "#layer-table tbody td:nth-child(13)")]
+        By.CSS_SELECTOR, "#layer-table tbody td.col-params_before")]
     assert values == sorted(values) and len(values) == 4
     browser.switch_to.default_content()
 
@@ -162,6 +185,10 @@ def test_convert_from_the_page_and_read_the_report(browser, server, model, artif
     assert len(browser.find_elements(By.CSS_SELECTOR, "svg.chart")) == len(charts)
     screenshot(browser, artifacts / "report-laptop.png", LAPTOP)
     screenshot(browser, artifacts / "report-phone.png", PHONE)
+    # Printable: Chromium prints it (A4) with the charts and the whole table.
+    pdf = base64.b64decode(browser.print_page(PrintOptions()))
+    assert pdf.startswith(b"%PDF") and len(pdf) > 20_000
+    (artifacts / "report.pdf").write_bytes(pdf)
     # On a phone the page itself does not scroll sideways; only the wide table does, inside its box.
     assert browser.execute_script("return document.documentElement.scrollWidth") <= PHONE
     assert console_errors(browser) == []

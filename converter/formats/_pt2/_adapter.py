@@ -113,6 +113,12 @@ class Pt2Adapter:
         given shapes, per sample (None without shapes)."""
         return ModelStats(params=params(model.program), macs=macs(model, input_shapes))
 
+    def tap(self, model: Pt2Model, layers: Sequence[ConvLayer], workdir: Path, threads: int | None = None) -> Any:
+        """A ``formats._taps.Tap`` of the (not yet rewritten) program for these layers: calibration's hook."""
+        from ._tap import build_tap
+
+        return build_tap(self, model, layers, workdir, threads)
+
     def runner(self, path: Path, workdir: Path, threads: int | None, device: str = "cpu") -> tuple[Runner, str]:
         """``torch.export.load(path).module()`` on ``device`` under ``torch.inference_mode``; inputs go in the
         program's user-input order, outputs are flattened.

@@ -60,6 +60,8 @@ def _checked(program: ExportedProgram, rewrites: Sequence[Rewrite]) -> _Todo:
             rw.lowered.check(weight.shape[1] * args.groups, weight.shape[0], tuple(weight.shape[2:]))
         except ValueError as e:
             raise ConversionError(f"layer {name}: {one_line(e, 200)}") from e
+        if rw.bias is not None and tuple(np.shape(rw.bias)) != (weight.shape[0],):
+            raise ConversionError(f"layer {name}: the replacement bias has shape {np.shape(rw.bias)}")
         used.add(handle)
         todo.append((node, rw, weight))
     return todo
@@ -134,9 +136,14 @@ class _Editor:
         )
 
 
-def _replace(edit: _Editor, node: torch.fx.Node, layer: str, lowered: Lowered, weight: torch.Tensor) -> None:
+def _replace(edit: _Editor, node: torch.fx.Node, layer: str, lowered: Lowered, weight: torch.Tensor,
+             new_bias: np.ndarray | None = None) -> None:
     rank = weight.dim() - 2
     args = conv_args(node, rank)
+    bias = args.bias
+    if new_bias is not None:  # a replacement bias (calibration's) becomes a parameter of its own
+        b = torch.from_numpy(np.array(new_bias, copy=True)).to(dtype=weight.dtype, device=weight.device)
+        bias = edit.parameter(node_name(layer, "bias").replace("/", "."), b)
     generic = node.target in _GENERIC
     ones, zeros = [1] * rank, [0] * rank
 
@@ -153,7 +160,7 @@ def _replace(edit: _Editor, node: torch.fx.Node, layer: str, lowered: Lowered, w
         w = torch.from_numpy(np.array(step.weight, copy=True)).to(dtype=weight.dtype, device=weight.device)
         name = node_name(layer, step.name)
         w_node = edit.parameter(name.replace("/", ".") + ".weight", w)
-        return emit(x, w_node, args.bias if step.bias else None, step.spatial, int(step.groups), name)
+        return emit(x, w_node, bias if step.bias else None, step.spatial, int(step.groups), name)
 
     def join(kind: str, outs: list[torch.fx.Node]) -> torch.fx.Node:
         if kind == "concat":
@@ -184,7 +191,7 @@ def rewrite_program(program: ExportedProgram, rewrites: Sequence[Rewrite]) -> Ex
     edit = _Editor(program)
     for node, rw, weight in todo:
         try:
-            _replace(edit, node, rw.layer.name, rw.lowered, weight)
+            _replace(edit, node, rw.layer.name, rw.lowered, weight, rw.bias)
         except ConversionError:
             raise
         except Exception as e:
