@@ -115,7 +115,7 @@ def main(quick: bool = False) -> None:
         np.savez(out / "calibration.npz", inputs=xtr[:CALIBRATION_SAMPLES].numpy())  # unlabeled
         np.savez(out / "test.npz", inputs=xte.numpy(), labels=yte.numpy())
         classifier, _, _ = train_digits()
-        paths = export(classifier, xte[:1], out, "digits")
+        paths = export(classifier, xte[:2], out, "digits")
         if quick:
             paths = {"onnx": paths["onnx"]}
         run("digits CNN: top-1 accuracy on 397 test images (labels), calibrated on 256 unlabeled training images",
@@ -124,7 +124,7 @@ def main(quick: bool = False) -> None:
         np.savez(out / "noisy-calibration.npz", inputs=_noisy(xtr[:CALIBRATION_SAMPLES], 100).numpy())
         np.savez(out / "noisy-test.npz", inputs=_noisy(xte, 101).numpy())
         denoiser = train_denoiser()
-        paths = export(denoiser, xte[:1], out, "denoiser")
+        paths = export(denoiser, xte[:2], out, "denoiser")
         if quick:
             paths = {"onnx": paths["onnx"]}
         run("digits denoiser (image output): relative L2 distance from the original's outputs (lower is better)",
