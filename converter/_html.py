@@ -363,7 +363,8 @@ def _accuracy_figure(acc: Mapping[str, Any]) -> str:
         body = "".join(f"<tr><th scope=\"row\">{escape(name)}</th>"
                        + "".join(f"<td>{v[k]:.4g}</td>" if _is_num(v.get(k)) else "<td></td>" for k in keys)
                        + "</tr>" for name, v in others)
-        table = f'<table class="kv stages"><thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table>'
+        table = (f'<div class="scroll"><table class="kv stages"><thead><tr><th></th>{head}</tr></thead>'
+                 f"<tbody>{body}</tbody></table></div>")
     notes = [f"{acc['samples']} held-out sample(s)" if _is_num(acc.get("samples")) else "",
              str(acc.get("held_out") or ""), f"kept: {kept}" if len(stages) > 1 else "", str(acc.get("note") or "")]
     note = " · ".join(n for n in notes if n)

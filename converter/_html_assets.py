@@ -22,8 +22,8 @@ h2{font-size:1.1rem;margin:1.2rem 0 .5rem}
 .card{border:1px solid var(--line);border-radius:6px;padding:.55rem .75rem}
 .card .k{color:var(--muted);font-size:.85rem}.card .v{font-size:1.35rem;font-weight:650}
 .card .s{color:var(--muted);font-size:.8rem}
-.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,520px),1fr));gap:14px}
-figure{margin:0;border:1px solid var(--line);border-radius:6px;padding:.6rem;break-inside:avoid}
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,520px),1fr));gap:14px;align-items:start}
+figure{margin:0;border:1px solid var(--line);border-radius:6px;padding:.6rem;break-inside:avoid;min-width:0}
 figcaption{font-weight:600;margin-bottom:.3rem}
 svg.chart{width:100%;height:auto;display:block}
 .note{color:var(--muted);font-size:.82rem;margin:.3rem 0}

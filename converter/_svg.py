@@ -69,13 +69,19 @@ def _svg(height: float, body: list[str], label: str) -> str:
             f"<title>{escape(label)}</title>{''.join(body)}</svg>")
 
 
-def _legend(series: Sequence[Series], y: float, x: float = _LABEL_W) -> str:
+def _legend(series: Sequence[Series], y: float, x: float = _LABEL_W) -> tuple[str, float]:
+    """The legend from ``(x, y)``, wrapped onto more lines when it would leave the chart; and the height it
+    added below the first line."""
     parts = []
+    x0, y0 = x, y
     for name, colour in series:
+        width = 30 + 7.5 * len(name)
+        if x > x0 and x + width > _W:
+            x, y = x0, y + 18
         parts.append(f'<rect x="{x:.1f}" y="{y - 10:.1f}" width="12" height="12" fill="{colour}"/>'
                      f'<text x="{x + 17:.1f}" y="{y:.1f}">{escape(name)}</text>')
-        x += 30 + 7.5 * len(name)
-    return "".join(parts)
+        x += width
+    return "".join(parts), y - y0
 
 
 def _axis(x0: float, x1: float, lo: float, hi: float, y_top: float, y_bot: float, fmt: Callable[[float], str]
@@ -104,11 +110,12 @@ def hbars(rows: Sequence[tuple[str, Sequence[float | None]]], series: Sequence[S
     per = len(series)
     bar_h, gap = 9.0, 7.0
     row_h = per * bar_h + gap
-    top = 26.0
+    legend, extra = _legend(series, 14)
+    top = 26.0 + extra
     height = top + len(rows) * row_h + 26
     hi = max((v for _, vals in rows for v in vals if v is not None), default=0.0) or 1.0
     grid, sx = _axis(_LABEL_W, _W - 60, 0.0, hi, top - 4, top + len(rows) * row_h, fmt)
-    body = [_legend(series, 14), *grid]
+    body = [legend, *grid]
     for i, (name, vals) in enumerate(rows):
         y = top + i * row_h
         body.append(f'<text x="{_LABEL_W - 6}" y="{y + per * bar_h / 2 + 4:.1f}" text-anchor="end">'
@@ -130,12 +137,13 @@ def hbars(rows: Sequence[tuple[str, Sequence[float | None]]], series: Sequence[S
 def dots(rows: Sequence[tuple[str, Sequence[float | None]]], series: Sequence[Series], *, lo: float = 0.0,
          hi: float | None = None, fmt: Callable[[float], str], label: str) -> str:
     """One line per row (layer) with a dot per series on a shared linear scale (``hi`` defaults to the data)."""
-    row_h, top = 17.0, 26.0
+    legend, extra = _legend(series, 14)
+    row_h, top = 17.0, 26.0 + extra
     height = top + len(rows) * row_h + 26
     vals_all = [v for _, vals in rows for v in vals if v is not None]
     top_v = hi if hi is not None else (max(vals_all, default=1.0) or 1.0)
     grid, sx = _axis(_LABEL_W, _W - 20, lo, top_v, top - 4, top + len(rows) * row_h, fmt)
-    body = [_legend(series, 14), *grid]
+    body = [legend, *grid]
     for i, (name, vals) in enumerate(rows):
         y = top + i * row_h + row_h / 2
         body.append(f'<text x="{_LABEL_W - 6}" y="{y + 4:.1f}" text-anchor="end"><title>{escape(name)}</title>'
@@ -153,7 +161,7 @@ def dots(rows: Sequence[tuple[str, Sequence[float | None]]], series: Sequence[Se
 def vbars(bars: Sequence[tuple[str, float, str]], *, lo: float = 0.0, hi: float | None = None,
           fmt: Callable[[float], str], label: str) -> str:
     """Vertical bars with their values on top: ``(category, value, colour)``."""
-    height, top, bottom, left = 240.0, 20.0, 40.0, 50.0
+    height, top, bottom, left = 240.0, 20.0, 40.0, 64.0
     top_v = hi if hi is not None else (max((v for _, v, _ in bars), default=1.0) or 1.0)
     span = top_v - lo or 1.0
 
@@ -194,9 +202,10 @@ def histogram(series: Sequence[tuple[str, str, Sequence[float]]], *, fmt: Callab
             c[min(int((v - lo) / width), bins - 1)] += 1
         counts.append(c)
     cmax = max(max(c) for c in counts) or 1
-    height, top, bottom, left = 230.0, 28.0, 40.0, 20.0
+    legend, extra = _legend([(n, c) for n, c, _ in series], 14, 20.0)
+    height, top, bottom, left = 230.0 + extra, 28.0 + extra, 40.0, 20.0
     grid, sx = _axis(left, _W - 20, lo, hi, top, height - bottom, fmt)
-    body = [_legend([(n, c) for n, c, _ in series], 14, left), *grid]
+    body = [legend, *grid]
     for (name, colour, vals), c in zip(series, counts, strict=True):
         for b, n in enumerate(c):
             if not n:
@@ -230,11 +239,16 @@ def ranges(series: Sequence[tuple[str, str, Sequence[tuple[str, float]]]], *, fm
         xs = [sx(v) for _, v in pts]
         body.append(f'<line x1="{min(xs):.1f}" x2="{max(xs):.1f}" y1="{y:.1f}" y2="{y:.1f}" stroke="{colour}" '
                     f'stroke-width="3"/>')
+        last_label = {0: -1e9, 1: -1e9}  # x of the last label above (0) and below (1) the line
         for k, ((pname, v), x) in enumerate(zip(pts, xs, strict=True)):
-            ty = y - 9 if k % 2 == 0 else y + 17  # alternate above/below: close percentiles stay readable
             body.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{colour}"><title>{escape(name)} '
-                        f"{escape(pname)}: {escape(fmt(v))}</title></circle>"
-                        f'<text x="{x:.1f}" y="{ty:.1f}" text-anchor="middle" font-size="11">{escape(pname)}</text>')
+                        f"{escape(pname)}: {escape(fmt(v))}</title></circle>")
+            side = k % 2  # alternate above/below; a label too close to the last on its side is left to the tooltip
+            if x - last_label[side] >= 24:
+                last_label[side] = x
+                ty = y - 9 if side == 0 else y + 17
+                body.append(f'<text x="{x:.1f}" y="{ty:.1f}" text-anchor="middle" font-size="11">'
+                            f"{escape(pname)}</text>")
     return _svg(height, body, label)
 
 

@@ -16,9 +16,10 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from .._files import atomic_write
 
 __all__ = ["Backend", "TimingCache", "backend_for", "cache_dir", "cpu_features"]
 
@@ -160,10 +161,8 @@ class TimingCache:
             except (OSError, ValueError, AttributeError):
                 other = {}
             merged = {**(other if isinstance(other, dict) else {}), **self._data}
-            fd, tmp = tempfile.mkstemp(prefix=".latency-", dir=self.path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"backend": self.backend.key, "format": _CACHE_FORMAT, "ms": merged}, f)
-            os.replace(tmp, self.path)
+            with atomic_write(self.path) as f:
+                f.write(json.dumps({"backend": self.backend.key, "format": _CACHE_FORMAT, "ms": merged}).encode())
         except OSError:
             return False
         self._dirty = False

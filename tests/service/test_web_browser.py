@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.service.helpers import KEY_ALICE
@@ -63,6 +64,20 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Samples for accuracy recovery, labelled with the original model's own predictions."""
+    import torch
+
+    net, _ = build("vgg")
+    xs = np.random.default_rng(0).standard_normal((96, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        labels = net.eval()(torch.from_numpy(xs)).argmax(1).numpy().astype(np.int64)
+    path = tmp_path_factory.mktemp("web-data") / "samples.npz"
+    np.savez(path, x=xs, labels=labels)
+    return path
+
+
 @pytest.fixture
 def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[webdriver.Chrome]:
     monkeypatch.setenv("SE_OFFLINE", "true")  # belt and braces: Selenium Manager may never fetch anything
@@ -104,8 +119,10 @@ def wait_visible(driver: webdriver.Chrome, element_id: str, timeout: float) -> N
         pytest.fail(f"#{element_id} not shown in {timeout} s; status: {status!r}; error: {error!r}")
 
 
-def fill_form(driver: webdriver.Chrome, model: Path, *, key: str) -> None:
+def fill_form(driver: webdriver.Chrome, model: Path, *, key: str, data: Path | None = None) -> None:
     driver.find_element(By.ID, "model").send_keys(str(model))
+    if data is not None:
+        driver.find_element(By.ID, "data").send_keys(str(data))
     Select(driver.find_element(By.ID, "policy")).select_by_value("rank")
     value = driver.find_element(By.ID, "policy-value")
     value.clear()
@@ -116,14 +133,17 @@ def fill_form(driver: webdriver.Chrome, model: Path, *, key: str) -> None:
     field.send_keys(key)
 
 
-def test_convert_from_the_page_and_read_the_report(browser, server, model, artifacts, tmp_path):
+def test_convert_from_the_page_and_read_the_report(browser, server, model, data, artifacts, tmp_path):
     browser.get(server.url + "/")
     assert browser.title.startswith("sepconv")
+    # The page asked the server's schema: the data file is sent as samples for recovery, which it offers.
+    WebDriverWait(browser, 10).until(lambda d: not d.find_element(By.ID, "recover-box").get_attribute("hidden"))
+    assert browser.find_element(By.ID, "data-label").text == "Data"
     screenshot(browser, artifacts / "web-phone.png", PHONE)
     screenshot(browser, artifacts / "web-laptop.png", LAPTOP)
     browser.set_window_size(LAPTOP, 900)
 
-    fill_form(browser, model, key=KEY_ALICE)
+    fill_form(browser, model, key=KEY_ALICE, data=data)
     browser.find_element(By.ID, "submit").click()
     wait_visible(browser, "status", 10)
     wait_visible(browser, "result", 180)
@@ -141,12 +161,13 @@ def test_convert_from_the_page_and_read_the_report(browser, server, model, artif
     browser.switch_to.frame(frame)
     assert browser.find_element(By.ID, "verdict").text.startswith("4 of 4 convolutions converted")
     charts = browser.find_elements(By.CSS_SELECTOR, "svg.chart")
-    assert len(charts) >= 5 and all(c.size["width"] > 200 and c.size["height"] > 50 for c in charts)
+    assert len(charts) >= 6 and all(c.size["width"] > 200 and c.size["height"] > 50 for c in charts)
+    assert browser.find_element(By.ID, "plot-accuracy").is_displayed()  # recovery ran on the data
     rank_header = browser.find_element(By.XPATH, "//table[@id='layer-table']//th[text()='params before']")
     rank_header.click()
     assert rank_header.get_attribute("aria-sort") == "ascending"
     values = [float(td.get_attribute("data-v")) for td in browser.find_elements(
-        By.CSS_SELECTOR, "#layer-table tbody td:nth-child(13)")]
+        By.CSS_SELECTOR, "#layer-table tbody td.col-params_before")]
     assert values == sorted(values) and len(values) == 4
     browser.switch_to.default_content()
 
