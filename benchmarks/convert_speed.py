@@ -40,6 +40,7 @@ def status_kb(key):
         if line.startswith(key + ":"):
             return int(line.split()[1])
 adapter = detect_format(src)
+converter.convert  # the pipeline's own lazy imports, outside the clock like onnx's below
 if mode == "plain":
     import onnx
 base = status_kb("VmRSS")

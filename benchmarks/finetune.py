@@ -1,8 +1,8 @@
 """Fine-tuning on real data: the digits CNN (examples/digits.py, trained on scikit-learn's bundled digits) with
 every 3x3 conv at rank 1, data-free and then fine-tuned on the CPU by distillation from the original, in ONNX
 and TorchScript. Accuracy is measured on the 397 test images with each format's own runtime (onnxruntime,
-torch.jit.load) on the saved files; the fine-tune sees only the 1400 training images (labels used), holding out
-20 % of them for early stopping.
+torch.jit.load) on the saved files; the fine-tune (``converter.convert(recover="finetune")``, the real pipeline)
+sees only the 1400 training images (labels used), holding out 20 % of them for early stopping.
 
 Target (issue 7): within 0.5 points of the original in at most 2 minutes on the CPU.
 
@@ -29,9 +29,6 @@ sys.path.insert(0, str(ROOT))
 from digits import data, train  # noqa: E402
 
 import converter  # noqa: E402
-from converter._data import load_samples  # noqa: E402
-from converter._finetune import FinetuneOptions, finetune  # noqa: E402
-from converter.formats import adapter_for  # noqa: E402
 
 
 def accuracy(fmt: str, path: Path, x: np.ndarray, y: np.ndarray) -> float:
@@ -47,10 +44,10 @@ def accuracy(fmt: str, path: Path, x: np.ndarray, y: np.ndarray) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=2.0)
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--formats", default="onnx,torchscript")
     ap.add_argument("--scope", default="factors")
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--verbose", action="store_true", help="print the held-out metric and loss of every epoch")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -69,29 +66,28 @@ def main() -> None:
         print(f"digits CNN trained in {time.perf_counter() - t0:.1f} s; fine-tune: {args.minutes} min budget, "
               f"{args.epochs} epochs, scope {args.scope}, lr {args.lr}, 1 CPU thread\n")
         print(f"{'format':<12}{'conv params':>12}{'original':>10}{'data-free':>11}{'fine-tuned':>11}{'Δ points':>9}"
-              f"{'epochs':>7}{'stopped':>11}{'time s':>8}")
+              f"{'epochs':>7}{'stopped':>11}{'train s':>8}{'total s':>8}")
         for fmt in args.formats.split(","):
             suffix = ".onnx" if fmt == "onnx" else ".pt"
             src, slim, tuned = out / f"digits{suffix}", out / f"slim{suffix}", out / f"tuned{suffix}"
-            report = converter.convert(src, slim, rank=1, verify=False, input_shape={"x": (1, 1, 16, 16)}).report
+            common = {"rank": 1, "verify": False, "input_shape": {"x": (1, 1, 16, 16)}, "threads": 1}
+            report = converter.convert(src, slim, recover="none", **common).report
             conv = [layer for layer in report.layers if layer.kernel == [3, 3]]
             share = sum(la.params_after for la in conv) / sum(la.params_before for la in conv)
-            adapter = adapter_for(fmt)
-            specs = adapter.input_specs(adapter.load(slim, out / f"load-{fmt}"))
-            train_s, held = load_samples(out / "train.npz", specs, num_classes=10).split(0.2, seed=0)
             start = time.perf_counter()
-            result = finetune(slim, src, tuned, fmt=fmt, train=train_s, holdout=held,
-                              options=FinetuneOptions(epochs=args.epochs, minutes=args.minutes, lr=args.lr,
-                                                      batch_size=32, scope=args.scope, patience=8),
-                              workdir=out / f"work-{fmt}", threads=1)
+            tuned_report = converter.convert(
+                src, tuned, recover="finetune", data=out / "train.npz", holdout=0.2, batch_size=32,
+                epochs=args.epochs, finetune_minutes=args.minutes, finetune_lr=args.lr, finetune_scope=args.scope,
+                device="cpu", **common).report
             seconds = time.perf_counter() - start
-            base, free, tuned_acc = accuracy(fmt, src, x, y), accuracy(fmt, slim, x, y), accuracy(fmt, result.path,
-                                                                                                 x, y)
+            ft = tuned_report.finetune
+            base, free, tuned_acc = (accuracy(fmt, p, x, y) for p in (src, slim, tuned))
             print(f"{fmt:<12}{share:>11.1%} {base:>10.3f}{free:>11.3f}{tuned_acc:>11.3f}"
-                  f"{100 * (tuned_acc - base):>+9.2f}{result.epochs:>7}{result.stopped:>11}{seconds:>8.1f}")
+                  f"{100 * (tuned_acc - base):>+9.2f}{ft.epochs:>7}{ft.stopped:>11}{ft.seconds:>8.1f}"
+                  f"{seconds:>8.1f}")
             if args.verbose:
-                print("  held-out before", result.before, "history", result.history)
-
+                print(f"  held-out {ft.metric}: {ft.before:.3f} -> {ft.after:.3f}; timings "
+                      f"{tuned_report.timings.model_dump(exclude_none=True)}; history {ft.history}")
 
 if __name__ == "__main__":
     main()

@@ -10,7 +10,8 @@ Then a ResNet-50-sized conversion's wall time with candidate timing (target < 60
 These machines are shared: absolute times and intervals move with the load; read the ratios, measured
 interleaved in one process, and rerun when the machine is quiet.
 
-Usage: python benchmarks/latency.py [--models yolo,resnet,mobilenet] [--runs 30] [--no-resnet50]
+Usage: python benchmarks/latency.py [--models yolo,resnet,mobilenet] [--backends ort1,ort2,torch1]
+       [--policies default,default*,rank 1,rank 2] [--runs 30] [--no-resnet50]
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ MODELS = {"yolo": (YoloLike, 320), "resnet": (ResNetLike, 224), "mobilenet": (Mo
 BACKENDS = (("onnx", 1), ("onnx", 2), ("torchscript", 1))
 # "default*": the default policy on the same net with decaying kernel spectra (as trained kernels have), where it
 # reaches its energy target at a low rank; on flat random spectra it converts nothing.
-POLICIES = {"default": {}, "default*": {}, "rank 1": {"rank": 1}, "rank 2": {"rank": 2}}
+# "rank 2 nm": rank 2 planned on counts alone (--no-measure), to show what measuring changes.
+POLICIES = {"default": {}, "default*": {}, "rank 1": {"rank": 1}, "rank 2": {"rank": 2},
+            "rank 2 nm": {"rank": 2, "measure": False}}
 
 
 def export(name: str, fmt: str, folder: Path, decayed: bool = False) -> tuple[Path, str]:
@@ -64,16 +67,22 @@ def main() -> None:
     ap.add_argument("--models", default="yolo,resnet,mobilenet")
     ap.add_argument("--runs", type=int, default=30, help="most timed rounds of the final measurement")
     ap.add_argument("--no-resnet50", action="store_true")
+    ap.add_argument("--backends", default="ort1,ort2,torch1", help="of ort1, ort2, torch1")
+    ap.add_argument("--policies", default=",".join(POLICIES), help=f"of {', '.join(POLICIES)}")
     args = ap.parse_args()
-    print(f"{'model':<10} {'backend':<18} {'policy':<8} {'layers':>6} {'MAC cut':>8} {'speed-up':>8} "
+    print(f"{'model':<10} {'backend':<18} {'policy':<9} {'layers':>6} {'MAC cut':>8} {'speed-up':>8} "
           f"{'95% interval':>13} {'realised':>8} {'convert s':>9}  note")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for name in args.models.split(","):
             for fmt, threads in BACKENDS:
+                if f"{'ort' if fmt == 'onnx' else 'torch'}{threads}" not in args.backends.split(","):
+                    continue
                 plain, shape = export(name, fmt, folder)
                 decayed, _ = export(name, fmt, folder, decayed=True)
                 for label, options in POLICIES.items():
+                    if label not in args.policies.split(","):
+                        continue
                     src = decayed if label.endswith("*") else plain
                     t0 = time.perf_counter()
                     r = converter.convert(src, folder / f"out{src.suffix}", threads=threads, input_shape=[shape],
@@ -83,11 +92,11 @@ def main() -> None:
                     lat = r.latency
                     backend = f"{'ort' if fmt == 'onnx' else 'torch'}-cpu {threads}t"
                     if lat is None:
-                        print(f"{name:<10} {backend:<18} {label:<8} {len(r.converted_layers):>6} {cut:>7.2f}× "
+                        print(f"{name:<10} {backend:<18} {label:<9} {len(r.converted_layers):>6} {cut:>7.2f}× "
                               f"{'1.00×':>8} {'(unchanged)':>13} {'':>8} {took:>9.1f}  {_why(r)}")
                         continue
                     realised = lat.speedup / cut if cut > 1.1 else float("nan")  # meaningless without a cut
-                    print(f"{name:<10} {backend:<18} {label:<8} {len(r.converted_layers):>6} {cut:>7.2f}× "
+                    print(f"{name:<10} {backend:<18} {label:<9} {len(r.converted_layers):>6} {cut:>7.2f}× "
                           f"{lat.speedup:>7.2f}× {lat.speedup_low:>6.2f}–{lat.speedup_high:<6.2f} {realised:>8.2f} "
                           f"{took:>9.1f}  p50 {lat.original_ms:.2f}→{lat.converted_ms:.2f} ms")
         if not args.no_resnet50:

@@ -11,7 +11,8 @@ Each is converted through the library (``converter.convert``) with 256 unlabeled
 the 397 held-out test images as ``eval``, at rank 1, rank 2 and the default policy. Printed per model and policy:
 the original's accuracy, data-free and calibrated accuracy on the test images (the report's ``accuracy``
 section; for the denoiser, the relative L2 distance from the original's outputs, lower is better), the share
-of parameters kept, which model was written, and the wall time of the plan, rewrite and calibrate stages.
+of parameters kept, which model was written, the wall time of the plan, measure, rewrite and calibrate stages
+(calibrate includes scoring the held-out images) and the number of converted convs.
 
 Usage: python benchmarks/recovery.py [--quick]      (--quick: ONNX only, rank 1)
 Timings are wall-clock on whatever machine runs it; on a shared machine they are noisy.
@@ -94,7 +95,7 @@ def export(model: nn.Module, example: torch.Tensor, out: Path, name: str) -> dic
 def run(title: str, paths: dict[str, Path], data: Path, eval_: Path, out: Path, policies: list[dict]) -> None:
     print(f"\n{title}")
     print(f"{'format':<12}{'policy':<10}{'params':>7}{'original':>10}{'data-free':>10}{'calibrated':>11}"
-          f"{'kept':>12}{'plan s':>8}{'rewrite s':>10}{'calib s':>9}")
+          f"{'kept':>12}{'plan s':>8}{'measure s':>10}{'rewrite s':>10}{'calib s':>9}{'convs':>6}")
     for fmt, path in paths.items():
         for policy in policies:
             name = ",".join(f"{k}={v}" for k, v in policy.items()) or "default"
@@ -102,8 +103,14 @@ def run(title: str, paths: dict[str, Path], data: Path, eval_: Path, out: Path, 
                                   calibration_samples=CALIBRATION_SAMPLES, **policy).report
             a, t = r.accuracy, r.timings
             kept = r.params.converted / r.params.original
-            print(f"{fmt:<12}{name:<10}{kept:>7.2f}{a.original:>10.3f}{a.data_free:>10.3f}{a.calibrated:>11.3f}"
-                  f"{a.kept:>12}{t.plan_s or 0:>8.2f}{t.rewrite_s or 0:>10.2f}{t.calibrate_s or 0:>9.2f}")
+            print(f"{fmt:<12}{name:<10}{kept:>7.2f}{_f(a.original):>10}{_f(a.data_free):>10}{_f(a.calibrated):>11}"
+                  f"{a.kept:>12}{_f(t.plan_s, 2):>8}{_f(t.measure_s, 2):>10}{_f(t.rewrite_s, 2):>10}"
+                  f"{_f(t.calibrate_s, 2):>9}{len(r.converted_layers):>6}")
+
+
+def _f(value: float | None, digits: int = 3) -> str:
+    """A figure, or — for a stage that did not run (the default policy may convert nothing: never slower)."""
+    return "—" if value is None else f"{value:.{digits}f}"
 
 
 def main(quick: bool = False) -> None:
@@ -115,7 +122,7 @@ def main(quick: bool = False) -> None:
         np.savez(out / "calibration.npz", inputs=xtr[:CALIBRATION_SAMPLES].numpy())  # unlabeled
         np.savez(out / "test.npz", inputs=xte.numpy(), labels=yte.numpy())
         classifier, _, _ = train_digits()
-        paths = export(classifier, xte[:1], out, "digits")
+        paths = export(classifier, xte[:2], out, "digits")
         if quick:
             paths = {"onnx": paths["onnx"]}
         run("digits CNN: top-1 accuracy on 397 test images (labels), calibrated on 256 unlabeled training images",
@@ -124,7 +131,7 @@ def main(quick: bool = False) -> None:
         np.savez(out / "noisy-calibration.npz", inputs=_noisy(xtr[:CALIBRATION_SAMPLES], 100).numpy())
         np.savez(out / "noisy-test.npz", inputs=_noisy(xte, 101).numpy())
         denoiser = train_denoiser()
-        paths = export(denoiser, xte[:1], out, "denoiser")
+        paths = export(denoiser, xte[:2], out, "denoiser")
         if quick:
             paths = {"onnx": paths["onnx"]}
         run("digits denoiser (image output): relative L2 distance from the original's outputs (lower is better)",

@@ -172,6 +172,25 @@ class ConversionConfig(BaseModel):
     image_channels: Annotated[int, Field(ge=1, le=3)] | None = Field(
         None, description="Image folders: 1 (grayscale) or 3 (RGB); default: from the model's input shape.")
 
+    # --- fine-tuning (recover="finetune"; README "Fine-tuning") ---
+    finetune_minutes: Annotated[float, Field(gt=0.0, le=10_080.0)] = Field(
+        5.0, description="Time budget of a fine-tune in minutes; it stops at the first budget spent (time or "
+                         "epochs) or when the held-out loss stops improving.")
+    epochs: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        30, description="Epoch budget of a fine-tune (passes over the training samples).")
+    finetune_lr: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        1e-2, description="Fine-tuning learning rate (Adam, cosine decay; weights other than the new factors "
+                          "train at a tenth of it).")
+    finetune_loss: Literal["auto", "kl", "mse"] = Field(
+        "auto", description="Distillation loss: kl on classifier logits, mse (variance-normalised) on other "
+                            "outputs, or auto (kl for [batch, classes] outputs, mse for the rest); cross-entropy "
+                            "is added when the samples have labels.")
+    finetune_scope: Literal["factors", "all"] = Field(
+        "factors", description="factors: train the new depthwise/pointwise factors only; all: the factors first, "
+                               "then every weight for the second half.")
+    patience: Annotated[int, Field(ge=1, le=1000)] = Field(
+        8, description="Stop a fine-tune after this many epochs without a lower held-out loss.")
+
     # Untrusted graphs (converter/_graphcheck.py): skip the op allowlist for a model you trust. The service
     # refuses this option.
     trust_model: bool = Field(

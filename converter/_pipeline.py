@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ._calibrate import recover
+from ._calibrate import held_out, recover
 from ._config import ConversionConfig
 from ._cost import CostModel, CountingCostModel
 from ._data import Samples, image_spec_from, load_samples
@@ -34,7 +34,7 @@ from ._graphcheck import trusting
 from ._latency._stage import measure_step, verify_step
 from ._ortlog import quiet_onnxruntime
 from ._plan import Plan, plan
-from ._report import Fidelity, Latency, Report
+from ._report import Fidelity, FinetuneReport, Latency, Report
 from ._stages import STAGE_NAMES, ProgressCallback, StageClock, StageProgress
 from ._summary import build_report
 from ._verify import load_user_inputs, resolve_input_shapes
@@ -95,6 +95,7 @@ class Conversion:
     work: Path
     data_path: Path | None = None
     eval_path: Path | None = None
+    checkpoint_dir: Path | None = None  # where a fine-tune keeps its checkpoint (resumes from one found there)
     # load
     adapter: FormatAdapter | None = None
     model: Any = None
@@ -212,6 +213,40 @@ def _save(c: Conversion, _: StageProgress) -> None:
         shutil.copyfile(c.src, c.saved)
 
 
+def _finetune(c: Conversion, within: StageProgress) -> None:
+    """Fine-tune the rewritten (and calibrated) model by distillation from the original (``converter._finetune``)
+    on the calibration split of the samples, early-stopping on the held-out one; the trained model replaces
+    ``c.model``, so the save stage writes it as any converted model."""
+    from ._finetune import FinetuneOptions, finetune
+
+    assert c.adapter is not None and c.samples is not None
+    if not c.factors:
+        c.warnings.append("fine-tuning skipped: no layer was converted")
+        return
+    train, held, _ = held_out(c.samples, c.eval_samples, c.config.holdout, c.config.seed)
+    folder = c.workdir("finetune")
+    with map_errors("saving the model for fine-tuning failed", ConversionError):
+        student = c.adapter.save(c.model, folder / f"student{c.adapter.suffix}")
+    with trusting(c.config.trust_model):  # the views and runners load the user's model again
+        result = finetune(student, c.src, folder / f"tuned{student.suffix}", fmt=c.adapter.name, train=train,
+                          holdout=held, options=FinetuneOptions.from_config(c.config, c.device),
+                          workdir=c.workdir("finetune-work"), checkpoint_dir=c.checkpoint_dir,
+                          progress=within.update, threads=c.config.threads)
+        if result.improved:
+            c.model = c.adapter.load(result.path, c.workdir("finetune-load"))
+    c.report_extra["finetune"] = FinetuneReport(
+        metric=result.metric, before=round(result.before, 6), after=round(result.after, 6), epochs=result.epochs,
+        stopped=result.stopped, seconds=result.seconds, resumed=result.resumed, device=result.device,
+        scope=result.scope, train_samples=train.count, holdout_samples=held.count, history=result.history)
+    accuracy = c.report_extra.get("accuracy")
+    if accuracy is not None and accuracy.metric == result.metric:
+        # The same held-out samples and metric as the accuracy section's other stages.
+        update: dict[str, Any] = {"finetuned": round(result.after, 6)}
+        if result.improved:
+            update["kept"] = "finetuned"
+        c.report_extra["accuracy"] = accuracy.model_copy(update=update)
+
+
 def _always(_: Conversion) -> bool:
     return True
 
@@ -233,6 +268,7 @@ STEPS: dict[str, tuple[Callable[[Conversion], bool], Step]] = {
     "measure": (lambda c: c.config.measure, measure_step),
     "rewrite": (_always, _rewrite),
     "calibrate": (_has_samples, _calibrate),
+    "finetune": (lambda c: c.config.recover == "finetune", _finetune),
     "save": (_always, _save),
     "verify": (lambda c: c.config.verify, verify_step),
 }
@@ -247,6 +283,7 @@ def convert(
     data: str | Path | None = None,
     eval: str | Path | None = None,
     progress: ProgressCallback | None = None,
+    checkpoint_dir: str | Path | None = None,
     **options: Any,
 ) -> ConversionResult:
     """Convert a CNN's eligible convolutions into depthwise-separable pairs and report on the result.
@@ -265,6 +302,8 @@ def convert(
             held out.
         progress: called as ``progress(stage, fraction)`` while the conversion runs (``progress(stage, fraction,
             detail)`` if it takes a third parameter); see ``converter._stages``.
+        checkpoint_dir: where a fine-tune (``recover="finetune"``) keeps its checkpoint; run again with the same
+            folder and inputs, an interrupted fine-tune resumes instead of starting over.
         **options: any ``ConversionConfig`` field, e.g. ``rank=2``, ``order="dw-pw"``, ``device="cuda"``.
 
     Returns:
@@ -292,7 +331,8 @@ def convert(
             raise InvalidOptionsError("the output path is the input model; choose another")
         conversion = Conversion(cfg, src, dest, Path(inputs) if inputs is not None else None, work,
                                 data_path=Path(data) if data is not None else None,
-                                eval_path=Path(eval) if eval is not None else None)
+                                eval_path=Path(eval) if eval is not None else None,
+                                checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None)
         return _run(conversion, progress)
 
 

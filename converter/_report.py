@@ -17,6 +17,7 @@ __all__ = [
     "Accuracy",
     "Counts",
     "Fidelity",
+    "FinetuneReport",
     "Latency",
     "LayerReport",
     "Report",
@@ -167,6 +168,29 @@ Timings = create_model(
 Timings.__doc__ = "Wall-clock seconds of each stage that ran (see ``converter._stages``); None: it did not run."
 
 
+class FinetuneReport(_Model):
+    """What a fine-tune (``recover="finetune"``) did.
+
+    ``metric`` is the held-out metric it watched (``top1`` with labels, else ``top1_agreement`` for a classifier
+    or ``rel_l2`` to the original's outputs, lower is better); ``before``/``after`` its value for the converted
+    model before fine-tuning and for the weights written (the lowest held-out loss seen). ``stopped``: ``epochs``,
+    ``time`` or ``early_stop``. ``history``: per epoch the mean training loss and the held-out metric.
+    """
+
+    metric: str
+    before: float
+    after: float
+    epochs: int
+    stopped: Literal["epochs", "time", "early_stop"]
+    seconds: float
+    resumed: bool
+    device: str
+    scope: Literal["factors", "all"]
+    train_samples: int
+    holdout_samples: int
+    history: list[dict[str, int | float]] = []
+
+
 class Report(_Model):
     """The report of one conversion. See README, "The report", for every key."""
 
@@ -181,6 +205,7 @@ class Report(_Model):
     policy: dict
     fidelity: Fidelity | None = None
     latency: Latency | None = None
+    finetune: FinetuneReport | None = None
     layers: list[LayerReport]
     timings: Timings
     warnings: list[str] = []

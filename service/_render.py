@@ -99,6 +99,12 @@ def render_report(report: Report, console: Console, *, title: str = "", max_laye
         stages = " → ".join(f"{name} {fmt(getattr(acc, name))}" for name in
                             ("original", "data_free", "calibrated", "finetuned") if getattr(acc, name) is not None)
         console.print(f"accuracy ({acc.metric}, {acc.samples} held-out samples) {stages}; kept [bold]{acc.kept}[/]")
+    ft = getattr(report, "finetune", None)
+    if ft is not None:
+        fmt = "{:.4g}" if ft.metric == "rel_l2" else "{:.1%}"
+        console.print(f"fine-tune held-out {ft.metric} {fmt.format(ft.before)} → [bold]{fmt.format(ft.after)}[/] "
+                      f"in {ft.epochs} epoch(s), {ft.seconds:.0f} s on {ft.device} (stopped: {ft.stopped}"
+                      f"{', resumed' if ft.resumed else ''})")
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {w}")
 

@@ -106,6 +106,11 @@ class Job(Base):
     duration_s: Mapped[float | None] = mapped_column(Float, default=None)
 
     @property
+    def needs_gpu(self) -> bool:
+        """Whether the job belongs on a GPU worker: it fine-tunes (calibration stays on the normal queue)."""
+        return (self.options or {}).get("recover") == "finetune"
+
+    @property
     def is_final(self) -> bool:
         """Whether the job has finished (succeeded, failed or cancelled)."""
         return self.status in FINAL_STATUSES

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .._files import atomic_path
 
 __all__ = ["CHECKPOINT_NAME", "file_digest", "fingerprint", "load_checkpoint", "save_checkpoint"]
 
@@ -40,12 +40,8 @@ def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``folder/finetune.ckpt`` through a temporary file and a rename."""
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / CHECKPOINT_NAME
-    tmp = folder / f".{CHECKPOINT_NAME}.{uuid.uuid4().hex}.tmp"
-    try:
+    with atomic_path(dest) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 

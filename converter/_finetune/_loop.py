@@ -20,7 +20,8 @@ planned epochs is fixed after the first epoch from its duration and the time bud
 checkpoint, so a resumed run follows the same schedule.
 
 Checkpoints (with ``checkpoint_dir``) are written at every epoch end and at least every ``CHECKPOINT_EVERY_S``
-seconds mid-epoch; a fine-tune restarted with the same inputs and options resumes where the last one stopped.
+seconds mid-epoch; a fine-tune restarted with the same original, samples, options and converted graph (weight
+names and shapes: the same layers, ranks and lowerings) resumes where the last one stopped.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ CHECKPOINT_EVERY_S = 30.0
 #: Relative L2 the written model may differ from the trained module by (float32 accumulation order).
 WRITE_TOLERANCE = 1e-3
 
-#: ``progress(fraction, detail)``: fraction of the fine-tune done in [0, 1]; detail holds ``epoch``, ``loss`` and
-#: the held-out ``metric`` (and its name).
+#: ``progress(fraction, detail)``: fraction of the fine-tune done in [0, 1]; detail holds ``epoch``, the mean
+#: training ``loss`` of the last epoch and the held-out metric of the best weights so far under its own name
+#: (``top1``, ``top1_agreement`` or ``rel_l2``).
 FinetuneProgress = Callable[[float, dict[str, Any]], None]
 
 
@@ -73,7 +75,7 @@ class FinetuneOptions:
 
     epochs: int = 30
     minutes: float = 5.0
-    lr: float = 3e-3
+    lr: float = 1e-2
     batch_size: int = 32
     loss: str = "auto"
     scope: str = "factors"
@@ -103,6 +105,7 @@ class FinetuneResult:
         resumed: whether it continued from a checkpoint.
         device: where it trained.
         scope: ``factors`` or ``all``.
+        improved: whether the weights written differ from the converted model's (a lower held-out loss was seen).
         history: per epoch ``{epoch, loss, metric}``.
     """
 
@@ -116,6 +119,7 @@ class FinetuneResult:
     resumed: bool
     device: str
     scope: str
+    improved: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -231,6 +235,7 @@ def finetune(student: Path, teacher: Path, dest: Path, *, fmt: str, train: Sampl
         ConversionError: the trainable view disagrees with the model's runtime, or the written model with the
             trained module.
     """
+    entered = time.monotonic()  # the time budget covers setting up (runners, view, first evaluation) too
     if train.count < 1 or holdout.count < 1:
         raise InvalidOptionsError("fine-tuning needs at least one training and one held-out sample")
     device = resolve_device(options.device)
@@ -253,8 +258,10 @@ def finetune(student: Path, teacher: Path, dest: Path, *, fmt: str, train: Sampl
     objective = objective_for([np.asarray(t) for t in teacher_run(first)], options.loss,
                               train.num_classes if train.has_labels else None)
     run = _Run(view, teacher_run, objective, options, device)
-    key = fingerprint(file_digest(Path(student)), file_digest(Path(teacher)), asdict(options), train.count,
-                      holdout.count, fmt)
+    # The checkpoint fits when the original, the options, the samples and the converted graph's weights (names
+    # and shapes) are the same; the converted model's values may differ (a rerun of a job calibrates again).
+    structure = sorted((name, list(p.shape)) for name, p in view.params.items())
+    key = fingerprint(file_digest(Path(teacher)), asdict(options), train.count, holdout.count, fmt, structure)
     state = load_checkpoint(checkpoint_dir, key)
     resumed = state is not None
     if state is None:
@@ -262,12 +269,12 @@ def finetune(student: Path, teacher: Path, dest: Path, *, fmt: str, train: Sampl
         state = {"key": key, "epoch": 0, "pos": 0, "loss_sum": 0.0, "loss_n": 0, "elapsed": 0.0,
                  "planned": options.epochs, "before": base.value, "best_score": base.score,
                  "best_metric": base.value, "best_loss": base.mean_loss, "best": run.snapshot(), "bad": 0,
-                 "history": [], "stopped": ""}
+                 "history": [], "stopped": "", "improved": False}
     else:
         run.restore(state["params"])
         run.optimizer.load_state_dict(state["optimizer"])
     budget = options.minutes * 60.0
-    start = time.monotonic() - state["elapsed"]
+    start = (entered if not resumed else time.monotonic()) - state["elapsed"]
     last_save = time.monotonic()
 
     def elapsed() -> float:
@@ -282,8 +289,7 @@ def finetune(student: Path, teacher: Path, dest: Path, *, fmt: str, train: Sampl
         if progress is not None:
             done = max(min(1.0, (state["epoch"] + state["pos"] / max(train.count, 1)) / state["planned"]),
                        min(1.0, elapsed() / budget))
-            progress(done, {"epoch": state["epoch"], "loss": loss, objective.metric: state["best_metric"],
-                            "metric": state["best_metric"]})
+            progress(done, {"epoch": state["epoch"], "loss": loss, objective.metric: state["best_metric"]})
 
     report(None)
     while not state["stopped"]:
@@ -316,7 +322,7 @@ def finetune(student: Path, teacher: Path, dest: Path, *, fmt: str, train: Sampl
         # The held-out loss decides (a few hundred samples make accuracy a noisy judge), the metric breaks ties.
         if (-acc.mean_loss, acc.score) > (-state["best_loss"], state["best_score"]):
             state.update(best_score=acc.score, best_metric=acc.value, best_loss=acc.mean_loss, best=run.snapshot(),
-                         bad=0)
+                         bad=0, improved=True)
         else:
             state["bad"] += 1
         state.update(epoch=epoch + 1, pos=0, loss_sum=0.0, loss_n=0)
@@ -343,4 +349,4 @@ def _write(run: _Run, state: dict[str, Any], dest: Path, fmt: str, adapter: Any,
     return FinetuneResult(path=written, metric=run.objective.metric, before=float(state["before"]),
                           after=float(state["best_metric"]), epochs=int(state["epoch"]), stopped=state["stopped"],
                           seconds=round(seconds, 3), resumed=resumed, device=device, scope=run.options.scope,
-                          history=list(state["history"]))
+                          improved=bool(state["improved"]), history=list(state["history"]))

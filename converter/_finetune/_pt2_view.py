@@ -10,8 +10,6 @@ Factors are the weights and biases of convs whose weight the original model does
 
 from __future__ import annotations
 
-import os
-import uuid
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch
 from torch import nn
 
 from .._errors import ConversionError, UnsupportedModelError, one_line
+from .._files import atomic_path
 from ._view import TrainableView, digest
 
 __all__ = ["pt2_view"]
@@ -86,12 +85,10 @@ def pt2_view(path: Path, workdir: Path, original: set[str], device: str = "cpu")
             target.state_dict[name] = nn.Parameter(new, requires_grad=old.requires_grad) \
                 if isinstance(old, nn.Parameter) else new
         dest = Path(dest)
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
         try:
-            torch.export.save(target, str(tmp))
-            os.replace(tmp, dest)
+            with atomic_path(dest) as tmp:
+                torch.export.save(target, str(tmp))
         except Exception as e:
-            tmp.unlink(missing_ok=True)
             raise ConversionError(f"could not save the fine-tuned .pt2 model: {one_line(e, 200)}") from e
         return dest
 

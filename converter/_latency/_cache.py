@@ -20,6 +20,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._files import atomic_write
+
 __all__ = ["Backend", "TimingCache", "backend_for", "cache_dir", "cpu_features"]
 
 #: Bump when what a cached number means changes (micro-model context, harness).
@@ -31,7 +33,12 @@ def cache_dir() -> Path:
     explicit = os.environ.get("SEPCONV_CACHE_DIR")
     if explicit:
         return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except (RuntimeError, KeyError):  # no home directory (a sandboxed worker with a bare environment)
+            base = tempfile.gettempdir()
     return Path(base).expanduser() / "sepconv"
 
 
@@ -160,10 +167,8 @@ class TimingCache:
             except (OSError, ValueError, AttributeError):
                 other = {}
             merged = {**(other if isinstance(other, dict) else {}), **self._data}
-            fd, tmp = tempfile.mkstemp(prefix=".latency-", dir=self.path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"backend": self.backend.key, "format": _CACHE_FORMAT, "ms": merged}, f)
-            os.replace(tmp, self.path)
+            with atomic_write(self.path) as f:
+                f.write(json.dumps({"backend": self.backend.key, "format": _CACHE_FORMAT, "ms": merged}).encode())
         except OSError:
             return False
         self._dirty = False

@@ -11,8 +11,9 @@ Delivery is at-least-once and the job record makes it exactly-once in effect:
 * a lease reaper thread in every pool process re-queues jobs whose worker died (``kill -9`` of a whole worker
   host) and sends their task again.
 
-Jobs go to ``SEPCONV_CELERY_QUEUE``; ``SEPCONV_CELERY_GPU_QUEUE`` is declared for GPU work (fine-tuning, later)
-and receives nothing yet. This module has no HTTP code.
+Jobs go to ``SEPCONV_CELERY_QUEUE``; jobs that fine-tune (``recover=finetune``) go to ``SEPCONV_CELERY_GPU_QUEUE``,
+which a GPU worker (``sepconv worker --queues sepconv-gpu``, the compose file's ``gpu`` profile) consumes;
+calibration stays on the normal queue. This module has no HTTP code.
 """
 
 from __future__ import annotations
@@ -133,16 +134,19 @@ class CeleryExecutor:
     def stop(self) -> None:
         pass
 
-    def submit(self, job_id: str) -> None:
+    def submit(self, job_id: str, gpu: bool = False) -> None:
+        queue = self.settings.celery_gpu_queue if gpu else self.settings.celery_queue
         with map_errors("the job queue (Celery broker) is unavailable", ExecutorUnavailableError, keep=(),
                         type_name=False):
-            self.app.send_task(TASK_NAME, args=[job_id], queue=self.settings.celery_queue, retry=True,
+            self.app.send_task(TASK_NAME, args=[job_id], queue=queue, retry=True,
                                retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
 
     def resubmit(self, job_ids: list[str]) -> None:
+        engine = get_engine(self.settings.database_url)
         for job_id in job_ids:
             try:
-                self.submit(job_id)
+                job = crud.get_job(engine, job_id)
+                self.submit(job_id, gpu=job is not None and job.needs_gpu)
             except ExecutorUnavailableError as e:
                 log.warning("could not resubmit job %s: %s", job_id, e)
 

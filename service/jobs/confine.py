@@ -66,7 +66,8 @@ _READ_ONLY_SYSTEM = ("/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/opt/
                      "/etc/group", "/etc/nsswitch.conf", "/etc/os-release", "/etc/alternatives",
                      "/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/self",
                      "/sys/devices/system/cpu", "/sys/fs/cgroup", "/dev/urandom", "/dev/random",
-                     "/proc/driver/nvidia", "/sys/bus/pci", "/sys/devices/pci0000:00")
+                     "/proc/driver/nvidia", "/proc/sys/vm/overcommit_memory", "/sys/bus/pci", "/sys/devices",
+                     "/sys/module/nvidia")  # the last four: what the CUDA driver reads (untested without a GPU)
 _DEVICES = ("/dev/null", "/dev/zero", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools",
             "/dev/nvidia-modeset", "/dev/dri")
 

@@ -107,7 +107,8 @@ class EmbeddedExecutor:
         """Process ids of the live worker processes."""
         return [p.pid for p in self._procs.values() if p.poll() is None]
 
-    def submit(self, job_id: str) -> None:
+    def submit(self, job_id: str, gpu: bool = False) -> None:
+        # Every embedded worker takes every job (on its own device setting): there is one pool.
         for pid in self.pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGUSR1)

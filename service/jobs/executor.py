@@ -41,8 +41,8 @@ class Executor(Protocol):
         """Stop it; running jobs are given back to the queue."""
         ...
 
-    def submit(self, job_id: str) -> None:
-        """Tell the workers a job was queued.
+    def submit(self, job_id: str, gpu: bool = False) -> None:
+        """Tell the workers a job was queued; ``gpu``: it wants a GPU worker (a fine-tune).
 
         Raises:
             ExecutorUnavailableError: the jobs cannot be delivered now (broker down).

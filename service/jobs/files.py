@@ -9,7 +9,8 @@ import re
 from ..core.storage import Storage
 from ..models import Job
 
-__all__ = ["data_key", "delete_job_files", "eval_key", "input_key", "inputs_key", "output_key", "report_key"]
+__all__ = ["checkpoint_key", "data_key", "delete_job_files", "eval_key", "input_key", "inputs_key", "output_key",
+           "report_key"]
 
 log = logging.getLogger("sepconv.jobs")
 
@@ -36,6 +37,11 @@ def eval_key(job_id: str) -> str:
     return f"jobs/{job_id}/eval.npz"
 
 
+def checkpoint_key(job_id: str) -> str:
+    """The latest fine-tune checkpoint of a running job (so another worker resumes it); removed when it ends."""
+    return f"jobs/{job_id}/finetune.ckpt"
+
+
 def output_key(job_id: str, suffix: str) -> str:
     """The converted model; ``suffix`` is the converter's (``.onnx``, ``.zip``, ``.pt``)."""
     if not _SUFFIX_RE.match(suffix):
@@ -50,7 +56,8 @@ def report_key(job_id: str) -> str:
 
 def delete_job_files(storage: Storage, job: Job) -> None:
     """Delete every file of a job that exists; failures are logged, not raised (the record goes anyway)."""
-    for key in (job.input_key, job.inputs_key, job.data_key, job.eval_key, job.output_key, job.report_key):
+    for key in (job.input_key, job.inputs_key, job.data_key, job.eval_key, job.output_key, job.report_key,
+                checkpoint_key(job.id)):
         if key:
             try:
                 storage.delete(key)

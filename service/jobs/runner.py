@@ -10,6 +10,10 @@ if the job is still its own, so a cancelled or re-queued job never gets outputs 
 reason a user can act on ("ran out of memory (limit 8192 MB)", "exceeded the time limit of 1800 s", "the
 conversion process crashed (signal 11, SIGSEGV)", or the converter's own error code and message).
 
+A fine-tune (``recover="finetune"``) checkpoints into the job folder; the runner uploads each new checkpoint to
+storage, and a later attempt of the same job (after a restart, a lost worker, a stopped one) starts from it, so
+the fine-tune resumes instead of starting over. The checkpoint is deleted once the job has succeeded or failed.
+
 It does not decide *which* job to run or when: the embedded worker loop and the Celery task do.
 """
 
@@ -47,6 +51,8 @@ from . import crud, files
 from .confine import landlock_abi, seccomp_supported
 from .sandbox import EXIT_OOM
 
+CHECKPOINT_NAME = "finetune.ckpt"  # converter._finetune._checkpoint's name (not imported: the runner loads no torch)
+
 __all__ = ["JobRunner", "Outcome", "protect_worker_process", "scrub_paths", "sweep_stale_workdirs",
            "warn_if_unconfined", "worker_name"]
 
@@ -62,6 +68,9 @@ _MAX_EVENT_BYTES = 1024 * 1024
 _MAX_EVENTS = 1000
 _PROGRESS_EVERY_S = 0.25
 _MAX_DETAIL_ITEMS = 16
+#: How often a running job's fine-tune checkpoint is looked at (and uploaded when new), and its largest size.
+CHECKPOINT_SYNC_S = 5.0
+_MAX_CHECKPOINT_BYTES = 4 * 1024**3
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -157,6 +166,7 @@ class JobRunner:
             for key, name in ((job.inputs_key, "inputs.npz"), (job.data_key, "data.npz"), (job.eval_key, "eval.npz")):
                 if key:
                     self.storage.download(key, work / name)
+            resume = self._download_checkpoint(claim.job_id, work)
         except ObjectNotFoundError:
             if not crud.is_still_mine(self.engine, claim):
                 return Outcome("cancelled")
@@ -167,7 +177,7 @@ class JobRunner:
             return Outcome("cancelled")
 
         outcome = self._supervise(claim, job.input_bytes, work, job.options, bool(job.inputs_key),
-                                  bool(job.data_key), bool(job.eval_key))
+                                  bool(job.data_key), bool(job.eval_key), resume)
         if outcome.message:
             outcome.message = scrub_paths(outcome.message, work)
         sandbox = next((e for e in outcome.events if e["event"] == "sandbox"), {})
@@ -176,6 +186,11 @@ class JobRunner:
                      "had network access", claim.job_id)
         if sandbox and not sandbox.get("landlock"):
             log.warning("job %s: the conversion ran without file-system confinement (no Landlock)", claim.job_id)
+        # A stopped job, or one another worker took over, resumes from its checkpoint; a finished or deleted one
+        # needs it no more (a deleted job's upload may have raced its deletion).
+        if outcome.status in ("done", "failed") or crud.get_job(self.engine, claim.job_id) is None:
+            with contextlib.suppress(Exception):
+                self.storage.delete(files.checkpoint_key(claim.job_id))
         if outcome.status == "stopped":
             crud.release(self.engine, claim)
         elif outcome.status == "failed":
@@ -225,14 +240,41 @@ class JobRunner:
 
     # -- the child process -----------------------------------------------------------------------------------
 
+    def _download_checkpoint(self, job_id: str, work: Path) -> str:
+        """The job's checkpoint folder, holding the checkpoint of an earlier attempt where one was stored."""
+        folder = work / "checkpoint"
+        folder.mkdir()
+        with contextlib.suppress(ObjectNotFoundError):
+            self.storage.download(files.checkpoint_key(job_id), folder / CHECKPOINT_NAME)
+            log.info("job %s: resuming the fine-tune from the checkpoint of an earlier attempt", job_id)
+        return str(folder)
+
+    def _sync_checkpoint(self, job_id: str, work: Path, seen: float) -> float:
+        """Upload the fine-tune's checkpoint when the child has written a new one; returns its mtime."""
+        path = work / "checkpoint" / CHECKPOINT_NAME
+        try:
+            info = path.lstat()
+        except OSError:
+            return seen
+        if not stat.S_ISREG(info.st_mode) or info.st_mtime == seen or info.st_size > _MAX_CHECKPOINT_BYTES:
+            return seen
+        try:
+            with open(path, "rb") as f:
+                self.storage.put(files.checkpoint_key(job_id), f)
+        except Exception as e:  # a failed upload costs only resumability
+            log.warning("job %s: could not store the fine-tune checkpoint: %s", job_id, e)
+        return info.st_mtime
+
     def _supervise(self, claim: crud.Claim, input_bytes: int, work: Path, options: dict[str, Any],
-                   has_inputs: bool, has_data: bool = False, has_eval: bool = False) -> Outcome:
+                   has_inputs: bool, has_data: bool = False, has_eval: bool = False,
+                   checkpoint_dir: str | None = None) -> Outcome:
         s = self.settings
         spec = {
             "model": str(work / "model.in"),
             "inputs": str(work / "inputs.npz") if has_inputs else None,
             "data": str(work / "data.npz") if has_data else None,
             "eval": str(work / "eval.npz") if has_eval else None,
+            "checkpoint_dir": checkpoint_dir,
             "output_dir": str(work / "out"),
             "report": str(work / "report.json"),
             "options": options,
@@ -267,7 +309,8 @@ class JobRunner:
         started = time.monotonic()
         deadline = started + s.job_timeout_s
         beat_every = s.heartbeat_interval_s
-        next_beat = next_check = next_flush = 0.0
+        next_beat = next_check = next_flush = next_sync = 0.0
+        checkpoint_seen = 0.0
         pending: dict[str, Any] = {}
         events: list[dict[str, Any]] = []
         buf = b""
@@ -311,6 +354,9 @@ class JobRunner:
                 if not crud.is_still_mine(self.engine, claim):
                     ended = Outcome("cancelled")
                     break
+            if now >= next_sync:
+                next_sync = now + CHECKPOINT_SYNC_S
+                checkpoint_seen = self._sync_checkpoint(claim.job_id, work, checkpoint_seen)
             if now >= next_beat or (pending and now >= next_flush):
                 if not crud.heartbeat(self.engine, claim, s.job_lease_s, **pending):
                     ended = Outcome("cancelled")

@@ -148,7 +148,7 @@ def _convert(spec: dict[str, Any], channel: _Channel, confinement: Confinement) 
     out_dir.mkdir(exist_ok=True)
     result = converter.convert(
         model, out_dir / f"model{adapter.suffix}", config=config, inputs=spec.get("inputs"),
-        data=spec.get("data"), eval=spec.get("eval"),
+        data=spec.get("data"), eval=spec.get("eval"), checkpoint_dir=spec.get("checkpoint_dir"),
         progress=lambda stage, fraction, detail: channel.emit(event="progress", stage=stage, progress=fraction,
                                                               detail=detail))
     Path(spec["report"]).write_text(result.report.model_dump_json())

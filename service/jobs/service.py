@@ -47,7 +47,7 @@ from .errors import (
 from .executor import Executor, ExecutorUnavailableError
 from .sweep import SweepResult, sweep_storage
 
-__all__ = ["SERVICE_REFUSED_OPTIONS", "FieldPart", "FilePart", "JobService"]
+__all__ = ["SAMPLE_PARTS", "SERVICE_REFUSED_OPTIONS", "FieldPart", "FilePart", "JobService"]
 
 log = logging.getLogger("sepconv.jobs")
 
@@ -59,6 +59,9 @@ SUBMIT_FLUSH = 1024 * 1024
 FORM_ALLOWANCE = 1024 * 1024
 #: Retry-After (seconds) of a "queue full" answer.
 RETRY_AFTER_S = 30
+
+#: File parts holding the user's samples for accuracy recovery (stored at ``files.data_key``/``eval_key``).
+SAMPLE_PARTS = ("data", "eval")
 
 #: ConversionConfig options a library user may set but the service refuses.
 SERVICE_REFUSED_OPTIONS = ("trust_model",)
@@ -189,6 +192,7 @@ class JobService:
             if model is None:
                 raise BadRequestError("the request has no 'model' file part")
             config = ConversionConfig.from_options(**options_from_form(fields))
+            self._check_budget(config)
             refused = [name for name in SERVICE_REFUSED_OPTIONS if getattr(config, name)]
             if refused:
                 raise InvalidOptionsError(f"invalid options: {refused[0]}: not accepted by the service (uploaded "
@@ -206,13 +210,98 @@ class JobService:
                 for key in stored:
                     await to_thread.run_sync(self.storage.delete, key)
             raise
+        await self._queue(job)
+        log.info("job %s queued (%s, %d bytes)", job_id, job.filename, job.input_bytes)
+        return job
+
+    async def _store_samples(self, part: FilePart, job_id: str, budget: int, stored: list[str]) -> int:
+        """Store a ``data``/``eval`` part (a .npz) at its job key; refuses a second part of the same name."""
+        key = files.data_key(job_id) if part.name == "data" else files.eval_key(job_id)
+        if key in stored:
+            raise BadRequestError(f"give one '{part.name}' file part")
+        size = await self._store(part.chunks, key, budget, _check_npz(part.name))
+        stored.append(key)
+        return size
+
+    def _check_budget(self, config: ConversionConfig) -> None:
+        """A fine-tune must fit the job time limit, or the worker would kill it at the limit."""
+        if config.recover == "finetune" and config.finetune_minutes * 60 >= self.settings.job_timeout_s:
+            raise InvalidOptionsError(f"invalid options: finetune_minutes: {config.finetune_minutes:g} min does not "
+                                      f"fit this server's job time limit of {self.settings.job_timeout_s:g} s "
+                                      "(SEPCONV_JOB_TIMEOUT_S); give less")
+
+    async def _queue(self, job: Job) -> None:
+        """Hand a created job to the executor (a fine-tune to the GPU queue), or forget it if that fails."""
         try:
-            self.executor.submit(job_id)
+            self.executor.submit(job.id, gpu=job.needs_gpu)
         except ExecutorUnavailableError as e:
             await self._forget(job)
             raise UnavailableError(str(e)) from None
-        log.info("job %s queued (%s, %d bytes)", job_id, job.filename, job.input_bytes)
+
+    async def finetune(self, owner: str, job_id: str, parts: AsyncIterator[FieldPart | FilePart]) -> Job:
+        """Queue a fine-tune of a finished conversion job as a new job: the same model (copied in storage, not
+        uploaded again) and options, ``recover=finetune``, the option fields given here on top, and the
+        ``data``/``eval`` parts given here or else the job's own.
+
+        Raises:
+            JobNotFoundError: no such job.
+            JobNotReadyError: the job has not succeeded.
+            InvalidOptionsError: an option is unknown or out of range, or there are no samples to train on.
+            BadRequestError: the form is malformed.
+            UnavailableError: the job could not be handed to the executor.
+        """
+        parent = await self._succeeded(owner, job_id, "fine-tune")
+        new_id = crud.new_job_id()
+        stored: list[str] = []
+        fields: dict[str, list[str]] = {}
+        budget = self.settings.max_upload_bytes
+        try:
+            async for part in parts:
+                if isinstance(part, FieldPart):
+                    if part.name in SAMPLE_PARTS:
+                        raise BadRequestError(f"'{part.name}' must be a file part")
+                    fields.setdefault(part.name, []).append(part.value)
+                elif part.name in SAMPLE_PARTS:
+                    budget -= await self._store_samples(part, new_id, budget, stored)
+                else:
+                    raise BadRequestError(f"unexpected file part {part.name!r}; a fine-tune takes 'data' and 'eval'")
+            options = {**parent.options, **options_from_form(fields), "recover": "finetune"}
+            config = ConversionConfig.from_options(**options)
+            self._check_budget(config)
+            copies = [(parent.input_key, files.input_key(new_id))]
+            for own, key in ((parent.inputs_key, files.inputs_key), (parent.data_key, files.data_key),
+                             (parent.eval_key, files.eval_key)):
+                if own and key(new_id) not in stored:
+                    copies.append((own, key(new_id)))
+            has = set(stored) | {dst for _, dst in copies}
+            if files.data_key(new_id) not in has:
+                raise InvalidOptionsError("a fine-tune needs samples: give a 'data' file part (the job was "
+                                          "converted without data)")
+            for src, dst in copies:
+                await to_thread.run_sync(self._copy, src, dst)
+                stored.append(dst)
+            job = Job(id=new_id, owner=owner, status=JobStatus.QUEUED, stage=JobStage.QUEUED, progress=0.0,
+                      filename=parent.filename, options=config.model_dump(mode="json", exclude_unset=True),
+                      input_key=files.input_key(new_id), input_bytes=parent.input_bytes,
+                      inputs_key=files.inputs_key(new_id) if files.inputs_key(new_id) in has else None,
+                      data_key=files.data_key(new_id), eval_key=files.eval_key(new_id)
+                      if files.eval_key(new_id) in has else None, attempts=0, cancel_requested=False,
+                      created_at=utcnow())
+            await to_thread.run_sync(crud.create_job, self.engine, job)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                for key in stored:
+                    await to_thread.run_sync(self.storage.delete, key)
+            raise
+        await self._queue(job)
+        log.info("job %s queued: fine-tune of job %s", new_id, parent.id)
         return job
+
+    def _copy(self, src: str, dst: str) -> None:
+        try:
+            self.storage.put(dst, self.storage.get(src))
+        except ObjectNotFoundError:
+            raise JobNotFoundError(f"the files of job {dst.split('/')[1]} are no longer stored") from None
 
     async def _store(self, chunks: AsyncIterator[bytes], key: str, budget: int,
                      check: typing.Callable[[bytes, bool], None]) -> int:

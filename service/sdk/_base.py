@@ -278,6 +278,19 @@ class _BaseClient:
                 raise InvalidOptions(f"{part.name} file not found: {part.path}")
         return Call("POST", "convert", data=data, files=tuple(files))
 
+    @staticmethod
+    def _sample_parts(data_path: str | Path | None, eval_path: str | Path | None) -> list[FilePart]:
+        parts = [FilePart(name, Path(p)) for name, p in (("data", data_path), ("eval", eval_path)) if p is not None]
+        for part in parts:
+            if not part.path.is_file():
+                raise InvalidOptions(f"{part.name} file not found: {part.path}")
+        return parts
+
+    def _finetune_call(self, job_id: str, data_path: str | Path | None, eval_path: str | Path | None,
+                       options: Mapping[str, Any]) -> Call:
+        return Call("POST", self._job_path(job_id, "/finetune"), data=encode_options(options),
+                    files=tuple(self._sample_parts(data_path, eval_path)))
+
     def _get_job_call(self, job_id: str, wait: float = 0.0) -> Call:
         if wait > 0:
             return Call("GET", self._job_path(job_id), params={"wait": f"{wait:g}"}, extra_read=wait)

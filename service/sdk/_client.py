@@ -149,6 +149,33 @@ class Client(_BaseClient):
             return job
         return self._wait(job.id, timeout, progress, seen=job)
 
+    def finetune(self, job_id: str, *, data: str | Path | None = None, eval: str | Path | None = None,
+                 wait: bool | float = True, progress: Callable[[Job], Any] | None = None, **options: Any) -> Job:
+        """Fine-tune a succeeded job's model as a new job (``POST /jobs/{id}/finetune``): the model is not
+        uploaded again; the job's options apply, with ``options`` (``finetune_minutes``, ``epochs``,
+        ``device``…) on top.
+
+        Args:
+            job_id: The finished conversion job.
+            data, eval: Samples to train on and held-out samples (default: the job's own, if it had any).
+            wait, progress: As for ``convert``; ``progress`` sees the fine-tune's loss and held-out metric in
+                ``job.stage_detail``.
+
+        Returns:
+            The new job: succeeded if waited for, else as the server accepted it.
+
+        Raises:
+            InvalidOptions: An option is unknown or invalid, or a file does not exist (nothing was sent).
+            APIError: The job is unknown (``NotFound``) or has not succeeded (``Conflict``), or there are no samples.
+            JobFailed, JobCancelled, WaitTimeout: While waiting, as for ``wait_job``.
+        """
+        call = self._finetune_call(job_id, data, eval, options)
+        timeout = None if wait is False else self._wait_timeout(wait)
+        job = self._send(call, lambda r: self._parse_job(r, Job))
+        if wait is False:
+            return job
+        return self._wait(job.id, timeout, progress, seen=job)
+
     def get_job(self, job_id: str) -> Job:
         """The job's current state (``GET /jobs/{id}``).
 
@@ -364,6 +391,17 @@ class AsyncClient(_BaseClient):
                       upload_progress: Callable[[int, int], Any] | None = None, **options: Any) -> AsyncJob:
         """Upload a model for conversion and, by default, wait for the result; see ``Client.convert``."""
         call = self._convert_call(path, inputs, options, upload_progress, {"data": data, "eval": eval})
+        timeout = None if wait is False else self._wait_timeout(wait)
+        job = await self._send(call, self._read_job)
+        if wait is False:
+            return job
+        return await self._wait(job.id, timeout, progress, seen=job)
+
+    async def finetune(self, job_id: str, *, data: str | Path | None = None,
+                       eval: str | Path | None = None, wait: bool | float = True,
+                       progress: Callable[[AsyncJob], Any] | None = None, **options: Any) -> AsyncJob:
+        """Fine-tune a succeeded job's model as a new job; see ``Client.finetune``."""
+        call = self._finetune_call(job_id, data, eval, options)
         timeout = None if wait is False else self._wait_timeout(wait)
         job = await self._send(call, self._read_job)
         if wait is False:

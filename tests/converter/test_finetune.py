@@ -12,7 +12,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-import torch.nn as nn
 from onnx import helper, numpy_helper
 
 import converter
@@ -21,35 +20,18 @@ from converter._data import load_samples
 from converter._finetune import FinetuneOptions, _loop, finetune, trainable_view
 from converter._finetune._view import original_digests
 from converter.formats import adapter_for
-from tests.utils.models import build, export_onnx, export_torchscript
+from tests.utils.finetune_models import TinyNet, tiny_files
+from tests.utils.models import build, export_onnx
 from tests.utils.onnx_models import make_model, output, rel_l2
-
-
-class TinyNet(nn.Module):
-    """Two 3x3 convs and a linear head: 4 classes on [1, 8, 8] inputs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
-                                  nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny net as ONNX and TorchScript, converted at rank 1, and a .npz of 48 labelled samples."""
     d = tmp_path_factory.mktemp("finetune")
-    torch.manual_seed(0)
-    model = TinyNet().eval()
-    x = torch.randn(48, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        labels = model(x).argmax(1).numpy()
-    np.savez(d / "data.npz", inputs=x.numpy(), labels=labels)
-    export_onnx(model, x[:2], d / "orig.onnx", dynamic="batch")
-    export_torchscript(model, x[:2], d / "orig.pt")
+    files = tiny_files(d)
+    files["onnx"].rename(d / "orig.onnx")
+    files["torchscript"].rename(d / "orig.pt")
     converter.convert(d / "orig.onnx", d / "conv.onnx", rank=1, verify=False)
     converter.convert(d / "orig.pt", d / "conv.pt", rank=1, verify=False, input_shape={"x": (2, 1, 8, 8)})
     return {"dir": d, "onnx": d / "orig.onnx", "torchscript": d / "orig.pt", "conv-onnx": d / "conv.onnx",
@@ -226,3 +208,41 @@ def test_pt2_view_trains_and_writes_into_the_exported_program(tmp_path):
     assert rel_l2(trained.numpy(), program.module()(x).detach().numpy()) > 1e-4
     assert str(loaded.graph) == str(torch.export.load(str(tmp_path / "a.pt2")).graph)
     assert loaded.module()(torch.randn(5, *x.shape[1:])).shape[0] == 5  # the dynamic batch dim is kept
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_convert_with_recover_finetune(tiny, tmp_path, fmt):
+    events: list[tuple] = []
+    result = converter.convert(tiny[fmt], tmp_path / f"out.{fmt}", rank=1, recover="finetune", data=tiny["data"],
+                               epochs=2, batch_size=12, input_shape={"x": (2, 1, 8, 8)}, latency_runs=1,
+                               progress=lambda stage, fraction, detail: events.append((stage, fraction, detail)))
+    report = result.report
+    assert report.finetune is not None and report.finetune.train_samples + report.finetune.holdout_samples == 48
+    assert report.timings.finetune_s > 0 and report.fidelity is not None  # verified like any converted model
+    assert any(stage == "finetune" and detail and "loss" in detail for stage, _, detail in events)
+    fractions = [f for _, f, _ in events]
+    assert fractions == sorted(fractions)
+
+
+def test_convert_finetune_needs_data(tiny, tmp_path):
+    with pytest.raises(InvalidOptionsError, match="needs samples"):
+        converter.convert(tiny["onnx"], tmp_path / "o.onnx", rank=1, recover="finetune", verify=False)
+
+
+def test_convert_pt2_with_recover_finetune_loads_in_a_fresh_process(tiny, tmp_path):
+    x = torch.from_numpy(np.load(tiny["data"])["inputs"][:6])
+    torch.manual_seed(0)  # the fixture's TinyNet, exported with torch.export
+    program = torch.export.export(TinyNet().eval(), (x[:2],), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    torch.export.save(program, str(tmp_path / "tiny.pt2"))
+    result = converter.convert(tmp_path / "tiny.pt2", tmp_path / "out.pt2", rank=1, recover="finetune",
+                               data=tiny["data"], epochs=2, batch_size=12, measure=False, latency_runs=1)
+    assert result.format == "pt2" and result.report.finetune is not None
+    np.save(tmp_path / "x.npy", x.numpy())
+    code = ("import sys, numpy as np, torch; m = torch.export.load(sys.argv[1]).module(); "
+            "np.save(sys.argv[3], m(torch.from_numpy(np.load(sys.argv[2]))).detach().numpy())")
+    subprocess.run([sys.executable, "-c", code, str(result.output_path), str(tmp_path / "x.npy"),
+                    str(tmp_path / "y.npy")], check=True, timeout=120)
+    fresh = np.load(tmp_path / "y.npy")
+    view = trainable_view("pt2", result.output_path, tmp_path / "v", set())
+    assert rel_l2(view.module(x)[0].detach().numpy(), fresh) < 1e-6
+

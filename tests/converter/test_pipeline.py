@@ -18,7 +18,7 @@ from converter import ConversionConfig, InvalidOptionsError, UnsupportedModelErr
 from tests.utils.models import build, export_onnx, export_torchscript
 
 REPORT_KEYS = {"schema_version", "sepconv_version", "format", "params", "macs", "file_bytes", "policy", "fidelity",
-               "latency", "layers", "timings", "warnings"}
+               "latency", "finetune", "layers", "timings", "warnings"}
 LAYER_KEYS = {"name", "op", "kernel", "in_channels", "out_channels", "groups", "status", "reason", "order", "rank",
               "lowering", "energy", "rel_weight_error", "params_before", "params_after", "macs_before", "macs_after",
               "latency_ms_before", "latency_ms_after"}

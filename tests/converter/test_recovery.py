@@ -111,3 +111,26 @@ def test_bad_data_is_one_line(tmp_path, arrays, message):
                           rank=1, verify=False)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "slim.onnx").exists()
+
+
+def test_scalar_input_is_given_with_every_batch(tmp_path):
+    """A non-tensor input (a TorchScript ``float`` argument) comes from a 0-d array of the data file."""
+    import torch
+
+    class Scaled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.b = torch.nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x: torch.Tensor, gain: float) -> torch.Tensor:
+            return self.b(torch.relu(self.a(x))) * gain
+
+    torch.manual_seed(0)
+    path = tmp_path / "scaled.pt"
+    torch.jit.save(torch.jit.script(Scaled().eval()), str(path))
+    np.savez(tmp_path / "data.npz", x=_images(20, 0)[:, :, :16, :16], gain=np.array(2.0))
+    r = converter.convert(path, tmp_path / "slim.pt", data=tmp_path / "data.npz", rank=1, verify=False,
+                          input_shape="x=1x3x16x16").report
+    assert r.accuracy is not None and r.accuracy.metric == "top1_agreement" and r.accuracy.samples == 4
+    assert r.accuracy.rel_l2.calibrated <= r.accuracy.rel_l2.data_free

@@ -111,7 +111,12 @@ def describe(model: ir.Model, name: str, node: ir.Node, table: Mapping[str, Dims
         out_ch = y_dims[1] if y_dims is not None and len(y_dims) > 1 else 0
     weight = None
     if tensor is not None and node.op_type not in QUANTIZED_CONV_OPS:
-        weight = _as_conv_layout(np.asarray(tensor.numpy()).astype(np.float32), groups, transposed)
+        # A read-only view of the initializer when it already is float32 (the planner only reads it): no copy
+        # of every conv's weight per call.
+        weight = _as_conv_layout(np.asarray(tensor.numpy()).astype(np.float32, copy=False), groups, transposed)
+        if weight.base is not None:
+            weight = weight.view()
+            weight.flags.writeable = False
     in_sp, out_sp = spatial(x_dims), spatial(y_dims)
     if out_sp is None and in_sp is not None and kernel:
         out_sp = out_spatial(node, in_sp, kernel)

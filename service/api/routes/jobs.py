@@ -1,16 +1,21 @@
-"""``/jobs``: list, look up (optionally waiting), download the model and report, cancel/delete."""
+"""``/jobs``: list, look up (optionally waiting), download the model and report, fine-tune a finished job,
+cancel/delete."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import HTMLResponse, StreamingResponse
 
+from ...jobs.errors import BadRequestError
+from ...jobs.service import FieldPart, FilePart
 from ...schemas import JobPublic, JobsPublic
 from ..deps import JobsDep, OwnerDep
 from ..errors import ERROR_RESPONSES
+from ..upload import read_multipart
 
 __all__ = ["router"]
 
@@ -86,6 +91,34 @@ async def get_report_html(job_id: str, owner: OwnerDep, jobs: JobsDep) -> HTMLRe
     """Download the report as one self-contained HTML page."""
     return HTMLResponse(await jobs.report_html(owner, job_id),
                         headers={"Content-Security-Policy": _REPORT_CSP, "X-Content-Type-Options": "nosniff"})
+
+
+#: Largest url-encoded form a fine-tune request may carry (it holds option fields only).
+_MAX_FORM_BYTES = 64 * 1024
+
+
+async def _form_fields(request: Request) -> AsyncIterator[FieldPart | FilePart]:
+    """The option fields of an ``application/x-www-form-urlencoded`` body (or of an empty one)."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_FORM_BYTES:
+            raise BadRequestError(f"a url-encoded form is limited to {_MAX_FORM_BYTES} bytes; send files as "
+                                  "multipart/form-data")
+    for name, value in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
+        yield FieldPart(name, value)
+
+
+@router.post("/{job_id}/finetune", status_code=202, response_model=JobPublic,
+             responses={409: ERROR_RESPONSES[409], 413: ERROR_RESPONSES[413], **_COMMON})
+async def finetune_job(job_id: str, request: Request, owner: OwnerDep, jobs: JobsDep) -> JobPublic:
+    """Fine-tune a succeeded job's model as a new job (optional multipart: data, eval, option fields)."""
+    length = request.headers.get("content-length")
+    await jobs.check_capacity(int(length) if length and length.isdigit() else None)
+    content_type = request.headers.get("content-type") or ""
+    parts = (read_multipart(content_type, request.stream()) if content_type.startswith("multipart/")
+             else _form_fields(request))
+    return JobPublic.from_job(await jobs.finetune(owner, job_id, parts))
 
 
 @router.delete("/{job_id}", status_code=204, response_class=Response, responses=_COMMON)
