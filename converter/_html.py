@@ -488,10 +488,7 @@ def _table(d: Mapping[str, Any]) -> str:
         cells = []
         for key, _, _ in columns:
             text, sort = _cell(key, la.get(key))
-            shown = escape(text)
-            if key == "name":  # where a long name may break when printed: after a separator
-                shown = shown.replace("/", "/<wbr>").replace(".", ".<wbr>")
-            cells.append(f'<td class="col-{escape(key)}" data-v="{escape(sort)}">{shown}</td>')
+            cells.append(f'<td class="col-{escape(key)}" data-v="{escape(sort)}">{escape(text)}</td>')
         rows.append(f'<tr class="{escape(str(la.get("status", "")))}">{"".join(cells)}</tr>')
     return (f'<section id="layers"><h2>Layers</h2><p class="note">Click a column to sort. '
             f"Full layer names as in the JSON report.</p><div class=\"scroll\"><table id=\"layer-table\">"
