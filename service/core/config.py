@@ -53,8 +53,8 @@ Variable                       Default                          Meaning
 ``SEPCONV_CELERY_QUEUE``       ``sepconv``                      Celery queue conversion jobs are sent to.
 ``SEPCONV_CELERY_GPU_QUEUE``   ``sepconv-gpu``                  Celery queue of jobs that fine-tune
                                                                 (``recover=finetune``), for GPU workers.
-``SEPCONV_ALLOW_UNCONFINED_CODE`` ``false``                     Accept TorchScript/``.pt2`` uploads even where the
-                                                                kernel offers no Landlock confinement (the
+``SEPCONV_ALLOW_UNCONFINED_``  ``false``                        Accept TorchScript/``.pt2`` uploads even where the
+``CODE``                                                        kernel offers no Landlock confinement (the
                                                                 conversion could then read the worker user's
                                                                 files); refused otherwise.
 ``SEPCONV_REQUEUE_AFTER_S``    ``300``                          A job queued this long without being claimed is
