@@ -25,6 +25,7 @@ from digits import main as build_digits  # noqa: E402
 import converter  # noqa: E402
 
 POLICIES = [
+    {},  # the default policy (energy 0.9, never slower on the measured backend)
     {"rank": 1}, {"rank": 2}, {"rank": 3}, {"energy": 0.5}, {"energy": 0.8}, {"energy": 0.9},
     {"energy": 0.95}, {"target_params": 0.5}, {"target_macs": 0.5},
 ]
@@ -53,9 +54,10 @@ def main() -> None:
             conv = r.converted_layers
             energy = np.mean([layer.energy for layer in conv]) if conv else float("nan")
             acc = accuracy(dest, x, y)
-            name = ",".join(f"{k}={v}" for k, v in policy.items())
+            name = ",".join(f"{k}={v}" for k, v in policy.items()) or "default"
+            speed = f"{r.latency.speedup:>8.2f}×" if r.latency is not None else "  unchanged"
             print(f"{name:<22}{len(conv):>5}{r.params.converted / r.params.original:>8.2f}{energy:>8.2f}"
-                  f"{r.fidelity.rel_l2:>8.3f}{r.fidelity.top1_agreement:>9.3f}{acc:>7.3f}{r.latency.speedup:>8.2f}×")
+                  f"{r.fidelity.rel_l2:>8.3f}{r.fidelity.top1_agreement:>9.3f}{acc:>7.3f}{speed}")
 
 
 if __name__ == "__main__":

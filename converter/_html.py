@@ -24,7 +24,7 @@ from ._report import Report
 __all__ = ["REPORT_SCRIPT", "render_html"]
 
 _HANDLED = {"schema_version", "sepconv_version", "format", "params", "macs", "file_bytes", "policy", "fidelity",
-            "latency", "layers", "timings", "warnings", "accuracy"}
+            "latency", "layers", "timings", "warnings", "accuracy", "finetune"}
 _STAGES = ("load", "plan", "measure", "rewrite", "calibrate", "finetune", "save", "verify")
 _ACCURACY_STAGES = (("original", "original"), ("data_free", "data-free"), ("calibrated", "calibrated"),
                     ("finetuned", "fine-tuned"))
@@ -335,6 +335,11 @@ def _charts(d: Mapping[str, Any]) -> str:
     acc = d.get("accuracy")
     if _accuracy_stages(acc):
         figs.append(_accuracy_figure(acc))
+    ft = d.get("finetune")
+    if isinstance(ft, Mapping):
+        fig = _finetune_figure(ft)
+        if fig:
+            figs.append(fig)
     timings = d.get("timings")
     if isinstance(timings, Mapping):
         segments = _timing_segments(timings)
@@ -370,6 +375,31 @@ def _accuracy_figure(acc: Mapping[str, Any]) -> str:
     note = " · ".join(n for n in notes if n)
     return (f'<figure id="plot-accuracy"><figcaption>{escape(_metric_name(acc))} by recovery stage</figcaption>'
             f"{svg}{table}" + (f'<p class="note">{escape(note)}</p>' if note else "") + "</figure>")
+
+
+def _finetune_figure(ft: Mapping[str, Any]) -> str:
+    """Each measure of the fine-tune's history (training loss, held-out metric…) per epoch, and how it ended."""
+    history = [h for h in ft.get("history") or [] if isinstance(h, Mapping)]
+    x_key = "epoch" if any("epoch" in h for h in history) else None
+    keys = [k for k in dict.fromkeys(k for h in history for k in h) if k != x_key]
+    charts = []
+    for i, key in enumerate(keys):
+        points = [(float(h[x_key]) if x_key and _is_num(h.get(x_key)) else float(n + 1), float(h[key]))
+                  for n, h in enumerate(history) if _is_num(h.get(key))]
+        if len(points) >= 2:
+            colour = (_svg.CONVERTED, "#f0883e", "#2da44e", "#a371f7")[i % 4]
+            charts.append(f'<p class="note">{escape(key.replace("_", " "))}</p>' + _svg.lines(
+                points, colour=colour, fmt=lambda v: f"{v:.3g}", label=f"{key} per epoch", x_label="epoch"))
+    parts = [f"{ft['metric']} {ft['before']:.4g} → {ft['after']:.4g}" if _is_num(ft.get("before"))
+             and _is_num(ft.get("after")) and ft.get("metric") else "",
+             f"{ft['epochs']} epoch(s), stopped by {ft.get('stopped')}" if _is_num(ft.get("epochs")) else "",
+             f"{ft['seconds']:.0f} s on {ft.get('device')}" if _is_num(ft.get("seconds")) else "",
+             "resumed from a checkpoint" if ft.get("resumed") else ""]
+    note = " · ".join(p for p in parts if p)
+    if not charts and not note:
+        return ""
+    return (f'<figure id="plot-finetune"><figcaption>Fine-tuning</figcaption>{"".join(charts)}'
+            + (f'<p class="note">{escape(note)}</p>' if note else "") + "</figure>")
 
 
 def _latency_figure(lat: Mapping[str, Any]) -> str:
@@ -458,10 +488,7 @@ def _table(d: Mapping[str, Any]) -> str:
         cells = []
         for key, _, _ in columns:
             text, sort = _cell(key, la.get(key))
-            shown = escape(text)
-            if key == "name":  # where a long name may break when printed: after a separator
-                shown = shown.replace("/", "/<wbr>").replace(".", ".<wbr>")
-            cells.append(f'<td class="col-{escape(key)}" data-v="{escape(sort)}">{shown}</td>')
+            cells.append(f'<td class="col-{escape(key)}" data-v="{escape(sort)}">{escape(text)}</td>')
         rows.append(f'<tr class="{escape(str(la.get("status", "")))}">{"".join(cells)}</tr>')
     return (f'<section id="layers"><h2>Layers</h2><p class="note">Click a column to sort. '
             f"Full layer names as in the JSON report.</p><div class=\"scroll\"><table id=\"layer-table\">"
@@ -484,7 +511,7 @@ def _kv(mapping: Mapping[str, Any]) -> str:
 def _details(d: Mapping[str, Any]) -> str:
     parts = []
     for key, name in (("policy", "Policy"), ("fidelity", "Output fidelity"), ("latency", "Latency"),
-                      ("accuracy", "Accuracy"), ("timings", "Timings (s)")):
+                      ("accuracy", "Accuracy"), ("finetune", "Fine-tuning"), ("timings", "Timings (s)")):
         if isinstance(d.get(key), Mapping):
             parts.append(f"<details open><summary>{name}</summary>{_kv(d[key])}</details>")
     other = {k: v for k, v in d.items() if k not in _HANDLED}

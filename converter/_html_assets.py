@@ -42,7 +42,8 @@ details{margin:.5rem 0}summary{font-weight:600;cursor:pointer}
 @media (max-width:600px){main{padding:10px}h1{font-size:1.2rem}.verdict{font-size:.95rem}}
 @media print{main{max-width:none;padding:0}th{position:static}.scroll{overflow:visible}
  figure,section.cards,.warnings{break-inside:avoid}body{font-size:10pt}.charts{grid-template-columns:1fr 1fr}
- table{font-size:7pt}th,td{padding:.12rem .2rem}td.col-name,td.col-reason{white-space:normal;min-width:0}
+ table{font-size:7pt}th,td{padding:.12rem .2rem}td.col-reason{white-space:normal;min-width:0}
+ td.col-name{white-space:normal;overflow-wrap:anywhere;min-width:9rem;font-size:7pt}
  th[aria-sort]::after{content:""}
  .col-op,.col-groups,.col-macs_before,.col-macs_after{display:none}}
 """

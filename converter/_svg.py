@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable, Sequence
 from html import escape
 
-__all__ = ["CONVERTED", "ORIGINAL", "dots", "elide", "hbars", "histogram", "ranges", "stacked", "vbars"]
+__all__ = ["CONVERTED", "ORIGINAL", "dots", "elide", "hbars", "histogram", "lines", "ranges", "stacked", "vbars"]
 
 #: Colours of the two models in every chart: grey and blue differ in lightness as well as hue, so they stay
 #: apart with the common colour-vision deficiencies and in greyscale print.
@@ -275,3 +275,32 @@ def stacked(segments: Sequence[tuple[str, float]], *, fmt: Callable[[float], str
                     f'<text x="{lx + 16:.1f}" y="{legend_y:.1f}">{escape(text)}</text>')
         lx += 30 + 7 * len(text)
     return _svg(legend_y + 10, body, label)
+
+
+def lines(points: Sequence[tuple[float, float]], *, colour: str, fmt: Callable[[float], str], label: str,
+          x_label: str = "") -> str:
+    """One series as a line with its points marked (e.g. a metric per epoch), y scaled to the data."""
+    height, top, bottom, left = 170.0, 14.0, 38.0, 64.0
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x_lo, x_hi = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+    y_lo, y_hi = min(ys), max(ys)
+    if y_hi <= y_lo:
+        y_lo, y_hi = y_lo - (abs(y_lo) or 1.0) * 0.05, y_hi + (abs(y_hi) or 1.0) * 0.05
+    grid, sx = _axis(left, _W - 20, x_lo, x_hi, top, height - bottom, lambda v: f"{v:g}")
+
+    def sy(v: float) -> float:
+        return height - bottom - (v - y_lo) / (y_hi - y_lo) * (height - bottom - top)
+
+    body = list(grid)
+    for t in _ticks(y_lo, y_hi, 3):
+        body.append(f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end" fill="#57606a">'
+                    f"{escape(fmt(t))}</text>")
+    path = " ".join(f"{'M' if i == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for i, (x, y) in enumerate(points))
+    body.append(f'<path d="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
+    for x, y in points:
+        body.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{colour}"><title>{escape(x_label)} '
+                    f"{x:g}: {escape(fmt(y))}</title></circle>")
+    if x_label:
+        body.append(f'<text x="{(left + _W - 20) / 2:.1f}" y="{height - 4:.1f}" text-anchor="middle" '
+                    f'fill="#57606a">{escape(x_label)}</text>')
+    return _svg(height, body, label)

@@ -6,12 +6,14 @@ trained model in the student's format. The recipe:
 
 1. Build the student's trainable view and check it against the student's own runtime on one held-out batch
    (a view that disagrees would train something else than what is written).
-2. Adam with a cosine-decayed learning rate over the planned epochs; the new factors train first, and with
-   ``scope="all"`` every weight joins for the second half (at a tenth of the learning rate).
+2. Adam with a one-epoch linear warm-up, then a cosine-decayed learning rate over the planned epochs; the new
+   factors train first, and with ``scope="all"`` every weight joins for the second half (at a tenth of the
+   learning rate).
 3. After every epoch: the held-out loss and metric; the weights with the lowest held-out loss are kept (the
    metric breaks ties: on a few hundred samples accuracy is a noisy judge); training stops after ``patience``
-   epochs without improvement, when the epochs or the time budget run out. The weights written are the best
-   seen, the converted model's own included: fine-tuning never returns a model worse on the held-out samples.
+   epochs without improvement (counted in the second half of the planned epochs only), or when the epochs or the
+   time budget run out. The weights written are the best seen, the converted model's own included: fine-tuning
+   never returns a model worse on the held-out samples.
 4. The written model is run on its runtime and compared with the trained module.
 
 Determinism: shuffling, initial state and every update are seeded; two runs stopping at the same epoch
@@ -184,8 +186,10 @@ class _Run:
         for name, p in self.view.params.items():
             p.requires_grad_(name in factor_set or (phase == 2 and name in self.trained))
 
-    def set_lr(self, progress: float) -> None:
-        scale = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    def set_lr(self, progress: float, epochs_done: float) -> None:
+        # Cosine decay over the planned epochs after a one-epoch linear warm-up: a full step at once would throw
+        # away a good start (calibrated factors) before the optimizer's moments have settled.
+        scale = 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * min(1.0, 0.1 + epochs_done)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * max(scale, 0.01)
 
@@ -302,7 +306,8 @@ def finetune(student: Path, teacher: Path, dest: Path, *, fmt: str, train: Sampl
         epoch_start = elapsed()
         out_of_time = False
         for feeds, labels in train.batches(bs, order[state["pos"]:]):
-            run.set_lr((epoch + state["pos"] / train.count) / state["planned"])
+            done = epoch + state["pos"] / train.count
+            run.set_lr(done / state["planned"], done)
             state["loss_sum"] += run.step(feeds, labels)
             state["loss_n"] += 1
             state["pos"] += _rows(feeds)
@@ -328,7 +333,8 @@ def finetune(student: Path, teacher: Path, dest: Path, *, fmt: str, train: Sampl
         state.update(epoch=epoch + 1, pos=0, loss_sum=0.0, loss_n=0)
         if out_of_time:
             state["stopped"] = "time"
-        elif state["bad"] >= options.patience:
+        elif state["bad"] >= options.patience and epoch + 1 >= state["planned"] // 2:
+            # Not in the first half: at the schedule's high learning rates the held-out loss may rise for a while.
             state["stopped"] = "early_stop"
         save()
         last_save = time.monotonic()

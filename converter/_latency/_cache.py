@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import platform
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,12 @@ def cache_dir() -> Path:
     explicit = os.environ.get("SEPCONV_CACHE_DIR")
     if explicit:
         return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except (RuntimeError, KeyError):  # no home directory (a sandboxed worker with a bare environment)
+            base = tempfile.gettempdir()
     return Path(base).expanduser() / "sepconv"
 
 

@@ -53,7 +53,7 @@ def test_page_is_self_contained_and_has_every_panel_the_report_supports(report):
     body = page.split('id="layer-table"')[1]
     assert body.count("<tr class=") == len(report["layers"])
     for layer in report["layers"]:
-        assert f'data-v="{layer["name"]}">' in body  # whole, as the sort key (shown with break points)
+        assert f'data-v="{layer["name"]}">{layer["name"]}</td>' in body
         assert layer["reason"].replace("'", "&#x27;") in body
     for warning in report["warnings"]:
         assert warning.replace("'", "&#x27;") in page
@@ -85,9 +85,15 @@ def test_keys_added_by_newer_reports_render(report):
         if layer["status"] == "converted":
             layer["output_error"] = {"data_free": 0.4, "calibrated": 0.05, "finetuned": None}
             layer["calibration"] = "refit"
+    rich["finetune"] = {"metric": "top1", "before": 0.88, "after": 0.924, "epochs": 3, "stopped": "early_stop",
+                        "seconds": 42.0, "resumed": False, "device": "cpu", "scope": "factors", "train_samples": 300,
+                        "holdout_samples": 97, "history": [{"epoch": e, "loss": 1.0 / e, "metric": 0.88 + e / 100}
+                                                           for e in (1, 2, 3)]}
     rich["brand_new_section"] = {"answer": 42}
     page = converter.render_html(rich)
-    assert {"plot-accuracy", "plot-latency"} <= ids(page)
+    assert {"plot-accuracy", "plot-latency", "plot-finetune"} <= ids(page)
+    assert "top1 0.88 → 0.924 · 3 epoch(s), stopped by early_stop · 42 s on cpu" in page
+    assert 'aria-label="loss per epoch"' in page and 'aria-label="metric per epoch"' in page
     assert "Latency per run" in page  # a distribution, not just percentiles
     assert "95 % CI 1.05–1.31×" in page and "top1 93.5 % → 92.4 % (fine-tuned)" in page
     for stage in ("data-free", "calibrated", "fine-tuned"):

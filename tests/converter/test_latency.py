@@ -148,6 +148,17 @@ def test_cache_dir_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert cache_dir() == tmp_path / "x" / "sepconv"
 
 
+def test_cache_dir_without_a_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SEPCONV_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert cache_dir().name == "sepconv"  # a temporary folder: the conversion goes on
+
+
 def test_backend_and_block_size() -> None:
     assert block_size(("avx", "avx2", "avx512f")) == 16
     assert block_size(("avx", "avx2")) == 8
