@@ -41,7 +41,7 @@ class InstantExecutor:
     def stop(self) -> None:
         pass
 
-    def submit(self, job_id: str) -> None:
+    def submit(self, job_id: str, gpu: bool = False) -> None:
         engine = get_engine(self.settings.database_url)
         claim = crud.claim(engine, job_id, "instant", 60)
         assert claim is not None
