@@ -107,6 +107,12 @@ def verify_step(c: Conversion, progress: StageProgress) -> None:
     inputs, kind = _inputs(c)
     backend = _backend(c)
     guarded = cfg.default_policy and isinstance(c.cost_model, LatencyCostModel) and bool(c.factors)
+    if guarded and _kept(c) == "finetuned":
+        # Reverting rebuilds the model from the factors, which do not hold the fine-tuned weights: measure and
+        # warn (below) instead of silently shipping a model without its fine-tuning.
+        guarded = False
+        assert c.plan is not None
+        c.plan.policy["never_slower"] = {"skipped": "the model was fine-tuned; reverting layers would drop it"}
     if not c.factors:
         # the file is the original, byte for byte: there is nothing to compare latency with
         c.fidelity, _ = verify(c.adapter, c.src, c.saved, inputs, kind, cfg, c.workdir("verify"), c.device,
@@ -140,6 +146,8 @@ def verify_step(c: Conversion, progress: StageProgress) -> None:
         if outcome.unchanged:
             _reassemble(c, [])
             c.latency = None
+            _note_accuracy(c, "the never-slower check returned the original model unchanged, so its accuracy is "
+                              "`original`; the other figures are of the converted model it rejected")
             assert outcome.comparison is not None
             c.warnings.append(
                 f"the converted model measured {describe(outcome.comparison)} against the original on "
@@ -151,11 +159,26 @@ def verify_step(c: Conversion, progress: StageProgress) -> None:
         cmp = outcome.comparison
         assert cmp is not None
         if outcome.reverted:
+            _note_accuracy(c, f"measured before the never-slower check reverted {len(outcome.reverted)} layer(s) "
+                              "to the original; the written model keeps the other layers' factors")
             c.warnings.append(f"{len(outcome.reverted)} layer(s) reverted after measuring the whole model: "
                               f"with them it was not faster; without them {describe(cmp)}")
             c.fidelity, _ = verify(c.adapter, c.src, c.saved, inputs, kind, cfg, c.workdir("verify-final"),
                                    c.device, latency=False)
     c.latency = _latency(c, cmp, timed, backend)
+
+
+def _kept(c: Conversion) -> str | None:
+    accuracy = c.report_extra.get("accuracy")
+    return getattr(accuracy, "kept", None)
+
+
+def _note_accuracy(c: Conversion, note: str) -> None:
+    """Say in the report's accuracy section that its figures predate the never-slower check's change."""
+    accuracy = c.report_extra.get("accuracy")
+    if accuracy is not None:
+        note = note if not accuracy.note else f"{accuracy.note}; {note}"
+        c.report_extra["accuracy"] = accuracy.model_copy(update={"note": note})
 
 
 def _gains(c: Conversion) -> dict[str, float | None]:
