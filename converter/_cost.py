@@ -18,11 +18,10 @@ kernel taps, input and output spatial sizes ``P_in``, ``P_out`` (products of the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
-
-import numpy as np
 
 from ._decompose import Order
 from .formats._base import ConvLayer
@@ -75,7 +74,7 @@ class CostModel(Protocol):
 
 
 def _k(layer: ConvLayer) -> int:
-    return int(np.prod(layer.kernel)) if layer.kernel else 1
+    return int(math.prod(layer.kernel)) if layer.kernel else 1
 
 
 def params_of(layer: ConvLayer, order: Order | None, rank: int | None) -> int:
@@ -97,7 +96,7 @@ def macs_of(layer: ConvLayer, order: Order | None, rank: int | None) -> int | No
         return None
     n, m, g, k = layer.out_channels, layer.in_channels, layer.groups, _k(layer)
     c = m // g
-    p_out = int(np.prod(layer.out_spatial))
+    p_out = int(math.prod(layer.out_spatial))
     if order is None:
         return n * c * k * p_out
     assert rank is not None
@@ -105,7 +104,7 @@ def macs_of(layer: ConvLayer, order: Order | None, rank: int | None) -> int | No
         return rank * (m * k + n * c) * p_out
     if layer.in_spatial is None:
         return None
-    p_in = int(np.prod(layer.in_spatial))
+    p_in = int(math.prod(layer.in_spatial))
     return rank * n * c * p_in + rank * n * k * p_out
 
 

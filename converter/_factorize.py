@@ -28,18 +28,27 @@ class Spectra:
 
     def __init__(self) -> None:
         self._cache: dict[tuple[int, Order], Spectrum] = {}
+        # the last layer's weight in float64: both orders of a layer are asked for one after the other, and
+        # converting the weight once serves both (only one at a time is kept, so memory stays that of a layer)
+        self._last: tuple[ConvLayer, np.ndarray] | None = None
 
     def get(self, layer: ConvLayer, order: Order) -> Spectrum:
         """The layer's spectrum for ``order`` (its weight must be a constant)."""
         key = (id(layer), order)
         if key not in self._cache:
-            assert layer.weight is not None
-            self._cache[key] = spectrum(layer.weight, layer.groups, order)
+            self._cache[key] = spectrum(self._weight64(layer), layer.groups, order)
         return self._cache[key]
+
+    def _weight64(self, layer: ConvLayer) -> np.ndarray:
+        if self._last is None or self._last[0] is not layer:
+            assert layer.weight is not None
+            self._last = (layer, layer.weight.astype(np.float64))
+        return self._last[1]
 
     def clear(self) -> None:
         """Drop every cached spectrum (they hold float64 copies of the weights' singular vectors)."""
         self._cache.clear()
+        self._last = None
 
 
 @dataclass

@@ -7,8 +7,9 @@ its warnings are about the runtime's internals (a declared output shape that a u
 memory-pattern choices) and its errors also come back as the Python exception that our one-line errors quote.
 With the ``sepconv`` logger at DEBUG (``SEPCONV_LOG_LEVEL=debug``), its warnings are let through for diagnosis.
 
-This module does not create sessions: the pipeline calls ``quiet_onnxruntime()`` before any exists, and the
-places that create them (the ONNX runner, the latency timers) set ``session_severity()`` in their options too.
+This module does not create sessions: the places that create them (the ONNX runner, the latency timers) call
+``quiet_onnxruntime()`` just before and set ``session_severity()`` in their options too; a conversion that
+creates none (a cached plan, no verification) does not import onnxruntime at all.
 """
 
 from __future__ import annotations

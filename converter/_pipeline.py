@@ -32,7 +32,6 @@ from ._errors import ConversionError, InvalidOptionsError, map_errors
 from ._factorize import Factors, Spectra, factorize, rewrites
 from ._graphcheck import trusting
 from ._latency._stage import measure_step, verify_step
-from ._ortlog import quiet_onnxruntime
 from ._plan import Plan, plan
 from ._report import Fidelity, FinetuneReport, Latency, Report
 from ._stages import STAGE_NAMES, ProgressCallback, StageClock, StageProgress
@@ -316,7 +315,6 @@ def convert(
         VerificationError: a model would not run on the verification inputs.
     """
     cfg = ConversionConfig.from_options(config, **options)
-    quiet_onnxruntime()  # before any session exists: its log lines never reach the terminal raw
     with tempfile.TemporaryDirectory(prefix="sepconv-") as tmp:
         work = Path(tmp)
         if isinstance(model, bytes | bytearray | memoryview):

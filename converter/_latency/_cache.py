@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -103,9 +104,7 @@ def backend_for(format_name: str, device: str, threads: int) -> Backend:
     """The backend a model of this format runs on here (ONNX on onnxruntime, TorchScript and ``.pt2`` on
     torch)."""
     if format_name == "onnx":
-        import onnxruntime as ort
-
-        runtime, version = "onnxruntime", ort.__version__
+        runtime, version = "onnxruntime", _onnxruntime_version()
     else:
         import torch
 
@@ -117,6 +116,17 @@ def backend_for(format_name: str, device: str, threads: int) -> Backend:
         return Backend(runtime, version, device, processor, threads, 1)
     feats = cpu_features()
     return Backend(runtime, version, device, ",".join(feats), threads, block_size(feats))
+
+
+def _onnxruntime_version() -> str:
+    """onnxruntime's version, from its installed metadata where it is there: importing onnxruntime costs more
+    than a cached plan (it is imported when something is actually timed)."""
+    try:
+        return importlib.metadata.version("onnxruntime")
+    except importlib.metadata.PackageNotFoundError:  # another build (onnxruntime-gpu…): ask the module
+        import onnxruntime as ort
+
+        return ort.__version__
 
 
 class TimingCache:

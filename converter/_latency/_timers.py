@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .._errors import InvalidOptionsError
-from .._ortlog import session_severity
+from .._ortlog import quiet_onnxruntime, session_severity
 from ..formats._base import FormatAdapter
 
 __all__ = ["Timed", "timed_runner"]
@@ -55,6 +55,7 @@ def _onnxruntime(adapter: FormatAdapter, path: Path, workdir: Path, threads: int
                  inputs: Mapping[str, np.ndarray]) -> Timed:
     import onnxruntime as ort
 
+    quiet_onnxruntime()  # before the session exists: its log lines never reach the terminal raw
     if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
         raise InvalidOptionsError("device 'cuda' was asked, but this onnxruntime has no CUDA provider "
                                   "(install onnxruntime-gpu)")

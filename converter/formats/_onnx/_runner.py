@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..._errors import InvalidOptionsError
-from ..._ortlog import session_severity
+from ..._ortlog import quiet_onnxruntime, session_severity
 from .._base import Runner
 from ._io import open_model
 
@@ -28,6 +28,7 @@ def make_runner(path: Path, workdir: Path, threads: int | None, device: str = "c
     """
     import onnxruntime as ort
 
+    quiet_onnxruntime()  # before the session exists: its log lines never reach the terminal raw
     if device not in ("cpu", "cuda"):
         raise InvalidOptionsError(f"device must be 'cpu' or 'cuda', got {device!r}")
     onnx_path, _, external = open_model(Path(path), Path(workdir))
