@@ -128,7 +128,7 @@ def test_archive_path_tricks_are_refused(tmp_path):
 
 
 def test_oversized_member_is_refused(tmp_path, monkeypatch):
-    import converter._data as data
+    import converter._data._npz as data
 
     monkeypatch.setattr(data, "MAX_DATA_BYTES", 1000)
     with pytest.raises(InvalidOptionsError, match="more than"):
