@@ -238,12 +238,36 @@ def _finetune(c: Conversion, within: StageProgress) -> None:
         stopped=result.stopped, seconds=result.seconds, resumed=result.resumed, device=result.device,
         scope=result.scope, train_samples=train.count, holdout_samples=held.count, history=result.history)
     accuracy = c.report_extra.get("accuracy")
-    if accuracy is not None and accuracy.metric == result.metric:
-        # The same held-out samples and metric as the accuracy section's other stages.
-        update: dict[str, Any] = {"finetuned": round(result.after, 6)}
-        if result.improved:
-            update["kept"] = "finetuned"
+    if accuracy is None:
+        return
+    if result.improved:
+        # The fine-tuned file is what gets written: score it on the accuracy section's own held-out samples and
+        # metric (fine-tuning may have early-stopped on another one, e.g. agreement when the data has no labels).
+        values = _score_file(c, result.path, held)
+        update: dict[str, Any] = {"finetuned": values[accuracy.metric], "kept": "finetuned"}
+        for key in ("top5", "top1_agreement", "rel_l2"):
+            stage_values = getattr(accuracy, key)
+            if stage_values is not None and values[key] is not None:
+                update[key] = stage_values.model_copy(update={"finetuned": values[key]})
         c.report_extra["accuracy"] = accuracy.model_copy(update=update)
+    elif accuracy.metric == result.metric:
+        # Not kept; the same held-out samples and metric as the accuracy section's other stages.
+        c.report_extra["accuracy"] = accuracy.model_copy(update={"finetuned": round(result.after, 6)})
+
+
+def _score_file(c: Conversion, path: Path, samples: Samples) -> dict[str, float | None]:
+    """Accuracy values of the model file ``path`` against the original on ``samples``, batch by batch, each
+    model on its format's own runtime."""
+    from ._accuracy import Scorer
+
+    assert c.adapter is not None
+    with trusting(c.config.trust_model), map_errors("scoring the fine-tuned model failed", ConversionError):
+        original, _ = c.adapter.runner(c.src, c.workdir("score-original"), c.config.threads, c.device)
+        tuned, _ = c.adapter.runner(path, c.workdir("score-finetuned"), c.config.threads, c.device)
+        scorer = Scorer(num_classes=samples.num_classes if samples.has_labels else None)
+        for batch, labels in samples.batches(c.config.batch_size):
+            scorer.add(original(batch), {"finetuned": tuned(batch)}, labels)
+    return scorer.values("finetuned")
 
 
 def _always(_: Conversion) -> bool:

@@ -134,3 +134,22 @@ def test_scalar_input_is_given_with_every_batch(tmp_path):
                           input_shape="x=1x3x16x16").report
     assert r.accuracy is not None and r.accuracy.metric == "top1_agreement" and r.accuracy.samples == 4
     assert r.accuracy.rel_l2.calibrated <= r.accuracy.rel_l2.data_free
+
+
+def test_finetuned_model_is_scored_on_the_accuracy_metric(tmp_path):
+    # Unlabelled training data (fine-tuning early-stops on agreement) and a labelled --eval (the accuracy
+    # section's metric is top1): the written fine-tuned model is scored on top1 all the same, and is what `kept`
+    # names.
+    src = _model(tmp_path, "onnx")
+    np.savez(tmp_path / "data.npz", inputs=_images(32, 0))
+    labels = np.arange(12) % 10
+    np.savez(tmp_path / "eval.npz", inputs=_images(12, 1), labels=labels)
+    out = tmp_path / "slim.onnx"
+    r = converter.convert(src, out, data=tmp_path / "data.npz", eval=tmp_path / "eval.npz", rank=1, verify=False,
+                          recover="finetune", epochs=3, seed=0, measure=False).report
+    a = r.accuracy
+    assert a.metric == "top1" and r.finetune is not None and r.finetune.metric == "top1_agreement"
+    assert a.kept == "finetuned" and a.finetuned is not None and a.top1_agreement.finetuned is not None
+    x = _images(12, 1)
+    top1 = float((_run(out, x).argmax(axis=1) == labels).mean())
+    assert a.finetuned == pytest.approx(top1, abs=1e-6)
