@@ -51,7 +51,9 @@ async def _convert(client: httpx.AsyncClient, tiny: dict[str, Path], options: di
 async def test_finetune_job_and_finetune_of_a_finished_job(make_settings, tiny):
     settings = make_settings(workers=1)
     async with serve_app(settings) as client:
-        job = await _convert(client, tiny, OPTIONS)
+        # Enough epochs that the fine-tune stage outlasts the job record's progress updates and the 0.1 s polls
+        # (two epochs of the tiny model could start and end between two of them).
+        job = await _convert(client, tiny, {**OPTIONS, "epochs": "60", "patience": "1000"})
         seen: list[dict] = []
         done = await wait_for(client, job["id"], timeout=180,
                               until=lambda j: seen.append(j) or j["status"] in ("succeeded", "failed"))
