@@ -25,6 +25,7 @@ from torch import nn
 
 from .._errors import UnsupportedModelError, one_line
 from ..formats import adapter_for
+from ..formats._torchscript._adapter import _flatten
 from ._view import TrainableView, digest
 
 __all__ = ["torchscript_view"]
@@ -91,17 +92,11 @@ class _Lifted(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         """Run the lifted graph with the current parameter values."""
         out = self._fn(self._module[0]._c, *inputs, *self.weights)
-        return _flatten(out)
+        return _flatten(out, _not_tensors)
 
 
-def _flatten(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, list | tuple):
-        return [t for v in value for t in _flatten(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _flatten(v)]
-    raise UnsupportedModelError(f"fine-tuning needs tensor outputs; the model returned a {type(value).__name__}")
+def _not_tensors(value: Any) -> Exception:
+    return UnsupportedModelError(f"fine-tuning needs tensor outputs; the model returned a {type(value).__name__}")
 
 
 def torchscript_view(path: Path, workdir: Path, original: set[str], device: str = "cpu") -> TrainableView:

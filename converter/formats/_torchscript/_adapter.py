@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -177,14 +177,20 @@ def _macs(model: TorchScriptModel, input_shapes: Mapping[str, tuple[int, ...]]) 
 # --- running ---------------------------------------------------------------------------------------------------
 
 
-def _flatten(value: Any) -> list[torch.Tensor]:
+def _not_tensors(value: Any) -> Exception:
+    return VerificationError(f"the TorchScript model returned a {type(value).__name__}, not tensors")
+
+
+def _flatten(value: Any, refuse: Callable[[Any], Exception] = _not_tensors) -> list[torch.Tensor]:
+    """The tensors of a TorchScript result (nested lists, tuples and dicts) in order; ``refuse(v)`` is the error
+    raised for anything else."""
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, list | tuple):
-        return [t for v in value for t in _flatten(v)]
+        return [t for v in value for t in _flatten(v, refuse)]
     if isinstance(value, dict):
-        return [t for v in value.values() for t in _flatten(v)]
-    raise VerificationError(f"the TorchScript model returned a {type(value).__name__}, not tensors")
+        return [t for v in value.values() for t in _flatten(v, refuse)]
+    raise refuse(value)
 
 
 # --- the adapter -----------------------------------------------------------------------------------------------
