@@ -10,7 +10,14 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..._errors import ConversionError, InvalidOptionsError, UnsupportedModelError, VerificationError, one_line
+from ..._errors import (
+    ConversionError,
+    InvalidOptionsError,
+    UnsupportedModelError,
+    VerificationError,
+    map_errors,
+    one_line,
+)
 from ..._files import atomic_path
 from ..._graphcheck import check_fx_graph
 from .._archive import member_names
@@ -101,11 +108,9 @@ class Pt2Adapter:
             ConversionError: the program could not be serialised or written.
         """
         dest = Path(dest)
-        try:
-            with atomic_path(dest) as tmp:
-                torch.export.save(model.program, str(tmp))
-        except Exception as e:
-            raise ConversionError(f"could not save the .pt2 program to {dest.name}: {one_line(e, 200)}") from e
+        with map_errors(f"could not save the .pt2 program to {dest.name}", ConversionError, limit=200,
+                        type_name=False), atomic_path(dest) as tmp:
+            torch.export.save(model.program, str(tmp))
         return dest
 
     def stats(self, model: Pt2Model, input_shapes: Mapping[str, tuple[int, ...]]) -> ModelStats:

@@ -13,7 +13,14 @@ import numpy as np
 import torch
 
 from ..._decompose import ConvStep, Lowered
-from ..._errors import ConversionError, InvalidOptionsError, UnsupportedModelError, VerificationError, one_line
+from ..._errors import (
+    ConversionError,
+    InvalidOptionsError,
+    UnsupportedModelError,
+    VerificationError,
+    map_errors,
+    one_line,
+)
 from ..._files import atomic_path
 from ..._graphcheck import check_torchscript, check_torchscript_archive
 from .._archive import member_names
@@ -316,11 +323,10 @@ class TorchScriptAdapter:
             ConversionError: the module could not be serialised or written.
         """
         dest = Path(dest)
-        try:
-            with atomic_path(dest) as tmp:
-                torch.jit.save(model.module, str(tmp))
-        except Exception as e:  # serialisation (RuntimeError) and file system (OSError) failures alike
-            raise ConversionError(f"could not save the TorchScript model to {dest.name}: {one_line(e, 200)}") from e
+        # serialisation (RuntimeError) and file system (OSError) failures alike
+        with map_errors(f"could not save the TorchScript model to {dest.name}", ConversionError, limit=200,
+                        type_name=False), atomic_path(dest) as tmp:
+            torch.jit.save(model.module, str(tmp))
         return dest
 
     def stats(self, model: TorchScriptModel, input_shapes: Mapping[str, tuple[int, ...]]) -> ModelStats:
