@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import io
 import os
+import signal
 import socket
+import subprocess
 import threading
 import time
 import zipfile
@@ -182,3 +184,13 @@ def sampled_rss(pid: int, interval: float = 0.05) -> Iterator[list[int]]:
     finally:
         done.set()
         sampler.join()
+
+
+def terminate(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM a process started in its own session; after ``timeout`` s, SIGKILL its whole process group."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

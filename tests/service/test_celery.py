@@ -21,7 +21,7 @@ import redis
 from service.core.config import Settings
 from service.core.db import get_engine
 from service.jobs import crud
-from tests.service.helpers import free_port, serve_app, stored_files, submit, upload, wait_for
+from tests.service.helpers import free_port, serve_app, stored_files, submit, terminate, upload, wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -47,12 +47,7 @@ def celery_worker(celery_settings: Settings, tmp_path: Path) -> Iterator[subproc
     try:
         yield proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        terminate(proc)
         log.close()
 
 

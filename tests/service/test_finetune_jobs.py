@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import converter
 from service.core.storage import open_storage
 from service.jobs import files
 from service.jobs.runner import JobRunner
-from tests.service.helpers import KEY_ALICE, auth, serve_app, stored_files, wait_for
+from tests.service.helpers import KEY_ALICE, auth, serve_app, stored_files, terminate, wait_for
 from tests.utils.finetune_models import tiny_files
 
 pytestmark = pytest.mark.asyncio
@@ -159,12 +158,7 @@ def gpu_queue_worker(make_settings, redis_url: str, tmp_path: Path) -> Iterator[
     try:
         yield settings, tmp_path / "worker.log"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        terminate(proc)
         log.close()
         client = redis.Redis.from_url(redis_url)
         for key in client.scan_iter(f"*{queue}*"):

@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.service.helpers import FAST, free_port, metric, sampled_rss, streamed_model_upload, upload
+from tests.service.helpers import FAST, free_port, metric, sampled_rss, streamed_model_upload, terminate, upload
 
 
 class Server:
@@ -63,12 +63,7 @@ class Server:
 
     def stop(self) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+            terminate(self.proc, 40)
         self.log.close()
         return self.proc.returncode
 

@@ -17,7 +17,7 @@ import redis
 
 from service.core.db import get_engine
 from service.jobs import crud
-from tests.service.helpers import serve_app, submit, wait_for
+from tests.service.helpers import serve_app, submit, terminate, wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -62,12 +62,7 @@ async def test_broker_flush_jobs_are_published_again_and_finish(make_settings, r
                 assert done["status"] == "succeeded", (done, (tmp_path / "worker.log").read_text()[-3000:])
     finally:
         if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait()
+            terminate(worker)
         for key in broker.scan_iter(f"*{queue}*"):
             broker.delete(key)
         broker.close()
