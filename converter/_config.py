@@ -119,7 +119,8 @@ class ConversionConfig(BaseModel):
         0.1, description="Convert a layer only if it saves at least this share of its parameters (and does not "
                          "add MACs); 0 accepts any saving.")
     force: bool = Field(
-        False, description="Convert eligible layers even where the chosen rank saves too little or adds MACs.")
+        False, description="Convert eligible layers even where the chosen rank saves too little, adds MACs or "
+                           "was measured slower than the original.")
     verify: bool = Field(
         True, description="Run both models side by side: output fidelity and latency.")
     latency_runs: Annotated[int, Field(ge=1, le=10_000)] = Field(

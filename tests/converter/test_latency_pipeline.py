@@ -63,8 +63,11 @@ def test_default_policy_keeps_a_layer_measured_slower() -> None:
     lay = layer("a", n=32, m=32, decay=0.3)
     d = plan([lay], ConversionConfig(), _Fake(keep=1.0), total_params=1, total_macs=None).decisions[0]
     assert not d.converted and "would be slower" in d.reason
-    # with a rank policy the user asked for compression: converted anyway
+    # so does a rank policy (every form of the rank measured slower), unless forced
     d = plan([lay], ConversionConfig(rank=1), _Fake(keep=1.0), total_params=1, total_macs=None).decisions[0]
+    assert not d.converted and "would be slower" in d.reason and "--force" in d.reason
+    d = plan([lay], ConversionConfig(rank=1, force=True), _Fake(keep=1.0), total_params=1,
+             total_macs=None).decisions[0]
     assert d.converted
 
 
@@ -239,7 +242,7 @@ def test_measured_and_planned_on_cuda(tmp_path: Path) -> None:
 
 class _SlowPwDw(_Fake):
     def costs(self, candidates: Sequence[Candidate]) -> list[Cost]:
-        return [Cost(c.params, c.macs, latency_ms=(c.latency_ms or 0) + (50.0 if cand.order == "pw-dw" else 0.0))
+        return [Cost(c.params, c.macs, latency_ms=(c.latency_ms or 0) + (5.0 if cand.order == "pw-dw" else 0.0))
                 for cand, c in zip(candidates, super().costs(candidates), strict=True)]
 
 

@@ -85,7 +85,8 @@ def test_full_rank_is_exact_end_to_end(fmt, order, resnet_onnx, resnet_ts, tmp_p
 
 def test_torchscript_round_trip(resnet_ts, tmp_path):
     out = tmp_path / "slim.pt"
-    r = converter.convert(resnet_ts, out, energy=0.5, input_shape=["x=1x3x32x32"], **FAST).report
+    # planned on counts: decomposed, this small net's layers may measure slower on torch
+    r = converter.convert(resnet_ts, out, energy=0.5, input_shape=["x=1x3x32x32"], measure=False, **FAST).report
     assert r.format == "torchscript" and r.converted_layers
     loaded = torch.jit.load(str(out))
     assert loaded(torch.randn(1, 3, 32, 32)).shape == (1, 10)

@@ -79,10 +79,13 @@ def test_a_fake_cost_model_changes_decisions():
     timed = plan([lay], ConversionConfig(order="dw-pw"), _FakeLatency(), total_params=1, total_macs=None)
     d = timed.decisions[0]
     assert d.status == "skipped" and "would be slower" in d.reason
-    # an explicit policy asks for compression: it converts, in the fastest lowering
+    # so does an explicit policy, naming --force, which converts it anyway in the fastest lowering
     explicit = plan([lay], ConversionConfig(energy=0.9, order="dw-pw"), _FakeLatency(), total_params=1,
                     total_macs=None).decisions[0]
-    assert explicit.converted and explicit.lowering == "split"
+    assert explicit.status == "skipped" and "would be slower" in explicit.reason and "--force" in explicit.reason
+    forced = plan([lay], ConversionConfig(energy=0.9, order="dw-pw", force=True), _FakeLatency(), total_params=1,
+                  total_macs=None).decisions[0]
+    assert forced.converted and forced.lowering == "split"
     # with both orders allowed the slow form is avoided instead
     auto = plan([lay], ConversionConfig(), _FakeLatency(), total_params=1, total_macs=None).decisions[0]
     assert auto.converted and auto.order == "pw-dw" and auto.cost_after.latency_ms < 100.0

@@ -208,7 +208,8 @@ def test_stats_count_what_the_model_holds_and_runs(tmp_path: Path) -> None:
 def test_convert_end_to_end_keeps_dynamic_batch(tmp_path: Path) -> None:
     model, x = build("resnet")
     src = export_pt2(model, x, tmp_path / "r.pt2")
-    result = converter.convert(src, tmp_path / "slim.pt2", rank=2, input_shape=["x=2x3x32x32"])
+    # planned on counts: decomposed, this small net's layers may measure slower on torch
+    result = converter.convert(src, tmp_path / "slim.pt2", rank=2, input_shape=["x=2x3x32x32"], measure=False)
     r = result.report
     assert r.format == "pt2" and r.converted_layers and r.fidelity is not None
     assert r.fidelity.rel_l2 < 1 and r.latency.backend == "torch-cpu"
