@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from ..formats._base import ConvLayer
 __all__ = ["MICRO_FORMATS", "LayerShape", "build_micro", "geometry"]
 
 #: The formats a micro-model can be written in.
-MICRO_FORMATS = ("onnx", "torchscript")
+MICRO_FORMATS = ("onnx", "torchscript", "pt2")
 
 #: The name of the layer inside a micro-model (ONNX node name; TorchScript module path).
 LAYER = "layer"
@@ -94,7 +95,7 @@ def _weights(shape: LayerShape, seed: int) -> dict[str, np.ndarray]:
 
 
 def build_micro(format_name: str, shape: LayerShape, batch: int, folder: Path, seed: int = 0) -> Path:
-    """Write the micro-model of ``shape`` in ``format_name`` (``onnx``, ``torchscript``) into ``folder``.
+    """Write the micro-model of ``shape`` in ``format_name`` (``onnx``, ``torchscript``, ``pt2``) into ``folder``.
 
     Raises:
         ValueError: no micro-model builder for this format.
@@ -104,6 +105,8 @@ def build_micro(format_name: str, shape: LayerShape, batch: int, folder: Path, s
         return _onnx(shape, batch, folder / "micro.onnx", seed)
     if format_name == "torchscript":
         return _torchscript(shape, batch, folder / "micro.pt", seed)
+    if format_name == "pt2":
+        return _pt2(shape, batch, folder / "micro.pt2", seed)
     raise ValueError(f"no micro-model builder for format {format_name!r}")
 
 
@@ -133,7 +136,8 @@ def _onnx(shape: LayerShape, batch: int, dest: Path, seed: int) -> Path:
     return dest
 
 
-def _torchscript(shape: LayerShape, batch: int, dest: Path, seed: int) -> Path:
+def _torch_micro(shape: LayerShape, batch: int, seed: int) -> tuple[Any, Any]:
+    """The micro-model as an eval-mode torch module, and an example input."""
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -165,8 +169,23 @@ def _torchscript(shape: LayerShape, batch: int, dest: Path, seed: int) -> Path:
                 x = F.pad(x, extra)
             return self.post(torch.relu(self.layer(x)))
 
-    example = torch.zeros(batch, shape.in_channels, *shape.in_spatial)
+    return Micro().eval(), torch.zeros(batch, shape.in_channels, *shape.in_spatial)
+
+
+def _torchscript(shape: LayerShape, batch: int, dest: Path, seed: int) -> Path:
+    import torch
+
+    module, example = _torch_micro(shape, batch, seed)
     with torch.no_grad():
-        traced = torch.jit.trace(Micro().eval(), example, check_trace=False)
+        traced = torch.jit.trace(module, example, check_trace=False)
     traced.save(str(dest))
+    return dest
+
+
+def _pt2(shape: LayerShape, batch: int, dest: Path, seed: int) -> Path:
+    import torch
+
+    module, example = _torch_micro(shape, batch, seed)
+    program = torch.export.export(module, (example,))  # its one input is named ``x`` (``INPUT``), as forward's
+    torch.export.save(program, str(dest))
     return dest

@@ -181,7 +181,7 @@ def test_geometry_reproduces_the_output_size(size_in: int, size_out: int, k: int
 SHAPE = LayerShape((3, 3), 16, 24, 1, (12, 12), (6, 6))
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "pt2"])
 def test_micro_model_has_the_layer_at_its_shape(fmt: str, tmp_path: Path) -> None:
     adapter = adapter_for(fmt)
     path = build_micro(fmt, SHAPE, 2, tmp_path)
@@ -230,7 +230,7 @@ def test_lowerings_and_rounded_ranks() -> None:
     assert rounded_rank(odd, "dw-pw", 3, 8) == 4  # 12·3 = 36 → 12·4 = 48
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "pt2"])
 def test_candidates_are_timed_then_cached(fmt: str, tmp_path: Path) -> None:
     adapter = adapter_for(fmt)
     backend = backend_for(fmt, "cpu", 1)
@@ -313,7 +313,7 @@ def test_latency_model_respects_the_budget() -> None:
 
 # ---- timers on the device -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "pt2"])
 def test_timed_runner_on_cpu(fmt: str, tmp_path: Path) -> None:
     path = build_micro(fmt, SHAPE, 1, tmp_path)
     run = timed_runner(adapter_for(fmt), path, tmp_path, 1, "cpu", {INPUT: np.zeros((1, 16, 12, 12), np.float32)})
@@ -322,7 +322,7 @@ def test_timed_runner_on_cpu(fmt: str, tmp_path: Path) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "pt2"])
 def test_candidates_on_cuda(fmt: str, tmp_path: Path) -> None:
     if fmt == "onnx":
         import onnxruntime as ort
