@@ -22,7 +22,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import converter
-from converter import ConversionError, InvalidOptionsError, SepconvError, UnsupportedModelError, VerificationError
+from converter import InvalidOptionsError, SepconvError, UnsupportedModelError, VerificationError
 from converter.formats import _archive
 from tests.utils.hostile_models import save_hostile
 from tests.utils.models import build, export_onnx, export_torchscript
@@ -200,9 +200,12 @@ CORPUS: dict[str, Case] = {
     "onnx conv groups contradicting its weight": Case(_onnx(lambda: _conv((8, 3, 3, 3), [1, 3, 16, 16], group=2),
                                                             rank=1), VerificationError, "channels"),
     "onnx conv kernel_shape contradicting its weight": Case(
-        _onnx(lambda: _conv((8, 3, 3, 3), [1, 3, 16, 16], kernel_shape=[5, 5]), rank=1), ConversionError, "kernel"),
+        _onnx(lambda: _conv((8, 3, 3, 3), [1, 3, 16, 16], kernel_shape=[5, 5]), rank=1), UnsupportedModelError,
+        "kernel_shape [5, 5] contradicts its weight"),
     "onnx conv weight of the wrong rank": Case(_onnx(lambda: _conv((8, 3, 3), [1, 3, 16, 16], kernel_shape=[3, 3]),
-                                                     rank=1), ConversionError, "kernel"),
+                                                     rank=1), UnsupportedModelError, "contradicts its weight"),
+    "the same, unverified": Case(_onnx(lambda: _conv((8, 3, 3), [1, 3, 16, 16], kernel_shape=[3, 3]), rank=1,
+                                       verify=False), UnsupportedModelError, "contradicts its weight"),
     "onnx conv with zero output channels": Case(_onnx(lambda: _conv((0, 3, 3, 3), [1, 3, 16, 16]), rank=1),
                                                 VerificationError),
     "onnx conv with zero strides": Case(_onnx(lambda: _conv((8, 3, 3, 3), [1, 3, 16, 16], strides=[0, 0]), rank=1),

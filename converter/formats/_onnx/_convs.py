@@ -104,6 +104,10 @@ def describe(model: ir.Model, name: str, node: ir.Node, table: Mapping[str, Dims
     x_dims = value_dims(x, table)
     y_dims = value_dims(node.outputs[0], table)
     kernel = tuple(ints(node, "kernel_shape", wdims[2:] if wdims is not None and len(wdims) >= 3 else []))
+    if tensor is not None and kernel != tuple(wdims[2:]):
+        # an invalid model (no runtime runs it): said now, not found out by whichever stage touches it first
+        raise ValueError(f"its kernel_shape {list(kernel)} contradicts its weight of shape {list(wdims)} "
+                         f"(kernel dims {list(wdims[2:])})")
     if wdims is not None and len(wdims) >= 3:
         in_ch, out_ch = (wdims[0], wdims[1] * groups) if transposed else (wdims[1] * groups, wdims[0])
     else:
