@@ -54,8 +54,10 @@ __all__ = [
     "alternate",
     "calibrate_layer",
     "dense",
+    "out_shape",
     "output_error",
     "patches",
+    "patches_at",
     "refit",
     "refit_first",
     "whitened",
@@ -105,6 +107,27 @@ def patches(x: np.ndarray, kernel: tuple[int, ...], geo: Geometry) -> np.ndarray
     out = win.shape[2:2 + r]
     order = (0, *range(2, 2 + r), 1, *range(2 + r, 2 + 2 * r))
     return np.ascontiguousarray(win.transpose(order)).reshape(b * int(np.prod(out)), m, int(np.prod(kernel)))
+
+
+def out_shape(spatial: tuple[int, ...], kernel: tuple[int, ...], geo: Geometry) -> tuple[int, ...]:
+    """The conv's output spatial shape for an input of spatial shape ``spatial``."""
+    pads = _resolve_pads(geo, spatial, kernel)
+    return tuple((size + a + b - (k - 1) * d - 1) // s + 1
+                 for size, (a, b), k, d, s in zip(spatial, pads, kernel, geo.dilation, geo.stride, strict=True))
+
+
+def patches_at(x: np.ndarray, kernel: tuple[int, ...], geo: Geometry, rows: np.ndarray) -> np.ndarray:
+    """Only the rows ``rows`` of ``patches(x, kernel, geo)`` (``[len(rows), M, k]``, float32), gathered without
+    forming the others: memory is that of the rows and one padded copy of ``x``."""
+    b, _, *spatial = x.shape
+    pads = _resolve_pads(geo, tuple(spatial), kernel)
+    out = out_shape(tuple(spatial), kernel, geo)
+    xp = np.pad(x.astype(np.float32, copy=False), [(0, 0), (0, 0), *pads])
+    batch, *pos = np.unravel_index(np.asarray(rows, dtype=np.int64), (b, *out))
+    taps = np.unravel_index(np.arange(int(np.prod(kernel))), kernel)
+    index = [p[:, None] * s + t[None, :] * d for p, t, s, d in zip(pos, taps, geo.stride, geo.dilation, strict=True)]
+    got = xp[(batch[:, None], slice(None), *index)]  # advanced indices split by a slice come first: [rows, k, M]
+    return np.ascontiguousarray(got.transpose(0, 2, 1))
 
 
 class LayerStats:
