@@ -19,14 +19,14 @@ kernel taps, input and output spatial sizes ``P_in``, ``P_out`` (products of the
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from ._decompose import Order
 from .formats._base import ConvLayer
 
-__all__ = ["Candidate", "Cost", "CostModel", "CountingCostModel", "Lowering", "macs_of", "params_of"]
+__all__ = ["Candidate", "Cost", "CostModel", "CountingCostModel", "Lowering", "error_report", "macs_of", "params_of"]
 
 Lowering = Literal["split", "fused", "summed"]
 
@@ -116,3 +116,9 @@ class CountingCostModel:
     def costs(self, candidates: Sequence[Candidate]) -> list[Cost]:
         """Counted costs of each candidate."""
         return [Cost(params_of(c.layer, c.order, c.rank), macs_of(c.layer, c.order, c.rank)) for c in candidates]
+
+
+def error_report(model: CostModel) -> Mapping[str, Any] | None:
+    """What a cost model's ``Cost.error`` measures, for the report's ``policy`` (its optional ``error_report``
+    attribute: an ``error`` sentence and any further keys), or None for a model that fills no error."""
+    return getattr(model, "error_report", None)

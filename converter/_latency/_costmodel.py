@@ -10,10 +10,11 @@ block-rounded neighbours), and interpolates the rest.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .._config import ConversionConfig
-from .._cost import Candidate, Cost, CostModel, CountingCostModel
+from .._cost import Candidate, Cost, CostModel, CountingCostModel, error_report
 from .._decompose import Order
 from ..formats._base import ConvLayer
 from ._model import LatencyModel, focus_ranks
@@ -27,7 +28,8 @@ class LatencyCostModel:
     Args:
         model: times candidates on the target backend.
         config: the options (which rank policy, which per-layer overrides).
-        counts: the counting model for parameters and MACs (default ``CountingCostModel``).
+        counts: the counting model for parameters and MACs (default ``CountingCostModel``); errors it fills
+            (``OutputErrorCostModel``) are kept.
     """
 
     name = "latency"
@@ -42,8 +44,13 @@ class LatencyCostModel:
         """The runtime's channel block (1: no blocking)."""
         return self.model.block
 
+    @property
+    def error_report(self) -> Mapping[str, Any] | None:
+        """What the counting model's ``Cost.error`` measures (measured output error, say), if anything."""
+        return error_report(self.counts)
+
     def costs(self, candidates: Sequence[Candidate]) -> list[Cost]:
-        """Counted costs with ``latency_ms`` filled in where the layer was timed."""
+        """Counted costs (and the counting model's errors) with ``latency_ms`` filled in where the layer was timed."""
         counted = self.counts.costs(candidates)
         self.model.prepare(self._focus(candidates, counted))
         return [dataclasses.replace(cost, latency_ms=self.model.latency(c.layer, c.order, c.rank, c.lowering))
