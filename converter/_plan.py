@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._config import ConversionConfig
-from ._cost import Candidate, Cost, CostModel, CountingCostModel, Lowering, macs_of, params_of
+from ._cost import Candidate, Cost, CostModel, CountingCostModel, Lowering, error_report, macs_of, params_of
 from ._decompose import Order, energy_curve
 from ._errors import InvalidOptionsError
 from ._factorize import Spectra
@@ -26,7 +26,7 @@ from ._latency._candidates import lowerings_for
 from ._policies import OVERRIDE, RANK_POLICIES, Option, RankPolicy, allocate
 from .formats._base import ConvLayer
 
-__all__ = ["LayerDecision", "Plan", "eligibility", "macs_of", "params_of", "plan"]
+__all__ = ["LayerDecision", "Plan", "eligibility", "macs_of", "orders", "params_of", "plan"]
 
 
 @dataclass
@@ -91,7 +91,8 @@ def eligibility(layer: ConvLayer, config: ConversionConfig) -> str | None:
     return None
 
 
-def _orders(config: ConversionConfig) -> tuple[Order, ...]:
+def orders(config: ConversionConfig) -> tuple[Order, ...]:
+    """The forms the planner considers: both with ``order="auto"``, else the one asked for."""
     return ("dw-pw", "pw-dw") if config.order == "auto" else (config.order,)
 
 
@@ -109,7 +110,7 @@ def _layer_override(layer: ConvLayer, config: ConversionConfig) -> int | None:
 
 def _candidates(layer: ConvLayer, config: ConversionConfig, spectra: Spectra) -> list[Candidate]:
     out = []
-    for order in _orders(config):
+    for order in orders(config):
         curve = energy_curve(spectra.get(layer, order))
         for lowering in _lowerings(config):
             # auto lists a lowering only where it emits a graph of its own (rank 1: all are the same two convs)
@@ -165,15 +166,19 @@ def plan(
     menus = [(d, [Option(c, next(priced)) for c in cands]) for d, cands in eligible]
 
     info: dict = {"kind": kind, "value": value, "order": config.order, "lowering": config.lowering,
-                  "cost_model": cost_model.name}
+                  "cost_model": cost_model.name, "error": WEIGHT_ERROR}
+    report = error_report(cost_model)
+    measured = any(o.cost.error is not None for _, options in menus for o in options)
+    if report is not None and measured:
+        info.update(report)
     block = int(getattr(cost_model, "block", 1) or 1)
     budgeted: list[tuple[LayerDecision, list[Option]]] = []
     for d, options in menus:
         override = _layer_override(d.layer, config)
         if override is not None:
-            _per_layer(d, options, OVERRIDE, override, config, block)
+            _per_layer(d, options, OVERRIDE, override, config, block, measured)
         elif policy.budget is None:
-            _per_layer(d, options, policy, float(value), config, block)
+            _per_layer(d, options, policy, float(value), config, block, measured)
         else:
             budgeted.append((d, options))
     if policy.budget is not None:
@@ -182,8 +187,23 @@ def plan(
     return Plan(decisions=decisions, policy=info)
 
 
+#: What the planner's error is when the cost model measures none (the report's ``policy.error``).
+WEIGHT_ERROR = "weight error (1 − kept energy of the kernel)"
+
+
+def _why(policy: RankPolicy, value: float, opt: Option, measured: bool) -> str:
+    """A converted layer's reason: the policy, the error it minimised (``measured``: output errors were
+    measured for the plan) and, where measured, this layer's."""
+    if not measured:
+        return policy.describe(value, "weight error")
+    if opt.cost.error is None:
+        return policy.describe(value, "error") + "; this layer on its weight error: its input could not be captured"
+    return (policy.describe(value, "output error")
+            + f"; this layer's relative output error on the calibration samples {np.sqrt(opt.err2):.3g}")
+
+
 def _per_layer(d: LayerDecision, options: list[Option], policy: RankPolicy, value: float,
-               config: ConversionConfig, block: int = 1) -> None:
+               config: ConversionConfig, block: int = 1, measured: bool = False) -> None:
     assert policy.narrow is not None and policy.prefer is not None
     candidates = policy.narrow(options, value)
     notes: dict[int, str] = {}
@@ -196,17 +216,17 @@ def _per_layer(d: LayerDecision, options: list[Option], policy: RankPolicy, valu
     if _timed(worth) and config.default_policy:
         best = min(worth, key=_by_latency)
     elif _timed(worth):
-        # the policy's own criterion first (weight error at a rank, parameters at an energy); forms within
+        # the policy's own criterion first (error at a rank, parameters at an energy); forms within
         # _NEAR of the best by it are near-ties, broken by the measured latency
         first = min(policy.prefer(o)[0] for o in worth)
         near = [o for o in worth if policy.prefer(o)[0] <= first * (1 + _NEAR) + 1e-12]
         best = min(near, key=lambda o: (o.cost.latency_ms, policy.prefer(o)))
     else:
         best = min(worth, key=policy.prefer)
-    _choose(d, best, config, policy.describe(value) + notes.get(id(best), ""))
+    _choose(d, best, config, _why(policy, value, best, measured) + notes.get(id(best), ""))
 
 
-#: Forms whose policy criterion (weight error, parameters) is within this share of the best are near-ties.
+#: Forms whose policy criterion (error, parameters) is within this share of the best are near-ties.
 _NEAR = 0.05
 
 
@@ -278,7 +298,7 @@ def _adds_macs(opt: Option, d: LayerDecision) -> bool:
 def _choose(d: LayerDecision, opt: Option, config: ConversionConfig, why: str) -> None:
     c = opt.candidate
     d.order, d.rank, d.lowering, d.energy = c.order, c.rank, c.lowering, c.energy
-    d.rel_weight_error = float(np.sqrt(opt.err2))
+    d.rel_weight_error = float(np.sqrt(max(0.0, 1.0 - c.energy)))
     rejected = _rejection(opt, d, config)
     if rejected is not None:
         d.reason = rejected
@@ -319,13 +339,18 @@ def _spend(
         if opt is None:
             d.reason = f"kept: the {metric} budget is better spent on other layers"
         else:
-            _choose(d, _fastest_lowering(opt, options), forced, policy.describe(share))
+            _choose(d, _fastest_lowering(opt, options), forced, _why(policy, share, opt, _kind(menus) == "output"))
     return {
-        "allocation": "greedy on each layer's convex hull of (cost, squared relative weight error), "
+        "allocation": f"greedy on each layer's convex hull of (cost, squared relative {_kind(menus)} error), "
                       "minimising their sum under the budget",
         "budget_metric": metric,
         "achieved": round(spent / total if total else 0.0, 6),
     }
+
+
+def _kind(menus: list[tuple[LayerDecision, list[Option]]]) -> str:
+    """``output`` if any option was priced on a measured error, else ``weight``."""
+    return "output" if any(o.cost.error is not None for _, options in menus for o in options) else "weight"
 
 
 def _fastest_lowering(opt: Option, options: list[Option]) -> Option:
@@ -358,10 +383,10 @@ def _spend_latency(
         if opt is None:
             d.reason = "kept: the latency budget is better spent on other layers"
         else:
-            _choose(d, opt, forced, policy.describe(share))
+            _choose(d, opt, forced, _why(policy, share, opt, _kind(menus) == "output"))
     return {
-        "allocation": "greedy on each layer's convex hull of (in-context latency, squared relative weight error), "
-                      "minimising their sum under the budget",
+        "allocation": f"greedy on each layer's convex hull of (in-context latency, squared relative {_kind(menus)} "
+                      "error), minimising their sum under the budget",
         "budget_metric": "latency_ms",
         "achieved": round(spent / total_ms if total_ms else 0.0, 6),
     }

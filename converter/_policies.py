@@ -83,14 +83,15 @@ class RankPolicy:
 
     Attributes:
         name: the ``ConversionConfig`` field that selects it.
-        describe: the reason a converted layer gets in the report, from the policy's value.
+        describe: the reason a converted layer gets in the report, from the policy's value and what the error
+            the policy minimised is (``weight error``, ``output error …``).
         narrow: per-layer policies: a layer's options → one candidate per form, given the policy's value.
         prefer: per-layer policies: sort key between those candidates (smallest first).
         budget: budget policies: the counted cost the budget is on (``params`` or ``macs``).
     """
 
     name: str
-    describe: Callable[[float], str]
+    describe: Callable[[float, str], str]
     narrow: Callable[[list[Option], float], list[Option]] | None = None
     prefer: Callable[[Option], tuple] | None = None
     budget: str | None = None
@@ -105,19 +106,18 @@ def register_policy(policy: RankPolicy) -> RankPolicy:
     return policy
 
 
-# --order auto: the smaller weight error at a given rank; the fewer parameters at a given energy.
-register_policy(RankPolicy("rank", lambda v: f"rank {int(v)} for every layer", _at_rank, _by_error))
-register_policy(RankPolicy("energy", lambda v: f"keeps ≥ {v:.4g} of kernel energy", _for_energy, _by_params))
-register_policy(RankPolicy("target_params", lambda v: f"rank allocated for target_params={v:g} (least total "
-                                                       "weight error)", budget="params"))
-register_policy(RankPolicy("target_macs", lambda v: f"rank allocated for target_macs={v:g} (least total "
-                                                     "weight error)", budget="macs"))
-
-register_policy(RankPolicy("target_latency", lambda v: f"rank allocated for target_latency={v:g} (least total "
-                                                        "weight error, measured latency)", budget="latency_ms"))
+# --order auto: the smaller error at a given rank; the fewer parameters at a given energy.
+register_policy(RankPolicy("rank", lambda v, e: f"rank {int(v)} for every layer", _at_rank, _by_error))
+register_policy(RankPolicy("energy", lambda v, e: f"keeps ≥ {v:.4g} of kernel energy", _for_energy, _by_params))
+register_policy(RankPolicy("target_params", lambda v, e: f"rank allocated for target_params={v:g} (least total "
+                                                          f"{e})", budget="params"))
+register_policy(RankPolicy("target_macs", lambda v, e: f"rank allocated for target_macs={v:g} (least total {e})",
+                           budget="macs"))
+register_policy(RankPolicy("target_latency", lambda v, e: f"rank allocated for target_latency={v:g} (least total "
+                                                           f"{e}, measured latency)", budget="latency_ms"))
 
 #: The per-layer override (``layer_rank``) behaves like the rank policy for the layers it names.
-OVERRIDE = RankPolicy("layer_rank", lambda v: f"rank {int(v)} set for this layer", _at_rank, _by_error)
+OVERRIDE = RankPolicy("layer_rank", lambda v, e: f"rank {int(v)} set for this layer", _at_rank, _by_error)
 
 
 def allocate(
