@@ -32,7 +32,8 @@ from ._errors import ConversionError, InvalidOptionsError, map_errors
 from ._factorize import Factors, Spectra, factorize, rewrites
 from ._graphcheck import trusting
 from ._latency._stage import measure_step, verify_step
-from ._plan import Plan, plan
+from ._outerr import OutputErrorCostModel, OutputErrors, measure_output_errors, plans_on_output_error
+from ._plan import Plan, eligibility, orders, plan
 from ._report import Fidelity, FinetuneReport, Latency, Report
 from ._stages import STAGE_NAMES, ProgressCallback, StageClock, StageProgress
 from ._summary import build_report
@@ -164,16 +165,32 @@ def _load_samples(c: Conversion) -> None:
         c.eval_samples = load_samples(c.eval_path, c.specs, image_spec=image, what="eval")
 
 
-def _plan(c: Conversion, _: StageProgress) -> None:
+def _plan(c: Conversion, within: StageProgress) -> None:
     assert c.adapter is not None
     c.layers = c.adapter.find_convs(c.model, c.per_sample)
     c.before = c.adapter.stats(c.model, c.per_sample)
+    if c.samples is not None and plans_on_output_error(c.config) and hasattr(c.adapter, "tap"):
+        c.cost_model = OutputErrorCostModel(c.cost_model, _output_errors(c, within))
     if c.config.measure:
         return  # the measure stage plans, on measured latency
     c.plan = plan(c.layers, c.config, c.cost_model, total_params=c.before.params, total_macs=c.before.macs,
                   spectra=c.spectra)
     c.factors = factorize(c.plan.decisions, c.spectra)
     c.spectra.clear()
+
+
+def _output_errors(c: Conversion, within: StageProgress) -> OutputErrors:
+    """Each eligible layer's output error at every rank on the calibration samples (``_outerr``), for a rank
+    policy that trades error (a budget, ``rank``). The samples are those calibration will use: the held-out
+    ones are not looked at."""
+    assert c.adapter is not None and c.samples is not None
+    cfg = c.config
+    calib = held_out(c.samples, c.eval_samples, cfg.holdout, cfg.seed)[0].head(cfg.calibration_samples)
+    layers = [layer for layer in c.layers if eligibility(layer, cfg) is None]
+    with trusting(cfg.trust_model), map_errors("measuring the layers' output errors failed", ConversionError):
+        tap = c.adapter.tap(c.model, layers, c.workdir("plan-tap"), cfg.threads)
+        return measure_output_errors(tap, layers, calib, c.spectra, orders(cfg), batch_size=cfg.batch_size,
+                                     seed=cfg.seed, progress=within.update)
 
 
 def _rewrite(c: Conversion, _: StageProgress) -> None:
