@@ -82,6 +82,8 @@ class Backend:
         processor: CPU features (``avx,avx2,fma``) or the GPU's name.
         threads: intra-op threads.
         block: the channel block that aligned channel counts are rounded to (1 on GPUs: no rounding).
+        executor: how the runtime runs the model where one runtime has several (``export``: a ``.pt2``
+            program's module, not TorchScript's graph executor); part of the cache key, not of the label.
     """
 
     runtime: str
@@ -90,10 +92,12 @@ class Backend:
     processor: str
     threads: int
     block: int
+    executor: str = ""
 
     @property
     def key(self) -> str:
-        return f"{self.runtime}-{self.version}-{self.device}-{self.processor}-t{self.threads}"
+        run = f"{self.runtime}-{self.executor}" if self.executor else self.runtime
+        return f"{run}-{self.version}-{self.device}-{self.processor}-t{self.threads}"
 
     @property
     def label(self) -> str:
@@ -103,6 +107,7 @@ class Backend:
 def backend_for(format_name: str, device: str, threads: int) -> Backend:
     """The backend a model of this format runs on here (ONNX on onnxruntime, TorchScript and ``.pt2`` on
     torch)."""
+    executor = "export" if format_name == "pt2" else ""
     if format_name == "onnx":
         runtime, version = "onnxruntime", _onnxruntime_version()
     else:
@@ -113,9 +118,9 @@ def backend_for(format_name: str, device: str, threads: int) -> Backend:
         import torch
 
         processor = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cuda"
-        return Backend(runtime, version, device, processor, threads, 1)
+        return Backend(runtime, version, device, processor, threads, 1, executor)
     feats = cpu_features()
-    return Backend(runtime, version, device, ",".join(feats), threads, block_size(feats))
+    return Backend(runtime, version, device, ",".join(feats), threads, block_size(feats), executor)
 
 
 def _onnxruntime_version() -> str:

@@ -166,6 +166,9 @@ def test_backend_and_block_size() -> None:
     b = backend_for("onnx", "cpu", 2)
     assert b.runtime == "onnxruntime" and b.threads == 2 and b.block in (4, 8, 16)
     assert backend_for("torchscript", "cpu", 1).runtime == "torch"
+    # one runtime, two executors: a .pt2 program's timings are not TorchScript's (own cache key, same label)
+    ts, pt2 = backend_for("torchscript", "cpu", 1), backend_for("pt2", "cpu", 1)
+    assert pt2.key != ts.key and pt2.label == ts.label == "torch-cpu"
 
 
 # ---- micro-models and candidates ---------------------------------------------------------------------------------
