@@ -1,8 +1,9 @@
 """Where timings are measured (runtime, version, CPU features or GPU) and a persistent cache of them.
 
 A candidate's latency depends on the runtime and its version, the processor (CPU instruction set, or GPU
-name), the thread count, the batch and the layer's shapes, not on its weights: the cache is keyed by exactly
-those, so a second conversion of a similar model (same layer shapes) on the same machine times nothing again.
+name), the thread count, the batch, the layer's shapes and (ONNX) the structure of its real neighbours, not on
+weights: the cache is keyed by exactly those, so a second conversion of a similar model (same layer shapes and
+blocks) on the same machine times nothing again.
 
 The cache is one JSON file per backend key in the cache directory: ``SEPCONV_CACHE_DIR`` if set, else
 ``$XDG_CACHE_HOME/sepconv`` or ``~/.cache/sepconv``. It is best effort: a directory that cannot be written (a
@@ -25,8 +26,9 @@ from .._files import atomic_write
 
 __all__ = ["Backend", "TimingCache", "backend_for", "cache_dir", "cpu_features"]
 
-#: Bump when what a cached number means changes (micro-model context, harness).
-_CACHE_FORMAT = 1
+#: Bump when what a cached number means changes (micro-model context, harness). 2: ONNX layers are timed with
+#: their real neighbours, keyed by the context's structure as well as the layer's shape.
+_CACHE_FORMAT = 2
 
 
 def cache_dir() -> Path:

@@ -72,7 +72,9 @@ def measure_step(c: Conversion, progress: StageProgress) -> None:
         info = {"measured": False, "reason": f"candidates cannot be timed in {c.adapter.name} format yet"}
     else:
         backend = _backend(c)
-        timer = CandidateTimer(c.adapter, backend, _batch(c), TimingCache(backend), seed=cfg.seed)
+        batch = _batch(c)
+        timer = CandidateTimer(c.adapter, backend, batch, TimingCache(backend), seed=cfg.seed, model=c.model,
+                               input_shapes={name: (batch, *dims[1:]) for name, dims in c.per_sample.items()})
         model = LatencyModel(timer, macs_of, cfg.latency_budget_s, progress=progress.update)
         c.cost_model = LatencyCostModel(model, cfg, counts=c.cost_model)
         if cfg.target_latency is not None:

@@ -277,7 +277,8 @@ class _FakeTimer:
         self.cached_layers = 0
         self.asked: list[list[Candidate]] = []
 
-    def time_layer(self, shape: LayerShape, cands: list[Candidate], *, budget_s: float | None = None) -> LayerTimes:
+    def time_layer(self, shape: LayerShape, cands: list[Candidate], *, budget_s: float | None = None,
+                   layer: ConvLayer | None = None) -> LayerTimes:
         self.asked.append(list(cands))
         ms = {ORIGINAL: 4.0}
         for c in cands:
@@ -384,7 +385,8 @@ def test_guard_with_noise_does_not_claim_faster() -> None:
 
 def test_a_layer_whose_timing_fails_is_decided_on_counts() -> None:
     class Broken(_FakeTimer):
-        def time_layer(self, shape: LayerShape, cands: list[Candidate], *, budget_s: float | None = None) -> LayerTimes:
+        def time_layer(self, shape: LayerShape, cands: list[Candidate], *, budget_s: float | None = None,
+                       layer: ConvLayer | None = None) -> LayerTimes:
             raise RuntimeError("the runtime refused the micro-model")
 
     model = LatencyModel(Broken(), _macs, budget_s=10)  # type: ignore[arg-type]
