@@ -231,7 +231,7 @@ def layer_context(model: ir.Model, layer_name: str, node: ir.Node,
 
 def _build(model: ir.Model, cut: _Cut, nodes: list[ir.Node], layer: ir.Node, layer_name: str,
            consts: dict[str, ir.TensorProtocol], fed: dict[str, ir.Value], outputs: list[ir.Value]) -> LayerContext:
-    names = UniqueNames([layer_name])
+    names = UniqueNames([layer_name, *(v.name for n in nodes for v in (*n.inputs, *n.outputs) if v is not None)])
     protos: list[onnx.NodeProto] = []
     inputs: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
     standins: list[tuple[str, int, int]] = []  # (fed value, channels, rank)
@@ -294,7 +294,7 @@ def _key(proto: onnx.ModelProto, layer_name: str, consts: Mapping[str, ir.Tensor
         return canon.setdefault(name, f"v{len(canon)}")
 
     weights = {i for n in g.node if n.op_type in _HEAVY for i in n.input[1:]}
-    parts = []
+    parts = [f"opset {sorted((o.domain, o.version) for o in proto.opset_import)}"]
     for vi in g.input:
         parts.append(f"in {c(vi.name)} {vi.type.tensor_type.elem_type} "
                      f"{[d.dim_value for d in vi.type.tensor_type.shape.dim]}")
