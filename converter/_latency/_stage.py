@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._calibrate import held_out
 from .._cost import macs_of
+from .._data import Samples
 from .._errors import ConversionError, SepconvError, VerificationError, map_errors
 from .._factorize import factorize, rewrites
 from .._graphcheck import trusting
@@ -159,8 +161,10 @@ def verify_step(c: Conversion, progress: StageProgress) -> None:
     cfg = c.config
     inputs, kind = _inputs(c)
     backend = _backend(c)
-    c.fidelity, _ = verify(c.adapter, c.src, c.saved, inputs, kind, cfg, c.workdir("verify"), c.device,
-                           latency=False)
+    held = _fidelity_samples(c) if kind == "random" else None
+    chunks = None if held is None else (batch for batch, _ in held.batches(cfg.batch_size))
+    c.fidelity, _ = verify(c.adapter, c.src, c.saved, inputs, kind if held is None else "held_out", cfg,
+                           c.workdir("verify"), c.device, latency=False, chunks=chunks)
     if not c.factors:
         c.latency = None  # the file is the original, byte for byte: there is nothing to compare latency with
         return
@@ -173,6 +177,25 @@ def verify_step(c: Conversion, progress: StageProgress) -> None:
         cmp = compare_files(c.adapter, c.src, c.saved, timed, threads=backend.threads, device=backend.device,
                             workdir=c.workdir("latency"), runs=cfg.latency_runs, seed=cfg.seed)
     c.latency = _latency(c, cmp, timed, backend)
+
+
+#: Fidelity on the user's samples reads at most this many held-out samples (one batch in memory at a time).
+FIDELITY_SAMPLES = 256
+
+
+def _fidelity_samples(c: Conversion) -> Samples | None:
+    """Without ``--inputs``, the user's held-out samples — ``--eval``'s, or those ``--data`` holds out from
+    calibration (the same seeded split) — at most ``FIDELITY_SAMPLES``; None without samples."""
+    if c.eval_samples is None and c.samples is None:
+        return None
+    if c.eval_samples is not None:
+        held = c.eval_samples
+    else:
+        assert c.samples is not None
+        if c.samples.count < 2:
+            return c.samples
+        held = held_out(c.samples, None, c.config.holdout, c.config.seed)[1]
+    return held if held.count <= FIDELITY_SAMPLES else held.subset(range(FIDELITY_SAMPLES))
 
 
 def _gains(c: Conversion) -> dict[str, float | None]:

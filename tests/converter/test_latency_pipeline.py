@@ -316,3 +316,26 @@ def test_the_guard_returning_the_original_leaves_nothing_to_recover(tmp_path: Pa
     assert r.latency is None and any("returned unchanged" in w for w in r.warnings)
     assert not any(lay.calibration for lay in r.layers)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz", "lowrank.onnx", "out.onnx"]  # nothing staged
+
+
+def test_fidelity_is_measured_on_the_held_out_samples(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)).eval()
+    src = tmp_path / "m.onnx"
+    export_onnx(net, torch.randn(1, 3, 16, 16), src, dynamic="batch")  # random kernels: rank 1 is not exact
+    data = tmp_path / "d.npz"
+    np.savez(data, inputs=np.random.default_rng(0).standard_normal((40, 3, 16, 16)).astype(np.float32))
+    r = converter.convert(src, tmp_path / "a.onnx", rank=1, data=data, recover="none", **FAST).report
+    # the 20 % of --data held out from calibration (8 of 40), the same samples the accuracy section scores
+    assert r.fidelity.inputs == "held_out" and r.fidelity.samples == 8 == r.accuracy.samples
+    assert r.fidelity.rel_l2 > 0.01 and r.fidelity.rel_l2 == pytest.approx(r.accuracy.rel_l2.data_free, rel=1e-3)
+    # --eval's samples, at most FIDELITY_SAMPLES of them
+    big = tmp_path / "e.npz"
+    np.savez(big, inputs=np.random.default_rng(1).standard_normal((300, 3, 16, 16)).astype(np.float32))
+    r = converter.convert(src, tmp_path / "b.onnx", rank=1, eval=big, **FAST).report
+    assert r.fidelity.inputs == "held_out" and r.fidelity.samples == _stage.FIDELITY_SAMPLES
+    # --inputs win; without samples, random inputs
+    r = converter.convert(src, tmp_path / "c.onnx", rank=1, inputs=data, **FAST).report
+    assert r.fidelity.inputs == "user" and r.fidelity.samples == 40
+    r = converter.convert(src, tmp_path / "d.onnx", rank=1, **FAST).report
+    assert r.fidelity.inputs == "random"
