@@ -1,6 +1,6 @@
 """Latency on a GPU: the ResNet-like and YOLO-like nets of `latency.py`, converted with `device="cuda"` (candidates
-timed on the GPU, the final measurement too), as ONNX on onnxruntime's CUDA provider and as TorchScript on torch
-CUDA, at batch 1 and 8, at the default policy and at rank 2. A few minutes on one GPU.
+timed on the GPU, the final measurement too), as ONNX on onnxruntime's CUDA provider and as TorchScript and
+torch.export `.pt2` on torch CUDA, at batch 1 and 8, at the default policy and at rank 2. A few minutes on one GPU.
 
 Prints per run: converted layers, MAC cut, measured speed-up with its 95 % interval, p50 of both models,
 conversion wall time. Needs a CUDA device (and onnxruntime-gpu for the ONNX rows; they are skipped without it).
@@ -39,6 +39,9 @@ def export(name: str, fmt: str, batch: int, folder: Path) -> Path:
         if fmt == "onnx":
             path = folder / f"{name}-b{batch}.onnx"
             torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"])
+        elif fmt == "pt2":
+            path = folder / f"{name}-b{batch}.pt2"
+            torch.export.save(torch.export.export(model, (x,)), str(path))
         else:
             path = folder / f"{name}-b{batch}.pt"
             torch.jit.save(torch.jit.trace(model, x, check_trace=False), str(path))
@@ -55,7 +58,7 @@ def main() -> None:
         sys.exit("no CUDA device: this benchmark needs one")
     import onnxruntime as ort
 
-    formats = ["torchscript"]
+    formats = ["torchscript", "pt2"]
     if "CUDAExecutionProvider" in ort.get_available_providers():
         formats.insert(0, "onnx")
     else:

@@ -262,7 +262,7 @@ def _cards(d: Mapping[str, Any]) -> str:
         if _is_num(fid.get("top1_agreement")):
             sub += f" · top-1 {_pct(fid['top1_agreement'])}"
         cards.append(_card("output error (rel. L2)", f"{fid['rel_l2']:.3g}",
-                           sub + f" · {fid.get('samples')} {fid.get('inputs')} sample(s)"))
+                           sub + f" · {fid.get('samples')} {str(fid.get('inputs')).replace('_', '-')} sample(s)"))
     acc = d.get("accuracy")
     stages = _accuracy_stages(acc)
     if stages:

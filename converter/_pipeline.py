@@ -31,7 +31,7 @@ from ._device import resolve_device
 from ._errors import ConversionError, InvalidOptionsError, map_errors
 from ._factorize import Factors, Spectra, factorize, rewrites
 from ._graphcheck import trusting
-from ._latency._stage import measure_step, verify_step
+from ._latency._stage import guard_step, measure_step, verify_step
 from ._outerr import OutputErrorCostModel, OutputErrors, measure_output_errors, plans_on_output_error
 from ._plan import Plan, eligibility, orders, plan
 from ._report import Fidelity, FinetuneReport, Latency, Report
@@ -117,6 +117,7 @@ class Conversion:
     staging: Path | None = None
     saved: Path | None = None
     # verify
+    guarded: tuple[frozenset[str], Any] | None = None  # the converted layers the guard kept, and its measurement
     fidelity: Fidelity | None = None
     latency: Latency | None = None
     # report keys and warnings that stages add (accuracy, …), and per-layer report fields by layer name
@@ -307,6 +308,8 @@ STEPS: dict[str, tuple[Callable[[Conversion], bool], Step]] = {
     "plan": (_always, _plan),
     "measure": (lambda c: c.config.measure, measure_step),
     "rewrite": (_always, _rewrite),
+    # the default policy's never-slower check: needs the whole models measured, and measured planning
+    "guard": (lambda c: c.config.verify and c.config.measure and c.config.default_policy, guard_step),
     "calibrate": (_has_samples, _calibrate),
     "finetune": (lambda c: c.config.recover == "finetune", _finetune),
     "save": (_always, _save),

@@ -47,6 +47,8 @@ class Fidelity(_Model):
     ``rel_l2``: ‖y′ − y‖₂ / ‖y‖₂ over all outputs; ``max_abs``: largest absolute difference; ``cosine``: cosine
     similarity of the flattened outputs; ``top1_agreement``: share of samples (or pixels) whose argmax over the
     class axis (axis 1 of the first output) agrees, or None when the first output has no class axis.
+    ``inputs``: ``user`` (``--inputs``), ``held_out`` (the held-out samples of ``--data``, or ``--eval``'s, at most
+    ``FIDELITY_SAMPLES`` of them) or ``random`` (seeded random inputs of the declared shapes).
     """
 
     rel_l2: float
@@ -54,7 +56,7 @@ class Fidelity(_Model):
     cosine: float
     top1_agreement: float | None
     samples: int
-    inputs: Literal["random", "user"]
+    inputs: Literal["random", "user", "held_out"]
 
 
 class Throughput(_Model):

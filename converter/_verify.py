@@ -8,7 +8,7 @@ speed-up it did not measure. It does not decide anything about layers; it report
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -260,9 +260,11 @@ def verify(
     device: str = "cpu",
     *,
     latency: bool = True,
+    chunks: Iterable[Mapping[str, np.ndarray]] | None = None,
 ) -> tuple[Fidelity, Latency | None]:
     """Fidelity and latency of ``converted`` against ``original`` (both model files) on ``inputs``; latency
-    (``converter._latency``: interleaved, p50/p90/p99, speed-up with its interval) only if ``latency``.
+    (``converter._latency``: interleaved, p50/p90/p99, speed-up with its interval) only if ``latency``. Fidelity
+    is measured on ``chunks`` (batches, e.g. streamed from the user's samples) instead, when given.
 
     Raises:
         VerificationError: either model does not run on the inputs; the message says which and why.
@@ -281,7 +283,7 @@ def verify(
     # bounded by one batch's inputs, activations and outputs. Latency is timed on the first batch.
     stats = FidelityStats()
     timed: dict[str, np.ndarray] | None = None
-    for chunk in batches(inputs, config.batch_size):
+    for chunk in (chunks if chunks is not None else batches(inputs, config.batch_size)):
         timed = chunk if timed is None else timed
         outs = []
         for label, run in zip(("original", "converted"), runners, strict=True):

@@ -87,7 +87,7 @@ def render_report(report: Report, console: Console, *, title: str = "", max_laye
         fd = report.fidelity
         top1 = f", top-1 agreement {fd.top1_agreement:.1%}" if fd.top1_agreement is not None else ""
         console.print(f"outputs rel. L2 error {fd.rel_l2:.3g}, cosine {fd.cosine:.4f}{top1} "
-                      f"({fd.samples} {fd.inputs} sample(s))")
+                      f"({fd.samples} {fd.inputs.replace('_', '-')} sample(s))")
     if report.latency is not None:
         lt = report.latency
         console.print(f"latency {lt.original_ms:.3f} ms → {lt.converted_ms:.3f} ms ([bold]{lt.speedup:.2f}×[/]) "

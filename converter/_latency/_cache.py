@@ -1,8 +1,9 @@
 """Where timings are measured (runtime, version, CPU features or GPU) and a persistent cache of them.
 
 A candidate's latency depends on the runtime and its version, the processor (CPU instruction set, or GPU
-name), the thread count, the batch and the layer's shapes, not on its weights: the cache is keyed by exactly
-those, so a second conversion of a similar model (same layer shapes) on the same machine times nothing again.
+name), the thread count, the batch, the layer's shapes and (ONNX) the structure of its real neighbours, not on
+weights: the cache is keyed by exactly those, so a second conversion of a similar model (same layer shapes and
+blocks) on the same machine times nothing again.
 
 The cache is one JSON file per backend key in the cache directory: ``SEPCONV_CACHE_DIR`` if set, else
 ``$XDG_CACHE_HOME/sepconv`` or ``~/.cache/sepconv``. It is best effort: a directory that cannot be written (a
@@ -25,8 +26,9 @@ from .._files import atomic_write
 
 __all__ = ["Backend", "TimingCache", "backend_for", "cache_dir", "cpu_features"]
 
-#: Bump when what a cached number means changes (micro-model context, harness).
-_CACHE_FORMAT = 1
+#: Bump when what a cached number means changes (micro-model context, harness). 2: ONNX layers are timed with
+#: their real neighbours, keyed by the context's structure as well as the layer's shape.
+_CACHE_FORMAT = 2
 
 
 def cache_dir() -> Path:
@@ -82,6 +84,8 @@ class Backend:
         processor: CPU features (``avx,avx2,fma``) or the GPU's name.
         threads: intra-op threads.
         block: the channel block that aligned channel counts are rounded to (1 on GPUs: no rounding).
+        executor: how the runtime runs the model where one runtime has several (``export``: a ``.pt2``
+            program's module, not TorchScript's graph executor); part of the cache key, not of the label.
     """
 
     runtime: str
@@ -90,10 +94,12 @@ class Backend:
     processor: str
     threads: int
     block: int
+    executor: str = ""
 
     @property
     def key(self) -> str:
-        return f"{self.runtime}-{self.version}-{self.device}-{self.processor}-t{self.threads}"
+        run = f"{self.runtime}-{self.executor}" if self.executor else self.runtime
+        return f"{run}-{self.version}-{self.device}-{self.processor}-t{self.threads}"
 
     @property
     def label(self) -> str:
@@ -103,6 +109,7 @@ class Backend:
 def backend_for(format_name: str, device: str, threads: int) -> Backend:
     """The backend a model of this format runs on here (ONNX on onnxruntime, TorchScript and ``.pt2`` on
     torch)."""
+    executor = "export" if format_name == "pt2" else ""
     if format_name == "onnx":
         runtime, version = "onnxruntime", _onnxruntime_version()
     else:
@@ -113,9 +120,9 @@ def backend_for(format_name: str, device: str, threads: int) -> Backend:
         import torch
 
         processor = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cuda"
-        return Backend(runtime, version, device, processor, threads, 1)
+        return Backend(runtime, version, device, processor, threads, 1, executor)
     feats = cpu_features()
-    return Backend(runtime, version, device, ",".join(feats), threads, block_size(feats))
+    return Backend(runtime, version, device, ",".join(feats), threads, block_size(feats), executor)
 
 
 def _onnxruntime_version() -> str:

@@ -1,11 +1,14 @@
-"""Micro-models: one layer in a small context, written in the model's own format, for timing its candidates.
+"""Micro-models: one layer in a small generic context, written in the model's own format, for timing its
+candidates where the layer's real neighbours cannot be cut out of the model.
 
-The context is the layer at its real input shape and batch, between a 1×1 conv (``M → M``) with a ReLU before
-it and a ReLU and a 1×1 conv (``N → N``) after it — the neighbours a conv in a CNN usually has. They put the
-layer where it runs in a real model: inside the runtime's blocked layout, with an activation to fuse, so a
-candidate that forces layout reorders or breaks a fusion pays for it here as it would in the model. Neighbours
-further away (a residual Add, a Concat of branches) are not modelled; the whole assembled model is measured
-afterwards for that reason.
+They time every TorchScript and ``.pt2`` layer, and the ONNX layers the ONNX adapter cannot cut out with their
+real neighbours (``formats._onnx._context``: a conv inside an If/Loop body, symbolic or unknown shapes…);
+``_candidates`` chooses. The generic context is the layer at its real input shape and batch, between a 1×1 conv
+(``M → M``) with a ReLU before it and a ReLU and a 1×1 conv (``N → N``) after it — the neighbours a conv in a
+CNN usually has. They put the layer where it runs in a real model: inside the runtime's blocked layout, with an
+activation to fuse, so a candidate that forces layout reorders or breaks a fusion pays for it here as it would
+in the model. The real neighbours (a residual Add, a Concat of branches, a SiLU, the raw model input of a
+stem) are not modelled here; the whole assembled model is measured afterwards in any case.
 
 Candidates are produced from the original micro-model by the format's own adapter (``find_convs`` + ``apply``),
 so the timed graph is exactly what the conversion would emit. Weights are random: speed does not depend on them.

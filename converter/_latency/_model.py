@@ -11,8 +11,10 @@ MAC count. Layers are timed largest first (by MACs) until ``budget_s`` is spent;
 without known spatial sizes, has no latency (None) and is decided on counts, and the whole assembled model is
 measured afterwards in any case.
 
-Latencies are of the layer *in context* (``_micro``): they include the same neighbours for every candidate of
-a layer, so differences between candidates are the layer's, and "keep the original" is priced the same way.
+Latencies are of the layer *in context* (its real neighbours where the format's adapter can cut them out, else
+the generic micro-model of ``_micro``; see ``_candidates``): they include the same neighbours for every
+candidate of a layer, so differences between candidates are the layer's, and "keep the original" is priced the
+same way.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class MeasureSummary:
     layers_cached: int = 0
     layers_untimed: list[str] = field(default_factory=list)
     candidates_timed: int = 0
+    layers_in_context: int = 0
     failures: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -81,6 +84,7 @@ class MeasureSummary:
             "channel_block": self.block, "budget_s": self.budget_s, "spent_s": round(self.spent_s, 3),
             "layers_timed": self.layers_timed, "layers_cached": self.layers_cached,
             "layers_untimed": len(self.layers_untimed), "candidates_timed": self.candidates_timed,
+            "layers_in_real_context": self.layers_in_context,
             **({"failures": self.failures[:5]} if self.failures else {}),
         }
 
@@ -126,7 +130,8 @@ class LatencyModel:
             cands = self._candidates(layer, shape, ranks)
             before = self.timer.cached_layers
             try:
-                self.times[layer.name] = self.timer.time_layer(shape, cands, budget_s=min(left, max(2.0, left / 4)))
+                self.times[layer.name] = self.timer.time_layer(shape, cands, budget_s=min(left, max(2.0, left / 4)),
+                                                               layer=layer)
             except Exception as e:  # measuring is best effort: an untimed layer is decided on counts
                 self.summary.layers_untimed.append(layer.name)
                 self.summary.failures.append(f"{layer.name}: {type(e).__name__}: {one_line(e, 160)}")
@@ -139,6 +144,7 @@ class LatencyModel:
             if self.progress is not None:
                 self.progress((i + 1) / len(todo))
         self.summary.spent_s += time.perf_counter() - start
+        self.summary.layers_in_context = len(set(getattr(self.timer, "in_context", ())))
         self.timer.cache.save()
 
     def _candidates(self, layer: ConvLayer, shape: LayerShape,

@@ -1,5 +1,6 @@
-"""The conversion stages this package runs: ``measure`` (time candidates, plan on measured latency) and the
-latency half of ``verify`` (the whole model against the original, the never-slower guard, throughput).
+"""The conversion stages this package runs: ``measure`` (time candidates, plan on measured latency), ``guard``
+(the default policy's never-slower check of the assembled model, before any recovery) and the latency half of
+``verify`` (the whole model against the original, throughput).
 
 Both read and update the pipeline's ``Conversion``; the pipeline lists them in its ``STEPS``.
 """
@@ -13,7 +14,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._calibrate import held_out
 from .._cost import macs_of
+from .._data import Samples
 from .._errors import ConversionError, SepconvError, VerificationError, map_errors
 from .._factorize import factorize, rewrites
 from .._graphcheck import trusting
@@ -34,7 +37,7 @@ from ._whole import batched, compare_files, latency_report
 if TYPE_CHECKING:
     from .._pipeline import Conversion
 
-__all__ = ["measure_step", "verify_step"]
+__all__ = ["guard_step", "measure_step", "verify_step"]
 
 
 def _backend(c: Conversion) -> Backend:
@@ -72,7 +75,9 @@ def measure_step(c: Conversion, progress: StageProgress) -> None:
         info = {"measured": False, "reason": f"candidates cannot be timed in {c.adapter.name} format yet"}
     else:
         backend = _backend(c)
-        timer = CandidateTimer(c.adapter, backend, _batch(c), TimingCache(backend), seed=cfg.seed)
+        batch = _batch(c)
+        timer = CandidateTimer(c.adapter, backend, batch, TimingCache(backend), seed=cfg.seed, model=c.model,
+                               input_shapes={name: (batch, *dims[1:]) for name, dims in c.per_sample.items()})
         model = LatencyModel(timer, macs_of, cfg.latency_budget_s, progress=progress.update)
         c.cost_model = LatencyCostModel(model, cfg, counts=c.cost_model)
         if cfg.target_latency is not None:
@@ -99,86 +104,100 @@ def _model_ms(c: Conversion, backend: Backend) -> float:
     return t.p50_ms
 
 
-def verify_step(c: Conversion, progress: StageProgress) -> None:
-    """Fidelity, then latency of the saved model against the original; with the default policy and measured
-    planning, the never-slower guard (``_guard``) may revert layers or return the original."""
-    assert c.adapter is not None and c.saved is not None
-    cfg = c.config
-    inputs, kind = _inputs(c)
+def guard_step(c: Conversion, progress: StageProgress) -> None:
+    """The never-slower check (``_guard``) of the default policy: the assembled model against the original,
+    before any recovery, so that calibration and fine-tuning work on — and the accuracy section describes — only
+    the layers that are kept. Speed does not depend on the weights, so the data-free model decides it."""
+    assert c.adapter is not None and c.staging is not None and c.plan is not None
+    if not c.factors or not isinstance(c.cost_model, LatencyCostModel):
+        return  # nothing converted, or planned on counts (the measure stage could not time): nothing to guard
     backend = _backend(c)
-    guarded = cfg.default_policy and isinstance(c.cost_model, LatencyCostModel) and bool(c.factors)
-    if guarded and _kept(c) == "finetuned":
-        # Reverting rebuilds the model from the factors, which do not hold the fine-tuned weights: measure and
-        # warn (below) instead of silently shipping a model without its fine-tuning.
-        guarded = False
-        assert c.plan is not None
-        c.plan.policy["never_slower"] = {"skipped": "the model was fine-tuned; reverting layers would drop it"}
-    if not c.factors:
-        # the file is the original, byte for byte: there is nothing to compare latency with
-        c.fidelity, _ = verify(c.adapter, c.src, c.saved, inputs, kind, cfg, c.workdir("verify"), c.device,
-                               latency=False)
-        c.latency = None
-        return
+    timed = _timed_inputs(_inputs(c)[0], c)
+    with map_errors("saving the model to measure it failed", ConversionError):
+        c.saved = c.adapter.save(c.model, c.staging / f"model-guard{c.adapter.suffix}")
     results: dict[frozenset, Comparison] = {}
-    timed = _timed_inputs(inputs, c)
 
     def measure(names: list[str]) -> Comparison:
         key = frozenset(names)
         if key != frozenset(f.layer.name for f in c.factors):
             _reassemble(c, names)
         cmp = compare_files(c.adapter, c.src, c.saved, timed, threads=backend.threads, device=backend.device,
-                            workdir=c.workdir(f"latency-{len(results)}"), runs=cfg.latency_runs, seed=cfg.seed)
+                            workdir=c.workdir(f"guard-{len(results)}"), runs=c.config.latency_runs,
+                            seed=c.config.seed)
         results[key] = cmp
-        progress.update(0.3 + 0.3 * len(results))
+        progress.update(min(0.9, 0.45 * len(results)))
         return cmp
 
-    c.fidelity, _ = verify(c.adapter, c.src, c.saved, inputs, kind, cfg, c.workdir("verify"), c.device,
-                           latency=False)
+    outcome = never_slower([f.layer.name for f in c.factors], _gains(c), measure)
+    c.plan.policy["never_slower"] = {"rounds": outcome.rounds, "reverted_layers": len(outcome.reverted)}
+    _mark_reverted(c, outcome.reverted)
+    assert outcome.comparison is not None
+    if outcome.unchanged:
+        _reassemble(c, [])
+        c.warnings.append(
+            f"the converted model measured {describe(outcome.comparison)} against the original on "
+            f"{backend.label}, {backend.threads} thread(s), batch {_batch(c)}: not faster, so the original is "
+            "returned unchanged (the default policy is never slower; choose a rank policy to convert anyway)")
+        _drop_staged(c)
+        return
+    if outcome.reverted:
+        c.warnings.append(f"{len(outcome.reverted)} layer(s) reverted after measuring the whole model: "
+                          f"with them it was not faster; without them {describe(outcome.comparison)}")
+    # The kept graph was measured: recovery changes weights, not the graph, so verification reports this
+    # measurement of it instead of timing the same graph again.
+    c.guarded = (frozenset(f.layer.name for f in c.factors), outcome.comparison)
+    _drop_staged(c)
+
+
+def _drop_staged(c: Conversion) -> None:
+    """Remove the file the check measured: the save stage writes the model that is returned."""
+    if c.saved is not None:
+        c.saved.unlink(missing_ok=True)
+        c.saved = None
+
+
+def verify_step(c: Conversion, progress: StageProgress) -> None:
+    """Fidelity of the saved model against the original, then its latency: measured, or — when the never-slower
+    check (``guard_step``) measured this same graph — that measurement."""
+    assert c.adapter is not None and c.saved is not None
+    cfg = c.config
+    inputs, kind = _inputs(c)
+    backend = _backend(c)
+    held = _fidelity_samples(c) if kind == "random" else None
+    chunks = None if held is None else (batch for batch, _ in held.batches(cfg.batch_size))
+    c.fidelity, _ = verify(c.adapter, c.src, c.saved, inputs, kind if held is None else "held_out", cfg,
+                           c.workdir("verify"), c.device, latency=False, chunks=chunks)
+    if not c.factors:
+        c.latency = None  # the file is the original, byte for byte: there is nothing to compare latency with
+        return
     progress.update(0.3)
-    if not guarded:
-        cmp = measure([f.layer.name for f in c.factors])
+    timed = _timed_inputs(inputs, c)
+    names = frozenset(f.layer.name for f in c.factors)
+    if c.guarded is not None and c.guarded[0] == names:
+        cmp = c.guarded[1]
     else:
-        planned = [f.layer.name for f in c.factors]
-        gains = _gains(c)
-        outcome = never_slower(planned, gains, measure)
-        c.plan.policy["never_slower"] = {"rounds": outcome.rounds, "reverted_layers": len(outcome.reverted)}
-        _mark_reverted(c, outcome.reverted)
-        if outcome.unchanged:
-            _reassemble(c, [])
-            c.latency = None
-            _note_accuracy(c, "the never-slower check returned the original model unchanged, so its accuracy is "
-                              "`original`; the other figures are of the converted model it rejected")
-            assert outcome.comparison is not None
-            c.warnings.append(
-                f"the converted model measured {describe(outcome.comparison)} against the original on "
-                f"{backend.label}, {backend.threads} thread(s), batch {_batch(c)}: not faster, so the original is "
-                "returned unchanged (the default policy is never slower; choose a rank policy to convert anyway)")
-            c.fidelity, _ = verify(c.adapter, c.src, c.saved, inputs, kind, cfg, c.workdir("verify-final"),
-                                   c.device, latency=False)
-            return
-        cmp = outcome.comparison
-        assert cmp is not None
-        if outcome.reverted:
-            _note_accuracy(c, f"measured before the never-slower check reverted {len(outcome.reverted)} layer(s) "
-                              "to the original; the written model keeps the other layers' factors")
-            c.warnings.append(f"{len(outcome.reverted)} layer(s) reverted after measuring the whole model: "
-                              f"with them it was not faster; without them {describe(cmp)}")
-            c.fidelity, _ = verify(c.adapter, c.src, c.saved, inputs, kind, cfg, c.workdir("verify-final"),
-                                   c.device, latency=False)
+        cmp = compare_files(c.adapter, c.src, c.saved, timed, threads=backend.threads, device=backend.device,
+                            workdir=c.workdir("latency"), runs=cfg.latency_runs, seed=cfg.seed)
     c.latency = _latency(c, cmp, timed, backend)
 
 
-def _kept(c: Conversion) -> str | None:
-    accuracy = c.report_extra.get("accuracy")
-    return getattr(accuracy, "kept", None)
+#: Fidelity on the user's samples reads at most this many held-out samples (one batch in memory at a time).
+FIDELITY_SAMPLES = 256
 
 
-def _note_accuracy(c: Conversion, note: str) -> None:
-    """Say in the report's accuracy section that its figures predate the never-slower check's change."""
-    accuracy = c.report_extra.get("accuracy")
-    if accuracy is not None:
-        note = note if not accuracy.note else f"{accuracy.note}; {note}"
-        c.report_extra["accuracy"] = accuracy.model_copy(update={"note": note})
+def _fidelity_samples(c: Conversion) -> Samples | None:
+    """Without ``--inputs``, the user's held-out samples — ``--eval``'s, or those ``--data`` holds out from
+    calibration (the same seeded split) — at most ``FIDELITY_SAMPLES``; None without samples."""
+    if c.eval_samples is None and c.samples is None:
+        return None
+    if c.eval_samples is not None:
+        held = c.eval_samples
+    else:
+        assert c.samples is not None
+        if c.samples.count < 2:
+            return c.samples
+        held = held_out(c.samples, None, c.config.holdout, c.config.seed)[1]
+    return held if held.count <= FIDELITY_SAMPLES else held.subset(range(FIDELITY_SAMPLES))
 
 
 def _gains(c: Conversion) -> dict[str, float | None]:

@@ -26,6 +26,7 @@ __all__ = [
     "FormatAdapter",
     "FormatInfo",
     "InputSpec",
+    "LayerContext",
     "ModelStats",
     "Rewrite",
     "Runner",
@@ -130,6 +131,29 @@ class Rewrite:
     layer: ConvLayer
     lowered: Lowered
     bias: np.ndarray | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class LayerContext:
+    """A layer with its real neighbours, cut out of a model as a small model of the same format, for timing the
+    layer's candidates where it runs. Adapters that can cut one out implement the optional
+    ``context(model, layer, input_shapes) -> LayerContext | str`` (a str says why not); the others' layers are
+    timed in a generic micro-model.
+
+    Attributes:
+        key: a stable hash of the cut's structure (ops, attributes, shapes, which inputs are constants, the
+            layer's place), without weight values or names: identical blocks share it, and their timings.
+        layer: the layer's name in the cut (``find_convs`` of the loaded cut finds it by this name).
+        inputs: the cut's run-time inputs: name → (concrete shape, numpy dtype).
+        ops: the cut's operators in graph order (for reports and tests).
+        write: ``write(folder)`` writes the cut as a model file into ``folder`` and returns its path.
+    """
+
+    key: str
+    layer: str
+    inputs: Mapping[str, tuple[tuple[int, ...], np.dtype]]
+    ops: tuple[str, ...]
+    write: Callable[[Path], Path] = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,8 @@ class JobBase(BaseModel):
         id: Opaque identifier.
         status: ``queued``, ``running``, ``succeeded``, ``failed`` or ``cancelled``.
         stage: ``queued``, one of the converter's stages (``load``, ``plan``, ``measure``, ``rewrite``,
-            ``calibrate``, ``finetune``, ``save``, ``verify``) or ``done`` (a plain string, so a stage added by a
-            newer server does not break an older SDK).
+            ``guard``, ``calibrate``, ``finetune``, ``save``, ``verify``) or ``done`` (a plain string, so a stage
+            added by a newer server does not break an older SDK).
         progress: Fraction done, 0–1.
         stage_detail: What the running stage last reported besides progress (e.g. loss while fine-tuning).
         filename: The uploaded file's name.

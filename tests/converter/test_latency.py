@@ -166,6 +166,9 @@ def test_backend_and_block_size() -> None:
     b = backend_for("onnx", "cpu", 2)
     assert b.runtime == "onnxruntime" and b.threads == 2 and b.block in (4, 8, 16)
     assert backend_for("torchscript", "cpu", 1).runtime == "torch"
+    # one runtime, two executors: a .pt2 program's timings are not TorchScript's (own cache key, same label)
+    ts, pt2 = backend_for("torchscript", "cpu", 1), backend_for("pt2", "cpu", 1)
+    assert pt2.key != ts.key and pt2.label == ts.label == "torch-cpu"
 
 
 # ---- micro-models and candidates ---------------------------------------------------------------------------------
@@ -274,7 +277,8 @@ class _FakeTimer:
         self.cached_layers = 0
         self.asked: list[list[Candidate]] = []
 
-    def time_layer(self, shape: LayerShape, cands: list[Candidate], *, budget_s: float | None = None) -> LayerTimes:
+    def time_layer(self, shape: LayerShape, cands: list[Candidate], *, budget_s: float | None = None,
+                   layer: ConvLayer | None = None) -> LayerTimes:
         self.asked.append(list(cands))
         ms = {ORIGINAL: 4.0}
         for c in cands:
@@ -381,7 +385,8 @@ def test_guard_with_noise_does_not_claim_faster() -> None:
 
 def test_a_layer_whose_timing_fails_is_decided_on_counts() -> None:
     class Broken(_FakeTimer):
-        def time_layer(self, shape: LayerShape, cands: list[Candidate], *, budget_s: float | None = None) -> LayerTimes:
+        def time_layer(self, shape: LayerShape, cands: list[Candidate], *, budget_s: float | None = None,
+                       layer: ConvLayer | None = None) -> LayerTimes:
             raise RuntimeError("the runtime refused the micro-model")
 
     model = LatencyModel(Broken(), _macs, budget_s=10)  # type: ignore[arg-type]

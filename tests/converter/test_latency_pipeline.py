@@ -261,3 +261,81 @@ def test_rank_policy_breaks_near_ties_of_weight_error_by_latency() -> None:
     exact.weight = w.reshape(16, 16, 3, 3).astype(np.float32)
     d = plan([exact], ConversionConfig(rank=2), _SlowPwDw(), total_params=1, total_macs=None).decisions[0]
     assert d.order == "pw-dw" and d.rel_weight_error < 1e-3
+
+
+def _scripted(*outcomes: bool):
+    """A ``compare_files`` stand-in whose n-th call measures faster (1.5×) or not (0.83×), and counts calls."""
+    calls: list[int] = []
+
+    def fake(*_: object, **__: object) -> Comparison:
+        calls.append(1)
+        rng = np.random.default_rng(len(calls))
+        ratio = 1.5 if outcomes[min(len(calls), len(outcomes)) - 1] else 1 / 1.2
+        a = Timing(tuple(0.012 * (1 + 0.02 * rng.standard_normal(10))))
+        b = Timing(tuple(0.012 / ratio * (1 + 0.02 * rng.standard_normal(10))))
+        return compare(a, b)
+
+    return fake, calls
+
+
+def _samples(tmp_path: Path, size: int = 40) -> Path:
+    path = tmp_path / "data.npz"
+    np.savez(path, inputs=np.random.default_rng(0).standard_normal((24, 3, size, size)).astype(np.float32))
+    return path
+
+
+def test_the_guard_runs_before_recovery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _low_rank_net(tmp_path)
+    # the whole model is not faster with all three layers, faster once some are reverted
+    fake, calls = _scripted(False, True)
+    monkeypatch.setattr(_stage, "compare_files", fake)
+    seen: list[str] = []
+    r = converter.convert(src, tmp_path / "out.onnx", data=_samples(tmp_path), progress=lambda s, f: seen.append(s),
+                          **FAST).report
+    order = list(dict.fromkeys(seen))
+    assert order.index("guard") < order.index("calibrate") < order.index("verify")
+    kept = {lay.name for lay in r.converted_layers}
+    reverted = {lay.name for lay in r.layers if lay.reason.startswith("reverted")}
+    assert kept and reverted and not kept & reverted
+    # only the kept layers were calibrated, and the accuracy section is of the model written (no "before" note)
+    assert all(lay.calibration is not None for lay in r.converted_layers)
+    assert all(lay.calibration is None for lay in r.layers if lay.name in reverted)
+    assert r.accuracy is not None and "never-slower" not in (r.accuracy.note or "")
+    # the guard's last measurement is the report's: the same graph is not timed again
+    assert len(calls) == 2 and r.latency.speedup == pytest.approx(r.policy["never_slower"]["rounds"][-1]["speedup"])
+
+
+def test_the_guard_returning_the_original_leaves_nothing_to_recover(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _low_rank_net(tmp_path)
+    fake, _ = _scripted(False)
+    monkeypatch.setattr(_stage, "compare_files", fake)
+    result = converter.convert(src, tmp_path / "out.onnx", data=_samples(tmp_path), **FAST)
+    r = result.report
+    assert result.output_path.read_bytes() == src.read_bytes() and not r.converted_layers
+    assert r.latency is None and any("returned unchanged" in w for w in r.warnings)
+    assert not any(lay.calibration for lay in r.layers)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz", "lowrank.onnx", "out.onnx"]  # nothing staged
+
+
+def test_fidelity_is_measured_on_the_held_out_samples(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)).eval()
+    src = tmp_path / "m.onnx"
+    export_onnx(net, torch.randn(1, 3, 16, 16), src, dynamic="batch")  # random kernels: rank 1 is not exact
+    data = tmp_path / "d.npz"
+    np.savez(data, inputs=np.random.default_rng(0).standard_normal((40, 3, 16, 16)).astype(np.float32))
+    r = converter.convert(src, tmp_path / "a.onnx", rank=1, data=data, recover="none", **FAST).report
+    # the 20 % of --data held out from calibration (8 of 40), the same samples the accuracy section scores
+    assert r.fidelity.inputs == "held_out" and r.fidelity.samples == 8 == r.accuracy.samples
+    assert r.fidelity.rel_l2 > 0.01 and r.fidelity.rel_l2 == pytest.approx(r.accuracy.rel_l2.data_free, rel=1e-3)
+    # --eval's samples, at most FIDELITY_SAMPLES of them
+    big = tmp_path / "e.npz"
+    np.savez(big, inputs=np.random.default_rng(1).standard_normal((300, 3, 16, 16)).astype(np.float32))
+    r = converter.convert(src, tmp_path / "b.onnx", rank=1, eval=big, **FAST).report
+    assert r.fidelity.inputs == "held_out" and r.fidelity.samples == _stage.FIDELITY_SAMPLES
+    # --inputs win; without samples, random inputs
+    r = converter.convert(src, tmp_path / "c.onnx", rank=1, inputs=data, **FAST).report
+    assert r.fidelity.inputs == "user" and r.fidelity.samples == 40
+    r = converter.convert(src, tmp_path / "d.onnx", rank=1, **FAST).report
+    assert r.fidelity.inputs == "random"

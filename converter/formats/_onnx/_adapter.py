@@ -22,8 +22,9 @@ import onnx_ir as ir
 
 from ..._errors import ConversionError, UnsupportedModelError, one_line
 from .._archive import ZIP_MAGIC, is_zip
-from .._base import ConvLayer, InputSpec, ModelStats, Rewrite, Runner
+from .._base import ConvLayer, InputSpec, LayerContext, ModelStats, Rewrite, Runner
 from . import _io, _shapes, _wire
+from ._context import layer_context
 from ._convs import describe, named_convs
 from ._passes import decompose_convs
 from ._runner import make_runner
@@ -150,6 +151,20 @@ class OnnxAdapter:
             except Exception as e:  # a malformed conv (weight shape that contradicts its groups…)
                 raise UnsupportedModelError(f"layer {name!r} could not be read: {one_line(e, whole=True)}") from e
         return layers
+
+    def context(self, model: Any, layer: ConvLayer,
+                input_shapes: Mapping[str, tuple[int, ...]]) -> LayerContext | str:
+        """``layer`` (found by ``find_convs`` in ``model``) with its real neighbours as a small ONNX model, at
+        the given input shapes (batch included), for timing its candidates; or why it cannot be cut out, when
+        the generic micro-model is used instead (see ``_context``)."""
+        node = layer.handle
+        if not isinstance(node, ir.Node) or node.graph is None:
+            return f"layer {layer.name!r}: no node of this model"
+        try:
+            table = _table(model, input_shapes)
+        except Exception as e:  # shapes that do not fit this model: no context, not a failed conversion
+            return f"layer {layer.name!r}: shapes not inferred ({one_line(e, 160)})"
+        return layer_context(_unwrap(model), layer.name, node, table)
 
     def apply(self, model: Any, rewrites: Sequence[Rewrite]) -> Any:
         """Replace the listed layers in place (``decompose_convs``) and return the model."""
