@@ -142,3 +142,119 @@ def test_written_model_is_the_tapped_function(tmp_path, fmt, order):
     saved = adapter.save(adapter.apply(loaded, rewrites), tmp_path / f"slim{adapter.suffix}")
     run, _ = adapter.runner(saved, tmp_path, None)
     np.testing.assert_allclose(run({name: x.numpy()})[0], expected, rtol=1e-3, atol=1e-3)
+
+
+def test_chunks_respect_the_budgets_and_the_cap():
+    from converter._calibrate import chunks
+
+    stats, acts = [100, 200, 50, 400, 10], [10, 10, 10, 10, 10]
+    assert chunks(stats, acts, stats_budget=1, activation_budget=10**9, max_layers=9) == [[0], [1], [2], [3], [4]]
+    assert chunks(stats, acts, stats_budget=10**9, activation_budget=10**9, max_layers=9) == [[0, 1, 2, 3, 4]]
+    assert chunks(stats, acts, stats_budget=10**9, activation_budget=10**9, max_layers=2) == [[0, 1], [2, 3], [4]]
+    # 100+200+50 fits in 350, +400 does not; 400 alone exceeds it (calibrated alone), +10 does not fit
+    assert chunks(stats, acts, stats_budget=350, activation_budget=10**9, max_layers=9) == [[0, 1, 2], [3], [4]]
+    assert chunks(stats, acts, stats_budget=10**9, activation_budget=25, max_layers=9) == [[0, 1], [2, 3], [4]]
+    with pytest.raises(ValueError, match="max_layers"):
+        chunks(stats, acts, stats_budget=1, activation_budget=1, max_layers=0)
+
+
+def test_stats_bytes_is_what_layer_stats_allocates():
+    from converter._refit import Geometry, LayerStats, stats_bytes
+
+    w = np.ones((6, 2, 3, 3), np.float32)
+    st = LayerStats(w, None, 2, Geometry((1, 1), (1, 1), ((1, 1), (1, 1))))
+    held = sum(a.nbytes for a in (st.G, st.X, st.S_co, st.weight, st.bias))
+    assert stats_bytes(w.shape, 2) == held
+
+
+class _Counting:
+    def __init__(self, tap):
+        self.tap, self.calls, self.want = tap, 0, []
+        self.points, self.skipped = tap.points, tap.skipped
+
+    def __call__(self, inputs, weights, want):
+        self.calls += 1
+        self.want.append(list(want))
+        return self.tap(inputs, weights, want)
+
+
+def _old_calibrate(tap, items, samples, batch_size):
+    """Layer-by-layer calibration as it was before chunks (the reference for chunks of one layer)."""
+    from converter._refit import LayerStats, calibrate_layer
+
+    done, out = {}, {}
+    for i, (layer, dec) in enumerate(items):
+        point = tap.points[layer.name]
+        stats = LayerStats(layer.weight, point.bias, layer.groups, point.geometry, seed=i)
+        for batch, _ in samples.batches(batch_size):
+            _, orig = tap(batch, {}, [layer.name])
+            conv = tap(batch, done, [layer.name])[1] if done else orig
+            stats.update(conv[layer.name], orig[layer.name])
+        chosen = calibrate_layer(stats, dec, 1e-3)
+        out[layer.name] = (chosen.decomposition, chosen.bias)
+        done.update(overrides(tap, {layer.name: out[layer.name]}))
+    return out
+
+
+def _onnx_setup(tmp_path, rank=1):
+    from converter.formats._base import InputSpec
+
+    model, x = build("vgg")
+    path = _save(model, x, "onnx", tmp_path / "m.onnx")
+    adapter, loaded, layers, tap = _tap(path, tmp_path, tuple(x.shape))
+    name = adapter.input_specs(loaded)[0].name
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((48, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", **{name: np.repeat(np.repeat(base, 4, axis=2), 4, axis=3)})
+    samples = load_samples(tmp_path / "d.npz", [InputSpec(name, None, np.dtype(np.float32))])
+    cal, held = samples.split(0.25, seed=0)
+    items = [(layer, decompose(layer.weight, layer.groups, "dw-pw", rank)) for layer in layers]
+    return tap, items, cal, held
+
+
+def test_chunks_of_one_layer_are_the_sequential_calibration(tmp_path):
+    tap, items, cal, _ = _onnx_setup(tmp_path)
+    assert len(items) >= 3
+    counting = _Counting(tap)
+    # a budget too small for any two layers' statistics forces chunks of one layer, whatever the cap
+    result = calibrate(counting, items, cal, batch_size=8, max_chunk=99, stats_budget=1)
+    batches = -(-cal.count // 8)
+    assert counting.calls == 1 + batches * (2 * len(items) - 1)  # the size probe, then two passes per layer
+    old = _old_calibrate(tap, items, cal, 8)
+    assert set(result.factors) == set(old)
+    for name, (dec, bias) in result.factors.items():
+        np.testing.assert_array_equal(dec.first, old[name][0].first)
+        np.testing.assert_array_equal(dec.second, old[name][0].second)
+        np.testing.assert_array_equal(bias, old[name][1])
+
+
+def test_a_large_chunk_takes_fewer_passes_and_beats_data_free(tmp_path):
+    tap, items, cal, held = _onnx_setup(tmp_path)
+    counting = _Counting(tap)
+    fractions = []
+    result = calibrate(counting, items, cal, batch_size=8, max_chunk=99, progress=fractions.append)
+    batches = -(-cal.count // 8)
+    names = [layer.name for layer, _ in items]
+    # the size probe; all but the last layer in one chunk (one pass: its inputs are the original's); the last
+    # layer alone (two passes)
+    assert counting.calls == 1 + batches + 2 * batches
+    assert counting.want[1:] == [names[:-1]] * batches + [names[-1:]] * (2 * batches)
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert set(result.layers) == set(names) and not result.skipped
+    for outcome in result.layers.values():
+        assert outcome.calibrated <= outcome.data_free
+    # chunks of two: the first chunk one pass per batch, each later one two
+    counting.calls = 0
+    calibrate(counting, items, cal, batch_size=8, max_chunk=2)
+    assert counting.calls == 1 + batches * (1 + 2 * (-(-(len(items) - 1) // 2) - 1) + 2)
+    free = overrides(tap, {layer.name: (d, None) for layer, d in items})
+    scorer = evaluate(tap, {"data_free": free, "calibrated": overrides(tap, result.factors)}, held,
+                      batch_size=6, num_classes=None)
+    assert scorer.values("calibrated")["rel_l2"] <= scorer.values("data_free")["rel_l2"]
+
+
+def test_activation_budget_splits_chunks(tmp_path):
+    tap, items, cal, _ = _onnx_setup(tmp_path)
+    counting = _Counting(tap)
+    calibrate(counting, items, cal, batch_size=8, max_chunk=99, activation_budget=1)
+    assert all(len(w) == 1 for w in counting.want[1:])  # each layer's inputs alone exceed 1 byte: chunks of one
