@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -159,7 +160,8 @@ def test_convert_from_the_page_and_read_the_report(browser, server, model, data,
     html = frame.get_attribute("srcdoc")
     assert "<title>vgg.onnx · sepconv report</title>" in html
     browser.switch_to.frame(frame)
-    assert browser.find_element(By.ID, "verdict").text.startswith("4 of 4 convolutions converted")
+    # rank 2 on every layer the measured plan does not find more than 10 % slower (the 3-channel stem may be)
+    assert re.match(r"[1-4] of 4 convolutions converted", browser.find_element(By.ID, "verdict").text)
     charts = browser.find_elements(By.CSS_SELECTOR, "svg.chart")
     assert len(charts) >= 6 and all(c.size["width"] > 200 and c.size["height"] > 50 for c in charts)
     assert browser.find_element(By.ID, "plot-accuracy").is_displayed()  # recovery ran on the data
