@@ -6,9 +6,7 @@ calibrated model.
 The math is in ``_refit`` (closed-form, from streamed statistics); activations come from the format's own
 runtime through the adapter's ``Tap`` (``formats._taps``), which runs the original graph with each converted
 layer's factors multiplied back into one dense kernel: the same function as the rewritten graph, so nothing is
-rewritten until the factors are final. Consecutive layers are captured in the same passes over the samples
-(a *chunk*, see ``calibrate``), within fixed memory budgets: memory is one batch of the chunk's input activations
-plus the chunk's statistics, whatever the number of samples.
+rewritten until the factors are final. Memory is one batch of activations plus one layer's statistics.
 """
 
 from __future__ import annotations
@@ -25,34 +23,12 @@ from ._config import ConversionConfig
 from ._data import Samples
 from ._decompose import Decomposition
 from ._errors import InvalidOptionsError
-from ._refit import LayerStats, calibrate_layer, dense, stats_bytes
+from ._refit import LayerStats, calibrate_layer, dense
 from ._report import Accuracy, StageValues
 from .formats._base import ConvLayer, Rewrite
 from .formats._taps import Tap
 
-__all__ = ["Calibration", "LayerOutcome", "Recovery", "calibrate", "chunks", "default_cap", "evaluate", "held_out",
-           "overrides", "recover"]
-
-#: Calibration captures consecutive layers in the same passes (``calibrate``) while their statistics fit in
-#: this many bytes, one batch of their inputs (both networks) in ``ACTIVATION_BUDGET``, and they are at most
-#: ``default_cap`` layers.
-STATS_BUDGET = 1 << 30
-ACTIVATION_BUDGET = 1 << 30
-MAX_CHUNK = 4
-
-
-def default_cap(layers: int) -> int:
-    """The most layers one chunk holds by default when ``layers`` are calibrated: ``MAX_CHUNK``, and fewer so
-    that there are at least four chunks (a shallow net is calibrated layer by layer).
-
-    Measured (``benchmarks/calibration_speed.py``): on a ResNet-18-like net (17 layers, rank 2, 32 samples)
-    chunks of 4 cut the runtime's passes from 33 to 10 (their time by 75 %) and the calibration's time by
-    24–38 % (the rest is accumulating statistics and fitting, which chunks do not change), with the same
-    held-out output error; on the 4-layer digits CNN at rank 1, chunks of 2 lost 1.8 points of top-1 and
-    chunks of 4 six (a later layer of a chunk does not compensate the earlier ones' error, and a shallow net
-    has few chunks left to do it).
-    """
-    return max(1, min(MAX_CHUNK, layers // 4))
+__all__ = ["Calibration", "LayerOutcome", "Recovery", "calibrate", "evaluate", "held_out", "overrides", "recover"]
 
 #: ``progress(fraction)`` within the stage.
 Progress = Callable[[float], None]
@@ -99,30 +75,6 @@ def overrides(tap: Tap, factors: dict[str, tuple[Decomposition, np.ndarray | Non
     return out
 
 
-def chunks(stats: Sequence[int], activations: Sequence[int], *, stats_budget: int, activation_budget: int,
-           max_layers: int) -> list[list[int]]:
-    """Group layers (by index, in network order) into runs of consecutive layers captured in the same passes.
-
-    A run grows while its layers' statistics (``stats``, bytes each) stay within ``stats_budget``, one batch of
-    their inputs (``activations``, bytes per batch each) within ``activation_budget``, and it has at most
-    ``max_layers`` layers. A layer that alone exceeds a budget is a run of its own (as when calibrated alone).
-    """
-    if max_layers < 1:
-        raise ValueError("max_layers must be >= 1")
-    out: list[list[int]] = []
-    used_stats = used_acts = 0
-    for i, (st, act) in enumerate(zip(stats, activations, strict=True)):
-        if out and len(out[-1]) < max_layers and used_stats + st <= stats_budget \
-                and used_acts + act <= activation_budget:
-            out[-1].append(i)
-            used_stats += st
-            used_acts += act
-        else:
-            out.append([i])
-            used_stats, used_acts = st, act
-    return out
-
-
 def calibrate(
     tap: Tap,
     items: Sequence[tuple[ConvLayer, Decomposition]],
@@ -132,28 +84,12 @@ def calibrate(
     ridge: float = 1e-3,
     seed: int = 0,
     progress: Progress | None = None,
-    max_chunk: int | None = None,
-    stats_budget: int | None = None,
-    activation_budget: int | None = None,
 ) -> Calibration:
     """Calibrate the converted layers ``items`` (layer, data-free factors), in the order given (network order).
 
-    Consecutive layers are calibrated in chunks (``chunks``): at most ``max_chunk`` layers (by default
-    ``default_cap``) whose statistics fit in ``stats_budget`` bytes and one batch of whose inputs, in both
-    networks, fits in ``activation_budget`` bytes (``STATS_BUDGET``, ``ACTIVATION_BUDGET``); the last layer is
-    a chunk of its own. Per batch a chunk takes two passes: the original network, and the network with every
-    layer of the earlier chunks calibrated (one pass for the first chunk, whose inputs are the same in both);
-    each pass captures the inputs of all layers of the chunk. Then each layer of the chunk is fitted.
-
-    So a layer later in a chunk sees its input through the earlier layers of its own chunk as they are in the
-    original network, not yet calibrated: it does not compensate their calibration error. The first layer of
-    the next chunk does (it sees the network calibrated up to it), which is why the last layer, with no layer
-    after it, is always alone and why the cap is small. With ``max_chunk=1`` this is exactly layer-by-layer
-    calibration. Passes over the samples: about ``2 × chunks`` instead of ``2 × layers``; with ``max_chunk > 1``
-    one more pass, of a single sample, measures the layers' input sizes.
+    Each layer takes two passes over ``samples`` per batch (the original network, and the network as calibrated
+    so far; one for the first layer, whose input is the same in both).
     """
-    stats_budget = STATS_BUDGET if stats_budget is None else stats_budget
-    activation_budget = ACTIVATION_BUDGET if activation_budget is None else activation_budget
     result = Calibration(samples=samples.count)
     todo = []
     for layer, dec in items:
@@ -163,56 +99,26 @@ def calibrate(
             result.skipped[layer.name] = "weight is not a constant"
         else:
             todo.append((layer, dec))
-    if not todo:
-        return result
-    max_chunk = default_cap(len(todo)) if max_chunk is None else max_chunk
-    sizes = [stats_bytes(layer.weight.shape, layer.groups) for layer, _ in todo]
-    acts = [0] * len(todo)
-    if max_chunk > 1 and len(todo) > 2 and samples.count:
-        one, _ = next(samples.batches(1, indices=[0]))
-        _, got = tap(one, {}, [layer.name for layer, _ in todo])
-        # Both networks' inputs of every layer of the chunk are held for one batch.
-        acts = [2 * batch_size * got[layer.name].size * 4 for layer, _ in todo]
-        del got
-    # The last layer is a chunk of its own: no later layer is left to absorb the error it would not see.
-    groups = [*chunks(sizes[:-1], acts[:-1], stats_budget=stats_budget, activation_budget=activation_budget,
-                      max_layers=max_chunk), [len(todo) - 1]]
-    batches = max(1, -(-samples.count // batch_size))
     done: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    finished = 0
-    for group in groups:
-        stats: dict[int, LayerStats] = {}
-        for i in group:
-            layer, _ = todo[i]
-            try:
-                stats[i] = LayerStats(layer.weight, tap.points[layer.name].bias, layer.groups,
-                                      tap.points[layer.name].geometry, seed=seed + i)
-            except ValueError as e:  # too large for a dense Gram matrix
-                result.skipped[layer.name] = str(e)
-        names = [todo[i][0].name for i in stats]
-        if names:
-            for b, (batch, _) in enumerate(samples.batches(batch_size)):
-                _, orig = tap(batch, {}, names)
-                conv = tap(batch, done, names)[1] if done else orig
-                for i, st in stats.items():
-                    name = todo[i][0].name
-                    st.update(conv[name], orig[name])
-                del orig, conv
-                if progress is not None:
-                    progress((finished + len(group) * (b + 1) / (batches + 1)) / len(todo))
-        fitted = {}
-        for i, st in stats.items():
-            layer, dec = todo[i]
-            chosen = calibrate_layer(st, dec, ridge)
-            result.factors[layer.name] = (chosen.decomposition, chosen.bias)
-            result.layers[layer.name] = LayerOutcome(
-                chosen.method, chosen.errors["data-free"], chosen.errors[chosen.method])
-            fitted[layer.name] = (chosen.decomposition, chosen.bias)
-        del stats
-        done.update(overrides(tap, fitted))
-        finished += len(group)
+    for i, (layer, dec) in enumerate(todo):
+        point = tap.points[layer.name]
+        try:
+            stats = LayerStats(layer.weight, point.bias, layer.groups, point.geometry, seed=seed + i)
+        except ValueError as e:  # too large for a dense Gram matrix
+            result.skipped[layer.name] = str(e)
+            continue
+        for batch, _ in samples.batches(batch_size):
+            _, orig = tap(batch, {}, [layer.name])
+            conv = tap(batch, done, [layer.name])[1] if done else orig
+            stats.update(conv[layer.name], orig[layer.name])
+        chosen = calibrate_layer(stats, dec, ridge)
+        bias = chosen.bias
+        result.factors[layer.name] = (chosen.decomposition, bias)
+        result.layers[layer.name] = LayerOutcome(
+            chosen.method, chosen.errors["data-free"], chosen.errors[chosen.method])
+        done.update(overrides(tap, {layer.name: (chosen.decomposition, bias)}))
         if progress is not None:
-            progress(finished / len(todo))
+            progress((i + 1) / len(todo))
     return result
 
 

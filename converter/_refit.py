@@ -60,7 +60,6 @@ __all__ = [
     "patches_at",
     "refit",
     "refit_first",
-    "stats_bytes",
     "whitened",
 ]
 
@@ -129,15 +128,6 @@ def patches_at(x: np.ndarray, kernel: tuple[int, ...], geo: Geometry, rows: np.n
     index = [p[:, None] * s + t[None, :] * d for p, t, s, d in zip(pos, taps, geo.stride, geo.dilation, strict=True)]
     got = xp[(batch[:, None], slice(None), *index)]  # advanced indices split by a slice come first: [rows, k, M]
     return np.ascontiguousarray(got.transpose(0, 2, 1))
-
-
-def stats_bytes(weight_shape: tuple[int, ...], groups: int) -> int:
-    """The memory ``LayerStats`` allocates for a weight of this shape (float64 sums and the weight copy), so that
-    a caller can plan before allocating."""
-    n, c, *kernel = weight_shape
-    k = int(np.prod(kernel))
-    d = c * k
-    return 8 * (groups * (d + 1) * (d + 1) + groups * (d + 1) * (n // groups) + groups * c * k * k + n * d + n)
 
 
 class LayerStats:
