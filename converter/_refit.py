@@ -40,6 +40,7 @@ and keeps the smallest (the report says which).
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -160,12 +161,16 @@ class LayerStats:
         """Add one batch: the layer's input in the converted and in the original network (same samples)."""
         if x_conv.shape != x_orig.shape:
             raise ValueError(f"input shapes differ: {x_conv.shape} vs {x_orig.shape}")
-        pc = patches(x_conv, self.kernel, self.geometry)
-        po = patches(x_orig, self.kernel, self.geometry)
-        if pc.shape[0] > self.max_rows:
-            # Neighbouring positions are redundant: a random subset per batch keeps the cost per batch bounded.
-            keep = np.sort(self._rng.choice(pc.shape[0], self.max_rows, replace=False))
-            pc, po = pc[keep], po[keep]
+        total = x_conv.shape[0] * math.prod(out_shape(tuple(x_conv.shape[2:]), self.kernel, self.geometry))
+        if total > self.max_rows:
+            # Neighbouring positions are redundant: a random subset per batch keeps the cost per batch bounded,
+            # and only those rows are gathered (the whole patch matrix of a high-resolution layer is large).
+            keep = np.sort(self._rng.choice(total, self.max_rows, replace=False))
+            pc = patches_at(x_conv, self.kernel, self.geometry, keep)
+            po = patches_at(x_orig, self.kernel, self.geometry, keep)
+        else:
+            pc = patches(x_conv, self.kernel, self.geometry)
+            po = patches(x_orig, self.kernel, self.geometry)
         rows = max(1, _CHUNK_ELEMENTS // max(1, pc.shape[1] * pc.shape[2]))
         for s in range(0, pc.shape[0], rows):
             self._add(pc[s:s + rows].astype(np.float64), po[s:s + rows].astype(np.float64))
@@ -259,9 +264,10 @@ def refit(stats: LayerStats, dec: Decomposition, ridge: float = 1e-3) -> tuple[D
         for lo in range(0, ng, step):
             hi = min(ng, lo + step)
             pg = p[gi * ng + lo:gi * ng + hi]  # [n, K, C]
-            h = np.einsum("nrm,mtlu->nrtlu", pg, g4)  # [n, K, k, C, k]
+            h = np.einsum("nrm,mtlu->nrtlu", pg, g4, optimize=True)  # [n, K, k, C, k], through BLAS
             gram = np.zeros((hi - lo, kk * k + 1, kk * k + 1))
-            gram[:, :-1, :-1] = np.einsum("nrtlu,nsl->nrtsu", h, pg).reshape(hi - lo, kk * k, kk * k)
+            gram[:, :-1, :-1] = np.einsum("nrtlu,nsl->nrtsu", h, pg, optimize=True).reshape(hi - lo, kk * k,
+                                                                                           kk * k)
             gram_c = np.einsum("nrm,mt->nrt", pg, gc).reshape(hi - lo, kk * k)
             gram[:, :-1, -1] = gram_c
             gram[:, -1, :-1] = gram_c
@@ -296,17 +302,20 @@ def refit_first(stats: LayerStats, dec: Decomposition, bias: np.ndarray, ridge: 
         new_bias = np.zeros(n)
         for gi in range(g):
             gm, xg = stats.G[gi], stats.X[gi]
-            g4 = gm[:-1, :-1].reshape(c, k, c, k)
+            # The Gram of channel n's features, block (r, s): Σ_{t,u} Q[n,r,t] Q[n,s,u] G[m,t,l,u]. With G laid
+            # out once per group as [(t, u), (m, l)], a chunk of channels is one matrix product of their taps'
+            # outer products with it: G is read once per chunk, not copied or reread per channel.
+            gtu = np.ascontiguousarray(gm[:-1, :-1].reshape(c, k, c, k).transpose(1, 3, 0, 2)).reshape(k * k, -1)
             gc = gm[:-1, -1].reshape(c, k)
-            step = max(1, _CHUNK_ELEMENTS // max(1, kk * c * c * k))
+            step = max(1, 2 * _CHUNK_ELEMENTS // max(1, kk * kk * c * c))
             for lo in range(0, ng, step):
                 hi = min(ng, lo + step)
                 qn = q[gi * ng + lo:gi * ng + hi]  # [n, K, k]
-                h = np.tensordot(qn, g4, axes=([2], [1]))  # [n, K, C, C, k]: Σ_t Q[n,r,t] G[m,t,l,u]
                 m = hi - lo
-                gram_f = (h.reshape(m, kk * c * c, k) @ qn.transpose(0, 2, 1)).reshape(m, kk, c, c, kk)
+                outer = np.einsum("nrt,nsu->nrstu", qn, qn).reshape(m * kk * kk, k * k)
+                blocks = (outer @ gtu).reshape(m, kk, kk, c, c)  # [n, r, s, m, l]
                 gram = np.zeros((m, kk * c + 1, kk * c + 1))
-                gram[:, :-1, :-1] = gram_f.transpose(0, 1, 2, 4, 3).reshape(m, kk * c, kk * c)
+                gram[:, :-1, :-1] = blocks.transpose(0, 1, 3, 2, 4).reshape(m, kk * c, kk * c)
                 gram_c = np.einsum("nrt,mt->nrm", qn, gc).reshape(m, kk * c)
                 gram[:, :-1, -1] = gram_c
                 gram[:, -1, :-1] = gram_c

@@ -149,3 +149,32 @@ def test_refit_first_is_optimal_and_alternating_only_descends(order, groups):
         assert output_error(s, dense(nudged), nb) >= after - 1e-7
     final = alternate(s, dec, bias, ridge=0.0)
     assert output_error(s, dense(final[0]), final[1]) <= after + 1e-7
+
+
+@pytest.mark.parametrize(("rank", "groups"), [(2, 1), (3, 1), (2, 2)])
+def test_pw_dw_refits_at_higher_rank_in_small_chunks(rank, groups, monkeypatch):
+    """PW→DW builds each output channel's normal equations from the taps' outer products with the Gram matrix,
+    a chunk of channels at a time: the result is the least-squares optimum at every rank and does not depend on
+    the chunk size."""
+    from converter import _refit
+    from converter._refit import refit_first
+
+    w, b, xc, xo = _data(groups, shift=0.2)
+    s = _stats(w, b, groups, xc, xo)
+    dec = decompose(w, groups, "pw-dw", rank)
+    fit_whole, bias_whole = refit(s, dec, ridge=0.0)  # every channel in one chunk
+    first_whole, _ = refit_first(s, fit_whole, bias_whole, ridge=0.0)
+    monkeypatch.setattr(_refit, "_CHUNK_ELEMENTS", 1)  # one output channel per chunk
+    fit, bias = refit(s, dec, ridge=0.0)
+    first, nb = refit_first(s, fit, bias, ridge=0.0)
+    np.testing.assert_allclose(fit.second, fit_whole.second, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(first.first, first_whole.first, rtol=1e-5, atol=1e-6)
+    after = output_error(s, dense(first), nb)
+    assert after <= output_error(s, dense(fit), bias) + 1e-7
+    assert after == pytest.approx(_brute_error(w, b, xc, xo, dense(first), nb, groups), rel=1e-3)
+    rng = np.random.default_rng(7)
+    for _ in range(5):  # first-order optimal: no nudge of the refitted first factor lowers the error
+        nudged = type(first)(first.order, first.rank, first.groups,
+                             first.first + 1e-2 * rng.standard_normal(first.first.shape).astype(np.float32),
+                             first.second, first.rel_error, first.energy)
+        assert output_error(s, dense(nudged), nb) >= after - 1e-7
