@@ -73,14 +73,10 @@ class CostModel(Protocol):
         ...
 
 
-def _k(layer: ConvLayer) -> int:
-    return int(math.prod(layer.kernel)) if layer.kernel else 1
-
-
 def params_of(layer: ConvLayer, order: Order | None, rank: int | None) -> int:
     """Weight elements of the layer as it is (order None) or decomposed at ``rank``; a bias is carried over
     unchanged and not counted."""
-    n, m, g, k = layer.out_channels, layer.in_channels, layer.groups, _k(layer)
+    n, m, g, k = layer.out_channels, layer.in_channels, layer.groups, layer.taps
     c = m // g
     if order is None:
         return n * c * k
@@ -94,7 +90,7 @@ def macs_of(layer: ConvLayer, order: Order | None, rank: int | None) -> int | No
     """MACs of the layer (batch 1) as it is or decomposed, or None without inferred spatial sizes."""
     if layer.out_spatial is None:
         return None
-    n, m, g, k = layer.out_channels, layer.in_channels, layer.groups, _k(layer)
+    n, m, g, k = layer.out_channels, layer.in_channels, layer.groups, layer.taps
     c = m // g
     p_out = int(math.prod(layer.out_spatial))
     if order is None:

@@ -216,7 +216,7 @@ def capacities(row_bytes: Sequence[int], row_macs: Sequence[int], memory: int = 
 
 def error_macs(layer: ConvLayer, orders: Sequence[Order]) -> int:
     """Multiply-adds of ``rank_errors`` per patch for this layer, over ``orders``."""
-    n, m, g, k = layer.out_channels, layer.in_channels, layer.groups, _taps(layer)
+    n, m, g, k = layer.out_channels, layer.in_channels, layer.groups, layer.taps
     c = m // g
     per = {"dw-pw": min(n // g, k) * (m * k + n * c), "pw-dw": min(c, k) * n * c * k}
     return sum(per[o] for o in orders)
@@ -277,7 +277,7 @@ def measure_output_errors(
             out.unreached[layer.name] = tap.skipped.get(layer.name, "the runtime cannot capture its input")
         else:
             reached.append(layer)
-    caps = capacities([layer.in_channels * _taps(layer) * 4 for layer in reached],
+    caps = capacities([layer.in_channels * layer.taps * 4 for layer in reached],
                       [error_macs(layer, orders) for layer in reached], patch_memory, max_patches, layer_macs)
     sample = {layer.name: PatchSample(layer.kernel, tap.points[layer.name].geometry, cap, seed + i)
               for i, (layer, cap) in enumerate(zip(reached, caps, strict=True))}
@@ -304,10 +304,6 @@ def measure_output_errors(
         notify(0.5 + 0.5 * (i + 1) / len(reached))
     out.seconds = time.perf_counter() - t0
     return out
-
-
-def _taps(layer: ConvLayer) -> int:
-    return int(math.prod(layer.kernel)) if layer.kernel else 1
 
 
 class OutputErrorCostModel:

@@ -11,6 +11,7 @@ Nothing here imports torch, onnx or numpy at run time, and nothing here knows an
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,11 @@ class ConvLayer:
     in_spatial: tuple[int, ...] | None = None
     out_spatial: tuple[int, ...] | None = None
     handle: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def taps(self) -> int:
+        """Kernel taps ``k``: the product of the kernel's dims (1 for an unknown kernel)."""
+        return int(math.prod(self.kernel)) if self.kernel else 1
 
 
 @dataclass(frozen=True)
