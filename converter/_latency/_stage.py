@@ -115,17 +115,16 @@ def guard_step(c: Conversion, progress: StageProgress) -> None:
     timed = _timed_inputs(_inputs(c)[0], c)
     with map_errors("saving the model to measure it failed", ConversionError):
         c.saved = c.adapter.save(c.model, c.staging / f"model-guard{c.adapter.suffix}")
-    results: dict[frozenset, Comparison] = {}
+    rounds = 0
 
     def measure(names: list[str]) -> Comparison:
-        key = frozenset(names)
-        if key != frozenset(f.layer.name for f in c.factors):
+        nonlocal rounds
+        if frozenset(names) != frozenset(f.layer.name for f in c.factors):
             _reassemble(c, names)
         cmp = compare_files(c.adapter, c.src, c.saved, timed, threads=backend.threads, device=backend.device,
-                            workdir=c.workdir(f"guard-{len(results)}"), runs=c.config.latency_runs,
-                            seed=c.config.seed)
-        results[key] = cmp
-        progress.update(min(0.9, 0.45 * len(results)))
+                            workdir=c.workdir(f"guard-{rounds}"), runs=c.config.latency_runs, seed=c.config.seed)
+        rounds += 1
+        progress.update(min(0.9, 0.45 * rounds))
         return cmp
 
     outcome = never_slower([f.layer.name for f in c.factors], _gains(c), measure)
