@@ -80,7 +80,7 @@ def eligibility(layer: ConvLayer, config: ConversionConfig) -> str | None:
         return "ConvTranspose: not supported yet"
     if layer.weight is None:
         return layer.note or "weight is not a constant"
-    if int(np.prod(layer.kernel or (1,))) == 1:
+    if layer.taps == 1:
         return "1×1 conv: already pointwise"
     if layer.groups == layer.in_channels and layer.in_channels > 1:
         # (one input channel and groups = 1 is an ordinary dense conv: its N×k kernel still compresses)
