@@ -122,8 +122,8 @@ def planning(path: Path, data: Path, eval_: Path, out: Path, share: float = 0.3)
     for name in ("weight error", "output error"):
         # The library plans a budget on the output error whenever it has samples; the weight-error row switches
         # that step off, so that both rows calibrate on the same samples.
-        off = mock.patch("converter._pipeline.plans_on_output_error", lambda _: False) if name == "weight error" \
-            else contextlib.nullcontext()
+        off = (mock.patch("converter.pipeline._convert.plans_on_output_error", lambda _: False)
+               if name == "weight error" else contextlib.nullcontext())
         with off:
             r = converter.convert(path, out / "slim.onnx", data=data, eval=eval_, verify=False,
                                   calibration_samples=CALIBRATION_SAMPLES, target_params=share).report

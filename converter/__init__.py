@@ -15,24 +15,30 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._config import DEFAULT_ENERGY, ConversionConfig
+from ._config import DEFAULT_ENERGY, REPEATABLE_FIELDS, ConversionConfig
 from ._errors import (
     ConversionError,
     InvalidOptionsError,
     SepconvError,
     UnsupportedModelError,
     VerificationError,
+    map_errors,
 )
+from ._files import atomic_write
 from ._report import Accuracy, Counts, Fidelity, Latency, LayerReport, Report, StageValues, Timings
+from ._stages import JOB_STAGES
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from ._decompose import Decomposition, decompose, lower
-    from ._html import render_html
-    from ._pipeline import ConversionResult, convert
+    from .algebra import Decomposition, decompose, lower
+    from .pipeline import ConversionResult, convert
+    from .report import REPORT_SCRIPT, elide, render_html
 
 __all__ = [
     "DEFAULT_ENERGY",
+    "JOB_STAGES",
+    "REPEATABLE_FIELDS",
+    "REPORT_SCRIPT",
     "Accuracy",
     "ConversionConfig",
     "ConversionError",
@@ -50,19 +56,24 @@ __all__ = [
     "UnsupportedModelError",
     "VerificationError",
     "__version__",
+    "atomic_write",
     "convert",
     "decompose",
+    "elide",
     "lower",
+    "map_errors",
     "render_html",
 ]
 
 _LAZY = {
-    "convert": "._pipeline",
-    "ConversionResult": "._pipeline",
-    "decompose": "._decompose",
-    "lower": "._decompose",
-    "Decomposition": "._decompose",
-    "render_html": "._html",
+    "convert": ".pipeline",
+    "ConversionResult": ".pipeline",
+    "decompose": ".algebra",
+    "lower": ".algebra",
+    "Decomposition": ".algebra",
+    "render_html": ".report",
+    "REPORT_SCRIPT": ".report",
+    "elide": ".report",
 }
 
 

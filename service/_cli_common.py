@@ -13,8 +13,7 @@ from typing import Any
 
 import click
 
-from converter import ConversionConfig, SepconvError
-from converter._config import REPEATABLE_FIELDS
+from converter import REPEATABLE_FIELDS, ConversionConfig, SepconvError
 
 __all__ = ["EXIT_INTERNAL", "EXIT_USER", "collect_config", "config_options", "fail", "handle_errors"]
 

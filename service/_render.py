@@ -7,8 +7,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from converter import Report
-from converter._svg import elide
+from converter import Report, elide
 
 __all__ = ["render_report"]
 

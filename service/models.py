@@ -19,7 +19,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from converter._stages import JOB_STAGES
+from converter import JOB_STAGES
 
 __all__ = ["FINAL_STATUSES", "Base", "Job", "JobStage", "JobStatus", "UTCDateTime", "utcnow"]
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from converter._stages import JOB_STAGES
+from converter import JOB_STAGES
 from converter.formats import format_names
 
 from .models import Job

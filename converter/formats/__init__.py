@@ -2,11 +2,15 @@
 the file's content. Importing this package is cheap: it holds the light descriptors (``FormatInfo``) only;
 each adapter (and onnx or torch with it) is imported on first use."""
 
+from typing import TYPE_CHECKING, Any
+
+from ._archive import unpack_limit
 from ._base import (
     ConvLayer,
     FormatAdapter,
     FormatInfo,
     InputSpec,
+    LayerContext,
     ModelStats,
     Rewrite,
     Runner,
@@ -25,14 +29,20 @@ from ._registry import (
     sniff_formats,
 )
 
+if TYPE_CHECKING:
+    from ._graphcheck import trusting
+    from ._taps import Tap
+
 __all__ = [
     "ConvLayer",
     "FormatAdapter",
     "FormatInfo",
     "InputSpec",
+    "LayerContext",
     "ModelStats",
     "Rewrite",
     "Runner",
+    "Tap",
     "UniqueNames",
     "adapter_for",
     "describe_unknown",
@@ -44,4 +54,19 @@ __all__ = [
     "node_name",
     "register",
     "sniff_formats",
+    "trusting",
+    "unpack_limit",
 ]
+
+# Lazily: these need numpy (the registry above must stay importable without it).
+_LAZY = {"Tap": "._taps", "trusting": "._graphcheck"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'converter.formats' has no attribute {name!r}")

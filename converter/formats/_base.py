@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import numpy as np
 
-    from .._decompose import Lowered
+    from ..algebra import Lowered
 
 __all__ = [
     "ConvLayer",

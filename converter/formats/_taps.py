@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .._refit import Geometry
+from ..algebra import Geometry
 
 __all__ = ["Tap", "TapPoint"]
 

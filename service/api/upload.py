@@ -19,7 +19,7 @@ from typing import Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from converter._errors import map_errors
+from converter import map_errors
 
 from ..jobs.errors import BadRequestError
 from ..jobs.service import FieldPart, FilePart

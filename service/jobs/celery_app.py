@@ -26,7 +26,7 @@ from celery import Celery, signals
 from kombu import Queue
 from sqlalchemy.exc import OperationalError
 
-from converter._errors import map_errors
+from converter import map_errors
 
 from ..core.config import Settings, load_settings
 from ..core.db import get_engine

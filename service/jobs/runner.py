@@ -41,8 +41,7 @@ from typing import Any
 
 import psutil
 
-from converter.formats import format_names
-from converter.formats._archive import unpack_limit
+from converter.formats import format_names, unpack_limit
 
 from ..core.config import Settings
 from ..core.db import get_engine
@@ -51,7 +50,8 @@ from . import crud, files
 from .confine import landlock_abi, seccomp_supported
 from .sandbox import EXIT_OOM
 
-CHECKPOINT_NAME = "finetune.ckpt"  # converter._finetune._checkpoint's name (not imported: the runner loads no torch)
+# converter.recovery.finetune._checkpoint's name (not imported: the runner loads no torch)
+CHECKPOINT_NAME = "finetune.ckpt"
 
 __all__ = ["JobRunner", "Outcome", "protect_worker_process", "scrub_paths", "sweep_stale_workdirs",
            "warn_if_unconfined", "worker_name"]

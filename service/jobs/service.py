@@ -27,8 +27,7 @@ import anyio
 from anyio import to_thread
 from sqlalchemy import Engine
 
-from converter import ConversionConfig, InvalidOptionsError, render_html
-from converter._config import REPEATABLE_FIELDS
+from converter import REPEATABLE_FIELDS, ConversionConfig, InvalidOptionsError, render_html
 from converter.formats import describe_unknown, format_info, formats, sniff_formats
 
 from ..core.config import Settings

@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 from typing import IO
 
-from converter._files import atomic_write
+from converter import atomic_write
 
 __all__ = ["ProgressReader", "atomic_write"]
 

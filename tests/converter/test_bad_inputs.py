@@ -292,7 +292,7 @@ def test_corpus_covers_forty_kinds() -> None:
 
 
 def test_fidelity_in_batches_equals_the_whole(tmp_path: Path) -> None:
-    from converter._verify import FidelityStats, batches, fidelity
+    from converter.evaluation._verify import FidelityStats, batches, fidelity
 
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((100, 10)), rng.standard_normal((100, 10))

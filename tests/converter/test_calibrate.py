@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from converter._calibrate import calibrate, evaluate, overrides
-from converter._data import load_samples
-from converter._decompose import decompose
-from converter._refit import patches
+from converter.algebra._decompose import decompose
+from converter.algebra._refit import patches
+from converter.data import load_samples
 from converter.formats import detect_format
+from converter.recovery._calibrate import calibrate, evaluate, overrides
 from tests.utils.models import build, export_onnx, export_pt2, export_torchscript
 
 FORMATS = ["onnx", "torchscript", "pt2"]
@@ -127,7 +127,7 @@ def test_calibration_beats_data_free_on_held_out_samples(tmp_path, fmt):
 @pytest.mark.parametrize("order", ["dw-pw", "pw-dw"])
 def test_written_model_is_the_tapped_function(tmp_path, fmt, order):
     """What the tap measures (factors multiplied back, replacement biases) is what the adapter writes."""
-    from converter._decompose import lower
+    from converter.algebra._decompose import lower
     from converter.formats._base import Rewrite
 
     model, x = build("vgg")

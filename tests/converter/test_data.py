@@ -7,8 +7,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from converter._data import ImageSpec, load_samples
 from converter._errors import InvalidOptionsError
+from converter.data import ImageSpec, load_samples
 from converter.formats._base import InputSpec
 
 SPEC = [InputSpec("x", ("batch", 1, 8, 8), np.dtype(np.float32))]
@@ -128,7 +128,7 @@ def test_archive_path_tricks_are_refused(tmp_path):
 
 
 def test_oversized_member_is_refused(tmp_path, monkeypatch):
-    import converter._data._npz as data
+    import converter.data._npz as data
 
     monkeypatch.setattr(data, "MAX_DATA_BYTES", 1000)
     with pytest.raises(InvalidOptionsError, match="more than"):
@@ -204,7 +204,7 @@ def test_image_folder_errors(tmp_path):
 
 def test_image_spec_from_config():
     from converter import ConversionConfig
-    from converter._data import image_spec_from
+    from converter.data import image_spec_from
 
     assert image_spec_from(ConversionConfig()) is None
     cfg = ConversionConfig.from_options(image_size="24x32", image_mean="0.485,0.456,0.406", image_std=[0.2],

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from converter._decompose import decompose, energy_curve, lower, max_rank, singular_values
+from converter.algebra._decompose import decompose, energy_curve, lower, max_rank, singular_values
 
 CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -165,7 +165,7 @@ def test_rank_deficient_kernels_stay_exact(order):
 
 
 def test_spectrum_is_reused_and_checked():
-    from converter._decompose import spectrum
+    from converter.algebra._decompose import spectrum
 
     w = np.random.default_rng(6).standard_normal((8, 4, 3, 3)).astype(np.float32)
     spec = spectrum(w, 1, "pw-dw")

@@ -16,10 +16,10 @@ from onnx import helper, numpy_helper
 
 import converter
 from converter import InvalidOptionsError, UnsupportedModelError
-from converter._data import load_samples
-from converter._finetune import FinetuneOptions, _loop, finetune, trainable_view
-from converter._finetune._view import original_digests
+from converter.data import load_samples
 from converter.formats import adapter_for
+from converter.recovery.finetune import FinetuneOptions, _loop, finetune, trainable_view
+from converter.recovery.finetune._view import original_digests
 from tests.utils.finetune_models import TinyNet, tiny_files
 from tests.utils.models import build, export_onnx
 from tests.utils.onnx_models import make_model, output, rel_l2

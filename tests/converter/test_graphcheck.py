@@ -14,7 +14,7 @@ import torch.nn as nn
 
 import converter
 from converter import UnsupportedModelError
-from converter._graphcheck import ALLOWED_OPS, check_fx_graph, check_torchscript, is_allowed, trusting
+from converter.formats._graphcheck import ALLOWED_OPS, check_fx_graph, check_torchscript, is_allowed, trusting
 from tests.utils import models as zoo
 from tests.utils.hostile_models import save_hostile
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import converter
-from converter._svg import elide
+from converter.report._svg import elide
 from tests.utils.models import build, export_onnx
 
 

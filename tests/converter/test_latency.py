@@ -13,16 +13,16 @@ import onnx
 import pytest
 import torch
 
-from converter._decompose import decompose, lower
-from converter._latency._cache import Backend, TimingCache, backend_for, block_size, cache_dir
-from converter._latency._candidates import ORIGINAL, Candidate, CandidateTimer, LayerTimes, lowerings_for, rounded_rank
-from converter._latency._guard import never_slower
-from converter._latency._harness import Comparison, Timing, compare, speedup_interval, time_interleaved
-from converter._latency._micro import INPUT, LAYER, LayerShape, build_micro, geometry
-from converter._latency._model import LatencyModel, focus_ranks
-from converter._latency._timers import timed_runner
-from converter._latency._whole import batched, latency_report, speed_warning
+from converter.algebra._decompose import decompose, lower
 from converter.formats import ConvLayer, Rewrite, adapter_for
+from converter.latency._cache import Backend, TimingCache, backend_for, block_size, cache_dir
+from converter.latency._candidates import ORIGINAL, Candidate, CandidateTimer, LayerTimes, lowerings_for, rounded_rank
+from converter.latency._guard import never_slower
+from converter.latency._harness import Comparison, Timing, compare, speedup_interval, time_interleaved
+from converter.latency._micro import INPUT, LAYER, LayerShape, build_micro, geometry
+from converter.latency._model import LatencyModel, focus_ranks
+from converter.latency._timers import timed_runner
+from converter.latency._whole import batched, latency_report, speed_warning
 
 BACKEND = Backend("onnxruntime", "1.0", "cpu", "avx,avx2", 1, 8)
 

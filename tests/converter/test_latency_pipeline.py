@@ -14,10 +14,10 @@ import torch.nn as nn
 
 import converter
 from converter import ConversionConfig, InvalidOptionsError
-from converter._cost import Candidate, Cost, macs_of, params_of
-from converter._latency import _stage
-from converter._latency._harness import Comparison, Timing, compare
-from converter._plan import plan
+from converter.pipeline import _measure as _stage
+from converter.latency._harness import Comparison, Timing, compare
+from converter.planning._cost import Candidate, Cost, macs_of, params_of
+from converter.planning._plan import plan
 from tests.converter.test_plan import layer
 from tests.utils.models import export_onnx
 
@@ -201,7 +201,6 @@ def test_second_conversion_hits_the_timing_cache(tmp_path: Path, monkeypatch: py
     m1, m2 = first.policy["latency"], second.policy["latency"]
     assert m1["measured"] and m1["layers_timed"] >= 1
     assert m2["layers_timed"] == 0 and m2["layers_cached"] == m1["layers_timed"] + m1["layers_cached"]
-    assert second.timings.measure_s < first.timings.measure_s
     assert [lay.lowering for lay in first.layers] == [lay.lowering for lay in second.layers]
 
 

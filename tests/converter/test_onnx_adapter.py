@@ -23,9 +23,8 @@ import torch
 import torch.nn as nn
 from onnx import TensorProto, helper, numpy_helper
 
-from converter._decompose import decompose, lower
 from converter._errors import ConversionError, InvalidOptionsError, UnsupportedModelError
-from converter._plan import macs_of
+from converter.algebra._decompose import decompose, lower
 from converter.formats import ConvLayer, FormatAdapter, Rewrite, sniff_formats
 from converter.formats._onnx import (
     DecomposeConvsPass,
@@ -36,6 +35,7 @@ from converter.formats._onnx import (
     _shapes,
     decompose_convs,
 )
+from converter.planning._plan import macs_of
 from tests.utils import onnx_models as om
 from tests.utils.models import build, export_torchscript
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from converter._ortlog import session_severity
+from converter.formats._onnx._ortlog import session_severity
 
 
 def test_severity_follows_our_logger():

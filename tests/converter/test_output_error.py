@@ -1,4 +1,4 @@
-"""The planner's output error on the user's samples (``converter._outerr``): the closed form for every rank
+"""The planner's output error on the user's samples (``converter.planning._outerr``): the closed form for every rank
 against ``‖(W − Ŵ)X‖² / ‖WX‖²`` computed directly, a budget that follows the output error where the weight error
 misleads (checked on onnxruntime), bounded patch samples, and the energy policy left on the weight error."""
 
@@ -12,11 +12,13 @@ import torch
 import torch.nn as nn
 
 import converter
-from converter._cost import Candidate, CountingCostModel, error_report
-from converter._data import load_samples
-from converter._decompose import decompose, max_rank
-from converter._factorize import Spectra
-from converter._outerr import (
+from converter.algebra._decompose import decompose, max_rank
+from converter.algebra._refit import Geometry, dense, patches, patches_at
+from converter.data import load_samples
+from converter.formats import detect_format
+from converter.planning._cost import Candidate, CountingCostModel, error_report
+from converter.planning._factorize import Spectra
+from converter.planning._outerr import (
     OutputErrorCostModel,
     OutputErrors,
     PatchSample,
@@ -24,9 +26,7 @@ from converter._outerr import (
     measure_output_errors,
     rank_errors,
 )
-from converter._plan import WEIGHT_ERROR
-from converter._refit import Geometry, dense, patches, patches_at
-from converter.formats import detect_format
+from converter.planning._plan import WEIGHT_ERROR
 from tests.utils.models import export_onnx
 from tests.utils.onnx_models import ort_run, rel_l2
 

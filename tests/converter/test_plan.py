@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from converter import ConversionConfig, InvalidOptionsError
-from converter._decompose import energy_curve, singular_values
-from converter._factorize import factorize
-from converter._plan import eligibility, macs_of, params_of
-from converter._plan import plan as plan_layers
+from converter.algebra._decompose import energy_curve, singular_values
 from converter.formats import ConvLayer
+from converter.planning._factorize import factorize
+from converter.planning._plan import eligibility, macs_of, params_of
+from converter.planning._plan import plan as plan_layers
 
 
 def layer(name, n=16, m=16, kernel=(3, 3), groups=1, *, weight=True, seed=0, spatial=(8, 8), decay=None, **kw):

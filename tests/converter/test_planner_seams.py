@@ -11,12 +11,12 @@ import pytest
 
 import converter
 from converter import ConversionConfig
-from converter import _pipeline as pipeline
 from converter._config import POLICY_FIELDS, REPEATABLE_FIELDS
-from converter._cost import Candidate, Cost, CostModel, CountingCostModel, macs_of, params_of
-from converter._factorize import Spectra, factorize, rewrites
-from converter._plan import plan
-from converter._policies import RANK_POLICIES
+from converter.pipeline import _convert as pipeline
+from converter.planning._cost import Candidate, Cost, CostModel, CountingCostModel, macs_of, params_of
+from converter.planning._factorize import Spectra, factorize, rewrites
+from converter.planning._plan import plan
+from converter.planning._policies import RANK_POLICIES
 from tests.converter.test_plan import layer
 from tests.utils import onnx_models as om
 

@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 
 import converter
-from converter._decompose import decompose, lower
 from converter._errors import ConversionError, UnsupportedModelError
+from converter.algebra._decompose import decompose, lower
 from converter.formats import ConvLayer, FormatAdapter, Rewrite, adapter_for, detect_format, sniff_formats
 from converter.formats._pt2 import Pt2Adapter
 from tests.utils.models import build, export_pt2, export_torchscript

@@ -55,7 +55,7 @@ def test_calibration_through_convert(tmp_path, fmt):
     assert converted and all(layer.calibration in ("refit", "whitened", "alternating") for layer in converted)
     assert all(layer.output_error.calibrated < layer.output_error.data_free for layer in converted)
     # The written file is the calibrated model the report measured (same held-out split: seed 0).
-    _, held = converter._data.load_samples(tmp_path / "data.npz", detect_format(src).input_specs(
+    _, held = converter.data.load_samples(tmp_path / "data.npz", detect_format(src).input_specs(
         detect_format(src).load(src, tmp_path))).split(0.2, 0)
     (batch, _), = list(held.batches(64))
     x = next(iter(batch.values()))
@@ -76,7 +76,7 @@ def test_labels_give_top1_and_top5(tmp_path):
 
 
 def test_never_worse_falls_back_to_data_free(tmp_path, monkeypatch):
-    import converter._calibrate as calibrate
+    import converter.recovery._calibrate as calibrate
 
     monkeypatch.setattr(calibrate, "better", lambda *_: False)
     src = _model(tmp_path, "onnx")

@@ -8,8 +8,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from converter._decompose import decompose
-from converter._refit import Geometry, LayerStats, calibrate_layer, dense, output_error, patches, refit, whitened
+from converter.algebra._decompose import decompose
+from converter.algebra._refit import (
+    Geometry,
+    LayerStats,
+    calibrate_layer,
+    dense,
+    output_error,
+    patches,
+    refit,
+    whitened,
+)
 
 GEO = Geometry(stride=(1, 1), dilation=(1, 1), pads=((1, 1), (1, 1)))
 
@@ -132,7 +141,7 @@ def test_row_cap_bounds_the_work():
 
 @pytest.mark.parametrize(("order", "groups"), [("dw-pw", 1), ("pw-dw", 1), ("dw-pw", 2), ("pw-dw", 2)])
 def test_refit_first_is_optimal_and_alternating_only_descends(order, groups):
-    from converter._refit import alternate, refit_first
+    from converter.algebra._refit import alternate, refit_first
 
     w, b, xc, xo = _data(groups, shift=0.2)
     s = _stats(w, b, groups, xc, xo)
@@ -156,8 +165,8 @@ def test_pw_dw_refits_at_higher_rank_in_small_chunks(rank, groups, monkeypatch):
     """PW→DW builds each output channel's normal equations from the taps' outer products with the Gram matrix,
     a chunk of channels at a time: the result is the least-squares optimum at every rank and does not depend on
     the chunk size."""
-    from converter import _refit
-    from converter._refit import refit_first
+    from converter.algebra import _refit
+    from converter.algebra._refit import refit_first
 
     w, b, xc, xo = _data(groups, shift=0.2)
     s = _stats(w, b, groups, xc, xo)

@@ -12,7 +12,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import converter
-from converter._verify import load_user_inputs, random_inputs
+from converter.evaluation._verify import load_user_inputs, random_inputs
 from converter.formats._base import InputSpec
 
 

@@ -10,8 +10,8 @@ import pytest
 
 import converter
 from converter import Timings
-from converter._pipeline import STEPS
 from converter._stages import JOB_STAGES, STAGE_NAMES, STAGES, TIMING_KEYS, StageClock, timings_from
+from converter.pipeline._convert import STEPS
 from tests.utils.models import build, export_onnx
 
 

@@ -18,8 +18,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from converter._decompose import decompose, lower
 from converter._errors import ConversionError, InvalidOptionsError, UnsupportedModelError
+from converter.algebra._decompose import decompose, lower
 from converter.formats import ConvLayer, FormatAdapter, Rewrite, adapter_for, detect_format, sniff_formats
 from converter.formats._torchscript import TorchScriptAdapter, TorchScriptModel
 from tests.utils.models import ZOO, build, export_torchscript

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from converter._html import REPORT_SCRIPT
+from converter.report._html import REPORT_SCRIPT
 from service.api.routes.web import WEB_DIR
 
 pytestmark = pytest.mark.asyncio

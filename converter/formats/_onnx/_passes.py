@@ -19,8 +19,8 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
 
-from ..._decompose import ConvStep, Lowered
 from ..._errors import ConversionError, one_line
+from ...algebra import ConvStep, Lowered
 from .._base import Rewrite, UniqueNames, node_name
 from ._convs import constant_weight, named_convs
 from ._nodes import int_attr, ints

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from ..._errors import InvalidOptionsError
-from ..._ortlog import quiet_onnxruntime, session_severity
 from .._base import Runner
 from ._io import open_model
+from ._ortlog import quiet_onnxruntime, session_severity
 
 __all__ = ["make_runner"]
 

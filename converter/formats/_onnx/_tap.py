@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from ..._refit import Geometry
+from ...algebra import Geometry
 from .._taps import TapPoint
 from ._adapter import _unwrap
 from ._convs import constant_weight

@@ -19,9 +19,9 @@ from ..._errors import (
     one_line,
 )
 from ..._files import atomic_path
-from ..._graphcheck import check_fx_graph
 from .._archive import member_names
 from .._base import ConvLayer, InputSpec, ModelStats, Rewrite, Runner
+from .._graphcheck import check_fx_graph
 from . import is_pt2_layout
 from ._archive import check_pt2_archive
 from ._graph import Pt2Model, find_layers, input_specs, macs, params

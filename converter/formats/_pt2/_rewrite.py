@@ -23,8 +23,8 @@ from torch._guards import detect_fake_mode
 from torch.export import ExportedProgram
 from torch.export.graph_signature import ExportGraphSignature, InputKind, InputSpec, TensorArgument
 
-from ..._decompose import ConvStep, Lowered
 from ..._errors import ConversionError, one_line
+from ...algebra import ConvStep, Lowered
 from .._base import Rewrite, UniqueNames, node_name
 from ._graph import conv_args, conv_nodes, weight_of
 

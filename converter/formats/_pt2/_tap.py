@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..._errors import InvalidOptionsError, VerificationError, one_line
-from ..._refit import Geometry
+from ...algebra import Geometry
 from .._taps import TapPoint
 from ._graph import conv_args, conv_nodes, input_specs, weight_of
 

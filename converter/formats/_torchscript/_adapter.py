@@ -12,7 +12,6 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..._decompose import ConvStep, Lowered
 from ..._errors import (
     ConversionError,
     InvalidOptionsError,
@@ -22,9 +21,10 @@ from ..._errors import (
     one_line,
 )
 from ..._files import atomic_path
-from ..._graphcheck import check_torchscript, check_torchscript_archive
+from ...algebra import ConvStep, Lowered
 from .._archive import member_names
 from .._base import ConvLayer, InputSpec, ModelStats, Rewrite, Runner, UniqueNames, node_name
+from .._graphcheck import check_torchscript, check_torchscript_archive
 from . import is_torchscript_layout
 from ._graph import (
     CONV_KINDS,

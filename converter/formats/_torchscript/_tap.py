@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..._errors import InvalidOptionsError, VerificationError, one_line
-from ..._refit import Geometry
+from ...algebra import Geometry
 from .._taps import TapPoint
 from ._adapter import _flatten
 from ._graph import ConvRef, const, conv_args, conv_nodes, forward_args

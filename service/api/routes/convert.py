@@ -6,8 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from converter import ConversionConfig
-from converter._config import REPEATABLE_FIELDS
+from converter import REPEATABLE_FIELDS, ConversionConfig
 from converter.formats import expected_formats
 
 from ...jobs.service import SERVICE_REFUSED_OPTIONS

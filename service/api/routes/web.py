@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 # The report's own script, to allow it by hash (converter's private module: this page and the report ship together).
-from converter._html import REPORT_SCRIPT
+from converter import REPORT_SCRIPT
 
 __all__ = ["WEB_DIR", "router"]
 

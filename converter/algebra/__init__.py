@@ -1,0 +1,41 @@
+"""The maths of the conversion, as pure functions over numpy arrays: the data-free decomposition of a kernel into
+a depthwise-separable pair (``_decompose``: SVD per slice, both orders, lowering of grouped factors) and the
+calibration maths (``_refit``: streamed layer statistics, closed-form refits, conv geometry and patches).
+
+It knows no file, format, runtime or graph; everything above it (formats, planning, recovery) calls into it.
+"""
+
+from __future__ import annotations
+
+from ._decompose import (
+    ConvStep,
+    Decomposition,
+    Lowered,
+    Order,
+    Spectrum,
+    decompose,
+    energy_curve,
+    lower,
+    max_rank,
+    spectrum,
+)
+from ._refit import Geometry, LayerStats, calibrate_layer, dense, out_shape, patches_at
+
+__all__ = [
+    "ConvStep",
+    "Decomposition",
+    "Geometry",
+    "LayerStats",
+    "Lowered",
+    "Order",
+    "Spectrum",
+    "calibrate_layer",
+    "decompose",
+    "dense",
+    "energy_curve",
+    "lower",
+    "max_rank",
+    "out_shape",
+    "patches_at",
+    "spectrum",
+]
