@@ -109,7 +109,7 @@ def test_record_fields_are_owned_by_their_stages(tmp_path):
     with pytest.raises(StageOrderError, match="read before load set it"):
         _ = c.adapter
     c.stage = "plan"
-    with pytest.raises(StageOrderError, match="the plan stage wrote Conversion.adapter"):
+    with pytest.raises(StageOrderError, match=r"the plan stage wrote Conversion\.adapter"):
         c.adapter = object()
     c.stage = "load"
     c.device = "cpu"
