@@ -375,7 +375,8 @@ def convert(
                                 data_path=Path(data) if data is not None else None,
                                 eval_path=Path(eval) if eval is not None else None,
                                 checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None)
-        return _run(conversion, progress)
+        with trusting(cfg.trust_model):  # every load of the user's file, verification's and timing's included
+            return _run(conversion, progress)
 
 
 def _run(c: Conversion, progress: ProgressCallback | None) -> ConversionResult:

@@ -92,11 +92,16 @@ def _torch(adapter: FormatAdapter, path: Path, threads: int, device: str,
     if device == "cuda" and not torch.cuda.is_available():
         raise InvalidOptionsError("device 'cuda' was asked, but torch sees no CUDA device")
     torch.set_num_threads(threads)
+    # The same checked loads as the adapters' (the file may be the user's original).
     if adapter.name == "pt2":
-        module = torch.export.load(str(path)).module()
+        from ..formats._pt2._adapter import _load as load_pt2
+
+        module = load_pt2(Path(path)).module()
         names = list(inputs)
     else:
-        module = torch.jit.load(str(path), map_location=device).eval()
+        from .._graphcheck import load_torchscript
+
+        module = load_torchscript(Path(path), device).eval()
         try:
             names = [a.name for a in module.forward.schema.arguments[1:]]
         except (AttributeError, RuntimeError):

@@ -22,7 +22,7 @@ from ..._errors import (
     one_line,
 )
 from ..._files import atomic_path
-from ..._graphcheck import check_torchscript, check_torchscript_archive
+from ..._graphcheck import load_torchscript
 from .._archive import member_names
 from .._base import ConvLayer, InputSpec, ModelStats, Rewrite, Runner, UniqueNames, node_name
 from . import is_torchscript_layout
@@ -200,6 +200,19 @@ def _flatten(value: Any, refuse: Callable[[Any], Exception] = _not_tensors) -> l
     raise refuse(value)
 
 
+def _load(path: Path, device: str) -> torch.jit.ScriptModule:
+    """``_graphcheck.load_torchscript`` (archive and graph checks around ``torch.jit.load``'s two steps), in
+    eval mode; torch's errors as one line."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return load_torchscript(Path(path), device).eval()
+    except UnsupportedModelError:
+        raise
+    except Exception as e:  # torch raises RuntimeError, ValueError, pickle and zip errors alike
+        raise UnsupportedModelError(f"TorchScript file could not be loaded: {one_line(e, 200)}") from e
+
+
 # --- the adapter -----------------------------------------------------------------------------------------------
 
 
@@ -228,14 +241,7 @@ class TorchScriptAdapter:
             UnsupportedModelError: the file cannot be loaded or frozen (corrupt, truncated, not TorchScript), or
                 its graph holds an op outside the allowlist.
         """
-        check_torchscript_archive(path)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                loaded = torch.jit.load(str(path), map_location="cpu").eval()
-        except Exception as e:  # torch raises RuntimeError, ValueError, pickle and zip errors alike
-            raise UnsupportedModelError(f"TorchScript file could not be loaded: {one_line(e, 200)}") from e
-        check_torchscript(loaded)  # before freezing: its constant propagation runs ops
+        loaded = _load(path, "cpu")  # checked before freezing: its constant propagation runs ops
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -356,10 +362,7 @@ class TorchScriptAdapter:
         """
         if threads:
             torch.set_num_threads(threads)
-        try:
-            module = torch.jit.load(str(path), map_location=device).eval()
-        except Exception as e:  # as in load
-            raise UnsupportedModelError(f"TorchScript file could not be loaded: {one_line(e, 200)}") from e
+        module = _load(path, device)
         args = specs(module)
 
         def run(inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
