@@ -28,7 +28,7 @@ from ._config import ConversionConfig
 from ._cost import CostModel, CountingCostModel
 from ._data import Samples, image_spec_from, load_samples
 from ._device import resolve_device
-from ._errors import ConversionError, InvalidOptionsError, map_errors
+from ._errors import ConversionError, InvalidOptionsError, SepconvError, map_errors
 from ._factorize import Factors, Spectra, factorize, rewrites
 from ._graphcheck import trusting
 from ._latency._stage import guard_step, measure_step, verify_step
@@ -327,6 +327,7 @@ def convert(
     eval: str | Path | None = None,
     progress: ProgressCallback | None = None,
     checkpoint_dir: str | Path | None = None,
+    sandbox: bool | None = None,
     **options: Any,
 ) -> ConversionResult:
     """Convert a CNN's eligible convolutions into depthwise-separable pairs and report on the result.
@@ -347,6 +348,11 @@ def convert(
             detail)`` if it takes a third parameter); see ``converter._stages``.
         checkpoint_dir: where a fine-tune (``recover="finetune"``) keeps its checkpoint; run again with the same
             folder and inputs, an interrupted fine-tune resumes instead of starting over.
+        sandbox: where a model whose format carries code (TorchScript, ``.pt2``) is loaded and converted. None
+            (the default): unless ``trust_model``, in the service's confined child process (Landlock, socket
+            filter, PID namespace, memory/time limits; ``service.jobs.local``), as the CLI does; refused on a
+            kernel without Landlock unless ``SEPCONV_ALLOW_UNCONFINED_CODE=1``. False: in this process (for a
+            caller that confines itself, like the service's sandbox). Formats without code always run here.
         **options: any ``ConversionConfig`` field, e.g. ``rank=2``, ``order="dw-pw"``, ``device="cuda"``.
 
     Returns:
@@ -371,12 +377,35 @@ def convert(
         dest = Path(output) if output is not None else None
         if dest is not None and dest.resolve() == src.resolve():
             raise InvalidOptionsError("the output path is the input model; choose another")
+        if (SANDBOX_BY_DEFAULT if sandbox is None else sandbox) and not cfg.trust_model and _carries_code(src):
+            from service.jobs.local import convert_confined  # the same distribution; loaded only for such models
+
+            return convert_confined(src, dest, config=cfg, inputs=_path(inputs), data=_path(data),
+                                    eval=_path(eval), checkpoint_dir=_path(checkpoint_dir), progress=progress)
         conversion = Conversion(cfg, src, dest, Path(inputs) if inputs is not None else None, work,
                                 data_path=Path(data) if data is not None else None,
                                 eval_path=Path(eval) if eval is not None else None,
                                 checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None)
         with trusting(cfg.trust_model):  # every load of the user's file, verification's and timing's included
             return _run(conversion, progress)
+
+
+#: Whether ``convert(sandbox=None)`` confines code-carrying formats (the test suite turns it off for speed and
+#: runs the confined path in its own tests).
+SANDBOX_BY_DEFAULT = True
+
+
+def _carries_code(src: Path) -> bool:
+    from .formats import detect_format, format_info
+
+    try:
+        return format_info(detect_format(src).name).carries_code
+    except SepconvError:
+        return False  # undetected: the in-process load says what is wrong, and loads nothing
+
+
+def _path(p: str | Path | None) -> Path | None:
+    return Path(p) if p is not None else None
 
 
 def _run(c: Conversion, progress: ProgressCallback | None) -> ConversionResult:

@@ -98,7 +98,8 @@ def is_memory_error(e: BaseException | None) -> bool:
     return False
 
 
-def _confine(parent: int, memory_mb: int, max_file_bytes: int) -> tuple[str, Confinement, bool]:
+def _confine(parent: int, memory_mb: int, max_file_bytes: int, read_only: list[str] | None = None,
+             read_write: list[str] | None = None) -> tuple[str, Confinement, bool]:
     libc = ctypes.CDLL(None, use_errno=True)
     pid_namespace = libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET | _CLONE_NEWPID) == 0
     network = "isolated" if pid_namespace or libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) == 0 else "shared"
@@ -111,7 +112,9 @@ def _confine(parent: int, memory_mb: int, max_file_bytes: int) -> tuple[str, Con
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         os._exit(1)  # Landlock and seccomp need it; never run a model without
     os.umask(0o077)
-    confinement = confine(Path.cwd())  # the runner starts us in the job folder
+    # The runner starts us in the job folder; the CLI's and library's run (service.jobs.local) also names the
+    # user's files (read-only) and checkpoint folder (read-write).
+    confinement = confine(Path.cwd(), read_only or (), read_write or ())
     if confinement.seccomp:
         network = "isolated"  # no socket can be made at all
     _limit(resource.RLIMIT_AS, memory_mb * 1024 * 1024)
@@ -230,7 +233,7 @@ def _convert(spec: dict[str, Any], channel: _Channel, confinement: Confinement) 
     out_dir.mkdir(exist_ok=True)
     result = converter.convert(
         model, out_dir / f"model{adapter.suffix}", config=config, inputs=spec.get("inputs"),
-        data=spec.get("data"), eval=spec.get("eval"), checkpoint_dir=spec.get("checkpoint_dir"),
+        data=spec.get("data"), eval=spec.get("eval"), checkpoint_dir=spec.get("checkpoint_dir"), sandbox=False,
         progress=lambda stage, fraction, detail: channel.emit(event="progress", stage=stage, progress=fraction,
                                                               detail=detail))
     Path(spec["report"]).write_text(result.report.model_dump_json())
@@ -242,7 +245,8 @@ def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[1]).read_text())
     channel = _Channel(int(argv[2]))
     network, confinement, pid_namespace = _confine(int(spec["parent_pid"]), int(spec["memory_mb"]),
-                                                   int(spec["max_file_bytes"]))
+                                                   int(spec["max_file_bytes"]), spec.get("read_only"),
+                                                   spec.get("read_write"))
     pid_namespace = _fork_contained(pid_namespace, int(argv[2]))
     channel.emit(event="sandbox", network=network, landlock=confinement.landlock_abi, seccomp=confinement.seccomp,
                  pid_namespace=pid_namespace)
