@@ -49,7 +49,7 @@ from typing import Any
 from ._errors import UnsupportedModelError
 
 __all__ = ["ALLOWED_OPS", "check_fx_graph", "check_torchscript", "check_torchscript_archive", "is_allowed",
-           "load_torchscript", "trusting"]
+           "is_trusted", "load_torchscript", "trusting"]
 
 # Tensor math CNNs use (base names; an in-place ``name_`` is allowed when ``name`` is).
 _TENSOR_MATH = """
@@ -127,6 +127,11 @@ def is_allowed(kind: str) -> bool:
     # In-place variants of allowed ops (``relu_``), but never an in-place-only name (``set_``).
     return namespace == "aten" and name.endswith("_") and not name.endswith("__") and f"aten::{name[:-1]}" in \
         ALLOWED_OPS
+
+
+def is_trusted() -> bool:
+    """Whether the model being loaded is trusted (inside ``trusting(True)``): its code checks are skipped."""
+    return _trusted.get()
 
 
 @contextlib.contextmanager
