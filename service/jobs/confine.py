@@ -107,8 +107,8 @@ def seccomp_supported() -> bool:
 
 def confine(workdir: Path, read_only: Iterable[str | Path] = (), read_write: Iterable[str | Path] = ()) -> Confinement:
     """Confine this process (and what it starts) for good: ``workdir`` and ``read_write`` read-write, the paths
-    Python needs and ``read_only`` read-only, no sockets. ``PR_SET_NO_NEW_PRIVS`` must already be set. Applies what the kernel
-    offers and reports it; never raises for a missing feature.
+    Python needs and ``read_only`` read-only, no sockets. ``PR_SET_NO_NEW_PRIVS`` must already be set. Applies
+    what the kernel offers and reports it; never raises for a missing feature.
 
     Raises:
         OSError: the kernel offers Landlock but refused the ruleset (a bug, not a missing feature).
