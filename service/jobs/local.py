@@ -74,6 +74,7 @@ def convert_confined(model: Path, output: Path | None, *, config: ConversionConf
     """
     memory_mb, timeout_s, allow_unconfined = _limits()
     model = Path(model).resolve()
+    _precheck(model)
     work = Path(tempfile.mkdtemp(prefix="sepconv-local-"))
     try:
         read_only = [str(Path(p).resolve()) for p in (model, inputs, data, eval) if p is not None]
@@ -120,6 +121,20 @@ def convert_confined(model: Path, output: Path | None, *, config: ConversionConf
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _precheck(model: Path) -> None:
+    """The archive checks, which read the zip and its JSON and run nothing of the model, here already: a file
+    they refuse is refused without starting the child (the child makes them again)."""
+    from converter._graphcheck import check_torchscript_archive
+    from converter.formats import detect_format
+    from converter.formats._pt2._archive import check_pt2_archive
+
+    name = detect_format(model).name
+    if name == "torchscript":
+        check_torchscript_archive(model)
+    elif name == "pt2":
+        check_pt2_archive(model)
 
 
 def _run(spec: dict[str, Any], work: Path, timeout_s: float, memory_mb: int,

@@ -7,6 +7,7 @@ attacker would, so every one is also a test that the static checks read the file
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import zipfile
@@ -47,14 +48,21 @@ def _rewrite_zip(src: Path, dest: Path, edit: Callable[[str, bytes], tuple[str, 
 # --- .pt2 --------------------------------------------------------------------------------------------------------
 
 
+_PT2_CACHE: dict[bool, bytes] = {}
+
+
 def save_pt2(dest: Path, *, dynamic: bool = False) -> Path:
-    torch.manual_seed(0)
-    x = torch.randn(2, 3, 8, 8)
-    shapes = None
-    if dynamic:
-        h = torch.export.Dim("H", min=4, max=64)
-        shapes = {"x": {0: torch.export.Dim("B", min=1, max=16), 2: h, 3: h}}
-    torch.export.save(torch.export.export(SmallNet().eval(), (x,), dynamic_shapes=shapes), str(dest))
+    """SmallNet exported (batch and a square spatial size dynamic with ``dynamic``); exported once a process."""
+    if dynamic not in _PT2_CACHE:
+        torch.manual_seed(0)
+        x = torch.randn(2, 3, 8, 8)
+        shapes = None
+        if dynamic:
+            h = torch.export.Dim("H", min=4, max=64)
+            shapes = {"x": {0: torch.export.Dim("B", min=1, max=16), 2: h, 3: h}}
+        torch.export.save(torch.export.export(SmallNet().eval(), (x,), dynamic_shapes=shapes), str(dest))
+        _PT2_CACHE[dynamic] = dest.read_bytes()
+    dest.write_bytes(_PT2_CACHE[dynamic])
     return dest
 
 
@@ -212,3 +220,149 @@ def _run_python(script: str, dest: Path) -> None:
     src = dest.with_suffix(".build.py")
     src.write_text(script)
     subprocess.run([sys.executable, str(src)], check=True, capture_output=True, cwd=dest.parent)
+
+
+# --- raw strides ---------------------------------------------------------------------------------------------------
+
+
+class _ReshapeAlias(nn.Module):
+    """``_reshape_alias`` with strides far outside the conv's output: reads and writes outside the tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.aten._reshape_alias(self.conv(x), [4096], [1 << 20])
+        return y.fill_(1.0).sum() + self.conv(x)
+
+
+def ts_reshape_alias(canary: Path, dest: Path) -> Path:
+    return save_torchscript(dest, _ReshapeAlias())
+
+
+class _Strided(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.as_strided(x, (2, 8), (8, 1)) * 2
+
+
+def pt2_as_strided(canary: Path, dest: Path) -> Path:
+    """An in-bounds ``as_strided`` exported, then edited to reach far outside its input."""
+    base = dest.with_suffix(".base.pt2")
+    torch.export.save(torch.export.export(_Strided(), (torch.randn(4, 4),)), str(base))
+
+    def change(program: dict) -> None:
+        for node in program["graph_module"]["graph"]["nodes"]:
+            if "as_strided" in node["target"]:
+                node["inputs"][1]["arg"]["as_ints"] = [4096]
+                node["inputs"][2]["arg"]["as_ints"] = [1 << 20]
+
+    return _edit_model_json(base, dest, change)
+
+
+# --- caps -----------------------------------------------------------------------------------------------------------
+
+
+def _declare_size(path: Path, member: str, size: int) -> Path:
+    """Patch a zip so that ``member`` declares ``size`` uncompressed bytes (a bomb's declaration, cheaply)."""
+    data = bytearray(path.read_bytes())
+    name = member.encode()
+    for sig, size_at in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        start = 0
+        while (i := data.find(sig, start)) >= 0:
+            start = i + 4
+            name_at = i + (30 if sig == b"PK\x03\x04" else 46)
+            n = int.from_bytes(data[i + (26 if sig == b"PK\x03\x04" else 28):][:2], "little")
+            if bytes(data[name_at:name_at + n]) == name:
+                data[i + size_at:i + size_at + 4] = size.to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def ts_zip_bomb(canary: Path, dest: Path) -> Path:
+    """A TorchScript archive with a member declaring 4 GiB (torch's reader allocates what is declared)."""
+    base = save_torchscript(dest.with_suffix(".base.pt"))
+    root = zipfile.ZipFile(base).namelist()[0].split("/")[0]
+    _rewrite_zip(base, dest, lambda n, d: (n, d), {f"{root}/extra/blob": b"\0" * 1024})
+    return _declare_size(dest, f"{root}/extra/blob", 0xFFFFFFF0)
+
+
+def pt2_zip_bomb(canary: Path, dest: Path) -> Path:
+    base = save_pt2(dest.with_suffix(".base.pt2"))
+    root = zipfile.ZipFile(base).namelist()[0].split("/")[0]
+    _rewrite_zip(base, dest, lambda n, d: (n, d), {f"{root}/extra/blob": b"\0" * 1024})
+    return _declare_size(dest, f"{root}/extra/blob", 0xFFFFFFF0)
+
+
+def npz_rows_2e40(dest: Path) -> Path:
+    """An ``.npz`` whose ``.npy`` header declares 2^40 rows of 3×32×32 floats (and holds a few bytes)."""
+    import numpy as np
+
+    header = {"descr": "<f4", "fortran_order": False, "shape": (2**40, 3, 32, 32)}
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    with zipfile.ZipFile(dest, "w") as z:
+        z.writestr("inputs.npy", buf.getvalue() + b"\0" * 64)
+    return dest
+
+
+def npz_bomb(dest: Path) -> Path:
+    """An ``.npz`` member declaring 4 GiB unpacked (and holding 1 KiB)."""
+    import numpy as np
+
+    np.savez_compressed(dest, inputs=np.zeros((1, 3, 32, 32), np.float32))
+    return _declare_size(dest, "inputs.npy", 0xFFFFFFF0)
+
+
+# --- ONNX ------------------------------------------------------------------------------------------------------------
+
+
+def _onnx_conv():
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 3, 3, 3)).astype(np.float32), "W")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1])], "g", [x], [y], [w])
+    return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def onnx_huge_initializer(canary: Path, dest: Path) -> Path:
+    """An initializer declaring 2^40 elements and holding 216 values."""
+    model = _onnx_conv()
+    del model.graph.initializer[0].dims[:]
+    model.graph.initializer[0].dims.extend([2**20, 2**20, 1, 1])
+    dest.write_bytes(model.SerializeToString())
+    return dest
+
+
+def onnx_sparse_external(canary: Path, dest: Path) -> Path:
+    """A sparse initializer whose values are 'stored' in a file outside the model's folder."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = _onnx_conv()
+    sparse = helper.make_sparse_tensor(numpy_helper.from_array(np.ones(2, np.float32), "S"),
+                                       numpy_helper.from_array(np.array([0, 1], np.int64), "S_idx"), [4])
+    sparse.values.data_location = TensorProto.EXTERNAL
+    del sparse.values.float_data[:]
+    sparse.values.external_data.add(key="location", value=str(canary.parent / "secret.bin"))
+    model.graph.sparse_initializer.append(sparse)
+    dest.write_bytes(model.SerializeToString())
+    return dest
+
+
+def onnx_external_outside(canary: Path, dest: Path) -> Path:
+    """A dense initializer whose data is 'stored' in a file outside the model's folder (``../``)."""
+    from onnx import TensorProto
+
+    model = _onnx_conv()
+    w = model.graph.initializer[0]
+    w.data_location = TensorProto.EXTERNAL
+    w.ClearField("raw_data")
+    w.ClearField("float_data")
+    w.external_data.add(key="location", value="../secret.bin")
+    dest.write_bytes(model.SerializeToString())
+    return dest
