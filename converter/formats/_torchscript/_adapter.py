@@ -354,7 +354,7 @@ class TorchScriptAdapter:
         return build_tap(self, model, layers, workdir, threads)
 
     def runner(self, path: Path, workdir: Path, threads: int | None, device: str = "cpu") -> tuple[Runner, str]:
-        """Load a saved module with plain ``torch.jit.load`` and run it under ``torch.inference_mode``; inputs
+        """Load a saved module (checked, as ``load`` does) and run it under ``torch.inference_mode``; inputs
         go to ``forward`` in its argument order, tuple and list outputs are flattened.
 
         Raises:
