@@ -110,8 +110,8 @@ def calibrate(
         stats = layer_stats(layer.weight, point.bias, layer.groups, point.geometry, dec, seed=seed + i)
         while True:  # factored statistics take a second pass over the same samples
             for batch, _ in samples.batches(batch_size):
-                _, orig = tap(batch, {}, [layer.name])
-                conv = tap(batch, done, [layer.name])[1] if done else orig
+                _, orig = tap(batch, {}, [layer.name], outputs=False)
+                conv = tap(batch, done, [layer.name], outputs=False)[1] if done else orig
                 result.passes += 2 if done else 1
                 stats.update(conv[layer.name], orig[layer.name])
             if not stats.next_pass():

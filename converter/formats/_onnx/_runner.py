@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,8 @@ def make_runner(path: Path, workdir: Path, threads: int | None, device: str = "c
     label = "onnxruntime-cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "onnxruntime-cpu"
     outputs = [o.name for o in session.get_outputs()]
 
-    def run(feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        return session.run(outputs, dict(feeds))
+    def run(feeds: Mapping[str, np.ndarray], names: Sequence[str] | None = None) -> list[np.ndarray]:
+        # ``names``: fetch only these outputs; onnxruntime then runs only the nodes they depend on
+        return session.run(list(names) if names is not None else outputs, dict(feeds))
 
     return run, label
