@@ -95,11 +95,13 @@ class _Space:
                 pg = pc[:, gi * self.c:(gi + 1) * self.c]  # [r, C, k]
                 # z[n, r, (s, t)] = Σ_m P[n, s, m] p[r, m, t]: one product per group, rows last for the Gram
                 z = (self.pw[gi].reshape(self.ng * kk, self.c) @ pg.transpose(1, 0, 2).reshape(self.c, -1))
-                z = z.reshape(self.ng, kk, rows, self.k).transpose(0, 2, 1, 3).reshape(self.ng, rows, kk * self.k)
-                zt = np.concatenate([z, np.ones((self.ng, rows, 1))], axis=2)  # [n, r, K·k + 1]
+                # features major, rows last and contiguous: each channel's Gram is one BLAS product
+                zt = np.empty((self.ng, kk * self.k + 1, rows))
+                zt[:, :-1] = z.reshape(self.ng, kk, rows, self.k).transpose(0, 1, 3, 2).reshape(self.ng, -1, rows)
+                zt[:, -1] = 1.0
                 sl = slice(gi * self.ng, (gi + 1) * self.ng)
-                self.G[sl] += np.matmul(zt.transpose(0, 2, 1), zt)
-                self.X[sl] += np.einsum("nra,rn->na", zt, y[:, sl])
+                self.G[sl] += np.matmul(zt, zt.transpose(0, 2, 1))
+                self.X[sl] += np.matmul(zt, np.ascontiguousarray(y[:, sl].T)[:, :, None])[..., 0]
         self.Y += float(np.sum(y * y))
         self.n += rows
 

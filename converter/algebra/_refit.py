@@ -35,6 +35,10 @@ per output channel, features ``Σ_t Q[n,r,t] p[m,t]``; DW→PW: all depthwise fi
 **Choice.** ``calibrate_layer`` measures ``E`` for the data-free factors, the data-free factors refitted, the
 whitened factors refitted, and the better of those two after alternating least squares, on the same statistics,
 and keeps the smallest (the report says which).
+
+**Size.** ``G`` has ``(d + 1)²`` entries per group, so ``LayerStats`` takes patches up to ``MAX_PATCH_DIM − 1``
+values; wider ones are calibrated from statistics in the first factor's output space (``_factored``), and
+``_factored.layer_stats`` picks between the two.
 """
 
 from __future__ import annotations
