@@ -24,9 +24,11 @@ whitened first factor is the one the full path would compute; but its ``G_z`` ca
 known, hence **two passes** over the same samples (the same rows are drawn in both): the first accumulates the
 moments and the data-free factor's ``G_z``; the second the whitened factor's.
 
-**Not done here**: alternating least squares (refitting the first factor needs cross-channel patch moments:
-for DW→PW all of ``G``), so the candidates are data-free, refit and whitened (see ``calibrate``), one fewer than
-the full path's; the report names the statistics used.
+**Alternating least squares.** PW→DW: with the last factor fixed, output channel ``n`` is linear in its
+pointwise row and bias with features ``Σ_t Q[n, r, t] p[m, t]`` (``K·C`` of them, ``_FirstSpace``), so one round
+(two more passes: that Gram, then the new first factor's ``G_z``) is done where ``N·(K·C + 1)²`` fits
+``ALS_VALUES``. DW→PW: refitting the depthwise filters needs all cross-channel patch moments (the full ``G``), so
+it is not done. The report names the statistics used.
 """
 
 from __future__ import annotations
@@ -136,14 +138,64 @@ class _Space:
         return float(np.sqrt(max(err, 0.0) / self.Y)) if self.Y > 0 else 0.0
 
 
+class _FirstSpace:
+    """PW→DW with the last factor ``Q`` fixed: per output channel ``n`` the Gram ``H_n`` of its features
+    ``f_n = (Σ_t Q[n, r, t] p[m, t])_{r,m}`` and the constant (``K·C + 1``), and ``h_n = Σ f̃_n y_n``: the pointwise
+    factor and the bias solve ``(H_n + λ D) a_n = h_n`` (one step of alternating least squares)."""
+
+    def __init__(self, dec: Decomposition, bias: np.ndarray, groups: int, c: int, k: int, ng: int) -> None:
+        self.dec, self.bias, self.g, self.c, self.k, self.ng = dec, bias, groups, c, k, ng
+        kk = dec.rank
+        self.q = dec.second.reshape(groups, ng * kk, k).astype(np.float64)
+        self.G = np.zeros((groups * ng, kk * c + 1, kk * c + 1))
+        self.X = np.zeros((groups * ng, kk * c + 1))
+        self.Y = 0.0
+        self.n = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.G.nbytes + self.X.nbytes
+
+    def width(self) -> int:
+        return self.ng * self.G.shape[-1]
+
+    def add(self, pc: np.ndarray, y: np.ndarray) -> None:
+        rows, kk = pc.shape[0], self.dec.rank
+        for gi in range(self.g):
+            pg = pc[:, gi * self.c:(gi + 1) * self.c]  # [r, C, k]
+            f = self.q[gi] @ pg.transpose(2, 0, 1).reshape(self.k, -1)  # [n·K, r·C]
+            ft = np.empty((self.ng, kk * self.c + 1, rows))
+            ft[:, :-1] = f.reshape(self.ng, kk, rows, self.c).transpose(0, 1, 3, 2).reshape(self.ng, -1, rows)
+            ft[:, -1] = 1.0
+            sl = slice(gi * self.ng, (gi + 1) * self.ng)
+            self.G[sl] += np.matmul(ft, ft.transpose(0, 2, 1))
+            self.X[sl] += np.matmul(ft, np.ascontiguousarray(y[:, sl].T)[:, :, None])[..., 0]
+        self.Y += float(np.sum(y * y))
+        self.n += rows
+
+    def refit(self, ridge: float) -> tuple[Decomposition, np.ndarray]:
+        """The pointwise factor and the bias by least squares for this last factor."""
+        dec = self.dec
+        sol = _solve(self.G, self.X[..., None], ridge)[..., 0]  # [N, K·C + 1]
+        out = Decomposition(dec.order, dec.rank, dec.groups, sol[:, :-1].reshape(dec.first.shape).astype(np.float32),
+                            dec.second, dec.rel_error, dec.energy)
+        return out, sol[:, -1].astype(np.float32)
+
+
+#: Largest ``N·(K·C + 1)²`` (doubles) for which PW→DW's alternating step is gathered: the size of the largest
+#: dense Gram matrix the full path accumulates.
+ALS_VALUES = MAX_PATCH_DIM ** 2
+
+
 class FactoredStats:
     """Streamed statistics of a large-patch layer (see the module docstring) for the data-free factors ``dec``:
-    fed like ``LayerStats``, but over two passes of the same samples (``next_pass`` between them)."""
+    fed like ``LayerStats``, but over two passes of the same samples (four for PW→DW with the alternating
+    round), ``next_pass`` between them."""
 
     statistics = "factored"
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray | None, groups: int, geometry: Geometry,
-                 dec: Decomposition, max_rows: int = 4096, seed: int = 0) -> None:
+                 dec: Decomposition, max_rows: int = 4096, seed: int = 0, ridge: float = 1e-3) -> None:
         n, c = weight.shape[:2]
         self.kernel = tuple(weight.shape[2:])
         self.k = int(np.prod(self.kernel))
@@ -165,32 +217,57 @@ class FactoredStats:
         self.max_rows, self.seed = max_rows, seed
         self._rng = np.random.default_rng(seed)
         self.passes = 1
+        self.ridge = ridge
         self.whiten_error: str | None = None
+        self._first: _FirstSpace | None = None
 
     @property
     def stats_bytes(self) -> int:
         """Bytes the running sums hold: the spaces' ``G_z``/``X_z`` and the block moments."""
         moments = (self.S_cc.nbytes + self.S_co.nbytes if self.order == "dw-pw"
                    else self.S_chan.nbytes + self.S_tap.nbytes)
-        return moments + sum(s.nbytes for s in self.spaces.values())
+        first = self._first.nbytes if self._first is not None else 0
+        return moments + first + sum(s.nbytes for s in self.spaces.values())
 
     def next_pass(self) -> bool:
-        """After the first pass: build the whitened first factor from the moments and ask for a second pass
-        (the same rows are drawn again) that gathers its statistics. False when there is nothing more to do."""
-        if self.passes > 1:
-            return False
-        dec = self.spaces["data-free"].dec
-        try:
-            if self.order == "dw-pw":
-                white = whiten_dw_pw(self.weight, self.kernel, dec, self.S_cc, self.S_co)
-            else:
-                white = whiten_pw_dw(self.weight, self.kernel, dec, self.S_chan, self.S_tap)
-        except np.linalg.LinAlgError as e:  # a degenerate covariance: the data-free space remains
-            self.whiten_error = str(e)
-            return False
-        self.spaces["whitened"] = _Space(white, self.groups, self.c, self.k, self.ng)
-        self._active = ["whitened"]
+        """Between passes over the same samples (the same rows are drawn in each): after the first, build the
+        whitened first factor from the moments and gather its statistics; for PW→DW within ``ALS_VALUES``, then
+        one round of alternating least squares from the better start (the pointwise factor refitted with the
+        last factor fixed, then that factor's statistics). False when there is nothing more to do."""
         self._rng = np.random.default_rng(self.seed)
+        if self.passes == 1:
+            dec = self.spaces["data-free"].dec
+            try:
+                if self.order == "dw-pw":
+                    white = whiten_dw_pw(self.weight, self.kernel, dec, self.S_cc, self.S_co)
+                else:
+                    white = whiten_pw_dw(self.weight, self.kernel, dec, self.S_chan, self.S_tap)
+            except np.linalg.LinAlgError as e:  # a degenerate covariance: the data-free space remains
+                self.whiten_error = str(e)
+                return False
+            self.spaces["whitened"] = _Space(white, self.groups, self.c, self.k, self.ng)
+            self._active = ["whitened"]
+        elif self.passes == 2:
+            n, kk = self.groups * self.ng, self.spaces["data-free"].dec.rank
+            if self.order != "pw-dw" or n * (kk * self.c + 1) ** 2 > ALS_VALUES:
+                return False
+            start = self._candidates(self.ridge)
+            best = min((name for name in start if name != "data-free"), key=lambda name: start[name][2],
+                       default=None)
+            if best is None:
+                return False
+            dec, bias, _ = start[best]
+            self._first = _FirstSpace(dec, bias, self.groups, self.c, self.k, self.ng)
+            self._active = []
+        elif self.passes == 3 and self._first is not None:
+            try:
+                dec, _ = self._first.refit(self.ridge)
+            except np.linalg.LinAlgError:
+                return False
+            self.spaces["alternating"] = _Space(dec, self.groups, self.c, self.k, self.ng)
+            self._first, self._active = None, ["alternating"]
+        else:
+            return False
         self.passes += 1
         return True
 
@@ -202,7 +279,8 @@ class FactoredStats:
         total = pc_all.total
         keep = (np.sort(self._rng.choice(total, self.max_rows, replace=False)) if total > self.max_rows
                 else np.arange(total))
-        width = max(self.d, *(self.spaces[name].width() for name in self._active))
+        spaces = [self.spaces[name] for name in self._active] + ([self._first] if self._first else [])
+        width = max(self.d, *(space.width() for space in spaces))
         step = max(1, _CHUNK_ELEMENTS // width)
         for s in range(0, len(keep), step):
             rows = keep[s:s + step]
@@ -212,8 +290,8 @@ class FactoredStats:
                                 for gi in range(self.groups)], axis=1) + self.bias
             if self.passes == 1:
                 self._moments(pc, po)
-            for name in self._active:
-                self.spaces[name].add(pc, y)
+            for space in spaces:
+                space.add(pc, y)
 
     def _moments(self, pc: np.ndarray, po: np.ndarray) -> None:
         if self.order == "dw-pw":
@@ -228,32 +306,36 @@ class FactoredStats:
             taps = pg.reshape(-1, self.k)
             self.S_tap[gi] += taps.T @ taps
 
-    def calibrate(self, ridge: float = 1e-3) -> CalibratedLayer:
-        """The best of the data-free, refitted and whitened-then-refitted factors by measured output error (each
-        measured in its own first factor's space, on the same rows)."""
+    def _candidates(self, ridge: float) -> dict[str, tuple[Decomposition, np.ndarray | None, float]]:
+        """Each candidate's factors, bias and output error, measured in its own first factor's space."""
         free = self.spaces["data-free"]
-        candidates: dict[str, tuple[Decomposition, np.ndarray | None]] = {"data-free": (free.dec, None)}
-        errors = {"data-free": free.error(free.dec.second, self.bias)}
-        for name, space in (("refit", free), ("whitened", self.spaces.get("whitened"))):
-            if space is None or space.n == 0:
+        out: dict[str, tuple[Decomposition, np.ndarray | None, float]] = {
+            "data-free": (free.dec, None, free.error(free.dec.second, self.bias))}
+        for name, space in (("refit", free), *((k, v) for k, v in self.spaces.items() if k != "data-free")):
+            if space.n == 0:
                 continue
             with contextlib.suppress(np.linalg.LinAlgError):
-                candidates[name] = space.refit(ridge)
-                errors[name] = space.error(candidates[name][0].second, candidates[name][1])
-        errors = {k: v for k, v in errors.items() if math.isfinite(v)}
-        best = min(errors, key=lambda name: (errors[name], name != "data-free"))
-        d, b = candidates[best]
-        return CalibratedLayer(d, b, best, {k: round(v, 6) for k, v in errors.items()}, statistics="factored")
+                dec, bias = space.refit(ridge)
+                out[name] = (dec, bias, space.error(dec.second, bias))
+        return {k: v for k, v in out.items() if math.isfinite(v[2])}
+
+    def calibrate(self, ridge: float = 1e-3) -> CalibratedLayer:
+        """The best of the data-free, refitted, whitened-then-refitted and (PW→DW) alternating factors by
+        measured output error (each measured in its own first factor's space, on the same rows)."""
+        got = self._candidates(ridge)
+        best = min(got, key=lambda name: (got[name][2], name != "data-free"))
+        d, b, _ = got[best]
+        return CalibratedLayer(d, b, best, {k: round(v[2], 6) for k, v in got.items()}, statistics="factored")
 
 
 def layer_stats(weight: np.ndarray, bias: np.ndarray | None, groups: int, geometry: Geometry, dec: Decomposition,
-                max_rows: int = 4096, seed: int = 0) -> LayerStats | FactoredStats:
+                max_rows: int = 4096, seed: int = 0, ridge: float = 1e-3) -> LayerStats | FactoredStats:
     """The accumulator for a layer: the dense patch Gram matrix (``LayerStats``, the most accurate: it also
     allows alternating least squares) where the patch fits ``MAX_PATCH_DIM``, else ``FactoredStats``."""
     d = weight.shape[1] * math.prod(weight.shape[2:])
     if d + 1 <= MAX_PATCH_DIM:
         return LayerStats(weight, bias, groups, geometry, max_rows=max_rows, seed=seed)
-    return FactoredStats(weight, bias, groups, geometry, dec, max_rows=max_rows, seed=seed)
+    return FactoredStats(weight, bias, groups, geometry, dec, max_rows=max_rows, seed=seed, ridge=ridge)
 
 
 def calibrate_stats(stats: LayerStats | FactoredStats, dec: Decomposition, ridge: float = 1e-3) -> CalibratedLayer:

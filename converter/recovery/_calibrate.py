@@ -107,7 +107,7 @@ def calibrate(
     done: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for i, (layer, dec) in enumerate(todo):
         point = tap.points[layer.name]
-        stats = layer_stats(layer.weight, point.bias, layer.groups, point.geometry, dec, seed=seed + i)
+        stats = layer_stats(layer.weight, point.bias, layer.groups, point.geometry, dec, seed=seed + i, ridge=ridge)
         while True:  # factored statistics take a second pass over the same samples
             for batch, _ in samples.batches(batch_size):
                 _, orig = tap(batch, {}, [layer.name], outputs=False)
