@@ -7,8 +7,9 @@ the original, data-free and calibrated models), how many forward passes the tap 
 passes: a pass over a batch of 32 counts 32), the time spent inside those passes, the time spent in the
 statistics and the fits, the converted layers and the held-out relative L2 error data-free vs calibrated.
 
-Usage: python benchmarks/calibrate_speed.py [--samples N] [--size S] [--profile]
-(--profile: also print the 25 most expensive functions by cumulative time.)
+Usage: python benchmarks/calibrate_speed.py [--samples N] [--held N] [--size S] [--profile] [--whole]
+(--profile: also print the 25 most expensive functions by cumulative time; --whole: every pass runs the whole
+network, as before calibration's passes stopped at the captured input.)
 Timings are wall-clock on whatever machine runs it; on a shared machine they are noisy.
 """
 
@@ -42,6 +43,8 @@ def main() -> None:
     ap.add_argument("--held", type=int, default=32)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--whole", action="store_true",
+                    help="run the whole network on every pass, as before passes stopped at the captured input")
     args = ap.parse_args()
     torch.manual_seed(0)
     model = decay_spectra(randomise_bn(ResNet50()))
@@ -61,7 +64,7 @@ def main() -> None:
 
         def counted(self, inputs, weights, want, outputs=True):  # type: ignore[no-untyped-def]
             t = time.perf_counter()
-            got = call(self, inputs, weights, want, outputs)
+            got = call(self, inputs, weights, want, outputs or args.whole)
             counts["seconds"] += time.perf_counter() - t
             counts["calls"] += 1
             counts["samples"] += len(next(iter(inputs.values())))
@@ -82,7 +85,7 @@ def main() -> None:
     a, t = report.accuracy, report.timings
     layers = [d for d in report.layers if d.status == "converted"]
     print(f"ResNet-50-sized ONNX, {args.size}x{args.size}, rank {RANK}, {args.samples} calibration + {args.held} "
-          f"held-out samples, {len(layers)} converted layers")
+          f"held-out samples, {len(layers)} converted layers, passes {'whole' if args.whole else 'up to the input'}")
     print(f"  convert total {total:.1f} s; calibrate stage {t.calibrate_s:.1f} s")
     print(f"  tap passes: {counts['calls']} runs, {counts['samples']} sample passes, {counts['seconds']:.1f} s "
           f"inside the runtime; the rest of the stage {t.calibrate_s - counts['seconds']:.1f} s (statistics, fits)")
