@@ -15,7 +15,8 @@ network's input), exactly as ``E(A)`` in ``_refit`` with ``G = Tᵀ G_z T``:
 
 Memory is ``g·(C·K+1)·(C·K+1+N_g)`` (DW→PW) or ``N·(K·k+1)²`` (PW→DW) doubles plus the moments below: bounded by the
 factors' sizes, not by ``C·k`` squared nor by the number of samples; the patches themselves are gathered a few
-rows at a time.
+rows at a time. Work per patch row is about ``C·k·(N + C + N·K)``, so the rows sampled per batch are capped by
+``ROW_WORK`` (at least 256): only layers far wider than 128 × 64 taps (e.g. 1024 × 64) sample fewer rows.
 
 **Whitening** needs only block moments of the patches, the same ones ``_refit`` reads off its full Gram matrix:
 DW→PW the per-input-channel tap moments ``Σ_cc``, ``Σ_oc`` ``[M, k, k]``, PW→DW the channel covariance
@@ -182,6 +183,9 @@ class _FirstSpace:
         return out, sol[:, -1].astype(np.float32)
 
 
+#: Multiply-adds per pass and batch the patch rows of a factored layer may cost (see ``FactoredStats``).
+ROW_WORK = 1 << 36
+
 #: Largest ``N·(K·C + 1)²`` (doubles) for which PW→DW's alternating step is gathered: the size of the largest
 #: dense Gram matrix the full path accumulates.
 ALS_VALUES = MAX_PATCH_DIM ** 2
@@ -214,7 +218,12 @@ class FactoredStats:
             self.S_tap = np.zeros((groups, self.k, self.k))
         self.spaces = {"data-free": _Space(dec, groups, c, self.k, self.ng)}
         self._active = ["data-free"]
-        self.max_rows, self.seed = max_rows, seed
+        # Each row costs about d·(N + C + N·K) multiply-adds per pass (the original output, the moments, the first
+        # factor's outputs): a 1024 × 64-tap layer would spend 2 TFLOP on 4096 rows of every batch, so rows per
+        # batch are capped by that work (never below 256; a 128 × 64-tap layer keeps all 4096).
+        per_row = self.d * (n + c + n * dec.rank)
+        self.max_rows = min(max_rows, max(256, ROW_WORK // per_row))
+        self.seed = seed
         self._rng = np.random.default_rng(seed)
         self.passes = 1
         self.ridge = ridge

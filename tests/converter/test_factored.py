@@ -96,6 +96,14 @@ def test_only_patches_too_large_for_the_gram_matrix_are_factored():
     width = MAX_PATCH_DIM // 9 + 1
     wide = np.ones((2, width, 3, 3), np.float32)
     assert isinstance(layer_stats(wide, None, 1, geo, decompose(wide, 1, "pw-dw", 1)), FactoredStats)
+    # the full-size pitch tracker's 1024 × 64-tap patches (65,536 values): statistics of a few MB, not 34 GB, and
+    # fewer rows per batch (each costs ~70 M multiply-adds); a 128 × 64-tap layer keeps all 4096
+    huge = np.random.default_rng(0).standard_normal((16, 1024, 64)).astype(np.float32)
+    stats = layer_stats(huge, None, 1, GEO_1D, decompose(huge, 1, "pw-dw", 2))
+    assert isinstance(stats, FactoredStats) and stats.stats_bytes < 16 * 2**20
+    assert 256 <= stats.max_rows < 4096
+    mid = np.zeros((128, 128, 64), np.float32)
+    assert layer_stats(mid, None, 1, GEO_1D, decompose(mid + 1, 1, "pw-dw", 2)).max_rows == 4096
 
 
 @pytest.mark.parametrize(("order", "groups"), [("dw-pw", 1), ("pw-dw", 1), ("dw-pw", 2), ("pw-dw", 2)])
