@@ -56,7 +56,7 @@ class Calibration:
             a constant).
         samples: calibration samples used.
         passes: forward passes of the tap over a batch (a layer takes two per batch, the original network's and
-            the calibrated one's, one for the first layer; factored statistics take the samples twice).
+            the calibrated one's, one for the first layer; factored statistics take the samples two or four times).
     """
 
     factors: dict[str, tuple[Decomposition, np.ndarray | None]] = field(default_factory=dict)
@@ -108,7 +108,7 @@ def calibrate(
     for i, (layer, dec) in enumerate(todo):
         point = tap.points[layer.name]
         stats = layer_stats(layer.weight, point.bias, layer.groups, point.geometry, dec, seed=seed + i, ridge=ridge)
-        while True:  # factored statistics take a second pass over the same samples
+        while True:  # factored statistics take further passes over the same samples
             for batch, _ in samples.batches(batch_size):
                 _, orig = tap(batch, {}, [layer.name], outputs=False)
                 conv = tap(batch, done, [layer.name], outputs=False)[1] if done else orig
