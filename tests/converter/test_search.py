@@ -54,7 +54,8 @@ def test_frontier_runs_from_the_original_to_every_layer_at_its_cheapest_along_th
     assert [p.index for p in chain] == list(range(len(chain)))
     for a, b in itertools.pairwise(chain):
         assert b.cost < a.cost and b.predicted_error >= a.predicted_error
-    assert all(c is not None and c.cost == min(x.cost for x in m.choices) for m, c in zip(menus, chain[-1].choices, strict=True))
+    last = chain[-1].choices
+    assert all(c is not None and c.cost == min(x.cost for x in m.choices) for m, c in zip(menus, last, strict=True))
     # no plan of all the combinations is both cheaper and less wrong than a plan of the chain
     options = [[None, *m.choices] for m in menus]
     for combo in itertools.product(*options):
