@@ -122,7 +122,7 @@ class ConversionConfig(BaseModel):
                                           "(repeatable; the first match wins).")
     input_shape: dict[str, tuple[Annotated[int, Field(ge=1)], ...]] = Field(
         default_factory=dict, description="Concrete shape NAME=1x3x224x224 for an input with symbolic dims "
-                                          "(repeatable; TorchScript records no shapes, so give one).")
+                                          "(repeatable; needed where the model file records no input shapes).")
     min_reduction: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
         0.1, description="Convert a layer only if it saves at least this share of its parameters (and does not "
                          "add MACs); 0 accepts any saving.")
@@ -212,11 +212,11 @@ class ConversionConfig(BaseModel):
     patience: Annotated[int, Field(ge=1, le=1000)] = Field(
         8, description="Stop a fine-tune after this many epochs without a lower held-out loss.")
 
-    # Untrusted graphs (converter/_graphcheck.py): skip the op allowlist for a model you trust. The service
-    # refuses this option.
+    # Untrusted graphs (converter/formats/_graphcheck.py): skip the op allowlist for a model you trust. The
+    # service refuses this option.
     trust_model: bool = Field(
-        False, description="Skip the check that a TorchScript/.pt2 graph holds only tensor math ops (file, I/O, "
-                           "process and custom ops are refused otherwise); only for models you trust.")
+        False, description="Skip the check that a model file which carries code holds only tensor math ops "
+                           "(file, I/O, process and custom ops are refused otherwise); only for models you trust.")
 
     @field_validator("exclude", mode="before")
     @classmethod

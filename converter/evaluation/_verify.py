@@ -298,7 +298,7 @@ def verify(
     from ..latency import backend_for, compare_files, latency_report
 
     inputs = timed if timed is not None else inputs
-    backend = backend_for(adapter.name, device, threads)
+    backend = backend_for(adapter, device, threads)
     cmp = compare_files(adapter, original, converted, inputs, threads=threads, device=device, workdir=workdir,
                         runs=config.latency_runs, seed=config.seed)
     first = next(iter(inputs.values()), None)

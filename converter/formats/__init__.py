@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._archive import unpack_limit
 from ._base import (
+    Contextual,
     ConvLayer,
     FormatAdapter,
     FormatInfo,
@@ -14,6 +15,10 @@ from ._base import (
     ModelStats,
     Rewrite,
     Runner,
+    Tappable,
+    Timeable,
+    Timed,
+    Trainable,
     UniqueNames,
     node_name,
 )
@@ -31,22 +36,34 @@ from ._registry import (
 
 if TYPE_CHECKING:
     from ._graphcheck import trusting
+    from ._micro import INPUT, LAYER, LayerShape
     from ._taps import Tap
+    from ._trainable import TrainableView, digest
 
 __all__ = [
+    "INPUT",
+    "LAYER",
+    "Contextual",
     "ConvLayer",
     "FormatAdapter",
     "FormatInfo",
     "InputSpec",
     "LayerContext",
+    "LayerShape",
     "ModelStats",
     "Rewrite",
     "Runner",
     "Tap",
+    "Tappable",
+    "Timeable",
+    "Timed",
+    "Trainable",
+    "TrainableView",
     "UniqueNames",
     "adapter_for",
     "describe_unknown",
     "detect_format",
+    "digest",
     "expected_formats",
     "format_info",
     "format_names",
@@ -59,7 +76,8 @@ __all__ = [
 ]
 
 # Lazily: these need numpy (the registry above must stay importable without it).
-_LAZY = {"Tap": "._taps", "trusting": "._graphcheck"}
+_LAZY = {"Tap": "._taps", "trusting": "._graphcheck", "LayerShape": "._micro", "LAYER": "._micro",
+         "INPUT": "._micro", "TrainableView": "._trainable", "digest": "._trainable"}
 
 
 def __getattr__(name: str) -> Any:

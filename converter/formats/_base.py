@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ..algebra import Lowered
 
 __all__ = [
+    "Contextual",
     "ConvLayer",
     "FormatAdapter",
     "FormatInfo",
@@ -31,6 +32,10 @@ __all__ = [
     "ModelStats",
     "Rewrite",
     "Runner",
+    "Tappable",
+    "Timeable",
+    "Timed",
+    "Trainable",
     "UniqueNames",
     "node_name",
 ]
@@ -251,3 +256,55 @@ class FormatAdapter(Protocol):
         ...
 
 
+
+
+#: One synchronised inference of a loaded model (``Timeable.timed_runner``).
+Timed = Callable[[], object]
+
+
+# Optional capabilities. An adapter has one when it implements its methods; the stages that need one ask with
+# ``isinstance(adapter, Tappable)`` (and say in the report what was not done when it lacks one).
+
+
+@runtime_checkable
+class Tappable(Protocol):
+    """Calibration's hook: a ``formats._taps.Tap`` of the (not yet rewritten) model for these layers, which
+    runs the original graph with chosen layers' weights overridden and captures their inputs."""
+
+    def tap(self, model: Any, layers: Sequence[ConvLayer], workdir: Path, threads: int | None = None) -> Any: ...
+
+
+@runtime_checkable
+class Contextual(Protocol):
+    """Cuts a layer out of a model with its real neighbours (``LayerContext``) for timing its candidates where
+    it runs; a str says why not (then the generic micro-model is used)."""
+
+    def context(self, model: Any, layer: ConvLayer,
+                input_shapes: Mapping[str, tuple[int, ...]]) -> LayerContext | str: ...
+
+
+@runtime_checkable
+class Timeable(Protocol):
+    """Candidates can be timed on the format's runtime: the runtime's identity (for the timing cache), the
+    generic micro-model (``formats._micro``) written in the format, and a synchronised timed call."""
+
+    def runtime(self) -> tuple[str, str, str]:
+        """``(runtime, version, executor)``, e.g. ``("torch", "2.13.0", "export")``."""
+        ...
+
+    def micro_model(self, shape: Any, batch: int, folder: Path, seed: int = 0) -> Path:
+        """Write the micro-model of ``shape`` (a ``formats._micro.LayerShape``) into ``folder``."""
+        ...
+
+    def timed_runner(self, path: Path, workdir: Path, threads: int, device: str,
+                     inputs: Mapping[str, np.ndarray]) -> Timed:
+        """One synchronised inference of the saved file on ``inputs`` (already on the device)."""
+        ...
+
+
+@runtime_checkable
+class Trainable(Protocol):
+    """Fine-tuning's hook: a trainable view (``formats._trainable.TrainableView``) of a converted model file,
+    whose factors are the conv weights not among ``original`` (content digests)."""
+
+    def trainable_view(self, path: Path, workdir: Path, original: set[str], device: str = "cpu") -> Any: ...

@@ -1,7 +1,7 @@
 """Measured latency, and nothing else: a timing harness (``_harness``), a persistent cache of candidate timings
-(``_cache``), candidates per layer timed in context on the target backend (``_candidates``, ``_micro``,
-``_timers``), the latency model built from those timings (``_model``), whole-model timing (``_whole``) and the
-never-slower rule (``_guard``).
+(``_cache``), candidates per layer timed in context on the target backend (``_candidates``, ``_timers``; the
+micro-models and timed calls themselves are each format's, behind ``formats.Timeable``), the latency model
+built from those timings (``_model``), whole-model timing (``_whole``) and the never-slower rule (``_guard``).
 
 It decides nothing about layers (``planning`` does, from its figures).
 """
@@ -13,13 +13,11 @@ from ._candidates import Candidate as TimedCandidate
 from ._candidates import CandidateTimer, LayerTimes, lowerings_for, rounded_rank
 from ._guard import describe, never_slower
 from ._harness import Comparison, compare, time_interleaved
-from ._micro import MICRO_FORMATS
 from ._model import LatencyModel, focus_ranks
 from ._timers import timed_runner
 from ._whole import batched, compare_files, latency_report, speed_warning
 
 __all__ = [
-    "MICRO_FORMATS",
     "Backend",
     "CandidateTimer",
     "Comparison",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.metadata
 import json
 import os
 import platform
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._files import atomic_write
+from ..formats import FormatAdapter, Timeable, adapter_for
 
 __all__ = ["Backend", "TimingCache", "backend_for", "cache_dir", "cpu_features"]
 
@@ -106,16 +106,13 @@ class Backend:
         return f"{self.runtime}-{self.device}"
 
 
-def backend_for(format_name: str, device: str, threads: int) -> Backend:
-    """The backend a model of this format runs on here (ONNX on onnxruntime, TorchScript and ``.pt2`` on
-    torch)."""
-    executor = "export" if format_name == "pt2" else ""
-    if format_name == "onnx":
-        runtime, version = "onnxruntime", _onnxruntime_version()
-    else:
-        import torch
-
-        runtime, version = "torch", torch.__version__
+def backend_for(adapter: FormatAdapter | str, device: str, threads: int) -> Backend:
+    """The backend a model of this format runs on here: the runtime the format names
+    (``formats.Timeable.runtime``: ONNX on onnxruntime, TorchScript and ``.pt2`` on torch) on this device."""
+    if isinstance(adapter, str):
+        adapter = adapter_for(adapter)
+    runtime, version, executor = (adapter.runtime() if isinstance(adapter, Timeable)
+                                  else (adapter.name, "", ""))
     if device == "cuda":
         import torch
 
@@ -123,17 +120,6 @@ def backend_for(format_name: str, device: str, threads: int) -> Backend:
         return Backend(runtime, version, device, processor, threads, 1, executor)
     feats = cpu_features()
     return Backend(runtime, version, device, ",".join(feats), threads, block_size(feats), executor)
-
-
-def _onnxruntime_version() -> str:
-    """onnxruntime's version, from its installed metadata where it is there: importing onnxruntime costs more
-    than a cached plan (it is imported when something is actually timed)."""
-    try:
-        return importlib.metadata.version("onnxruntime")
-    except importlib.metadata.PackageNotFoundError:  # another build (onnxruntime-gpu…): ask the module
-        import onnxruntime as ort
-
-        return ort.__version__
 
 
 class TimingCache:

@@ -6,7 +6,7 @@ candidate from it, and times them all interleaved with the original on the backe
 (same runtime, device, threads, batch and session options). The context is, where the adapter can cut it out
 (``FormatAdapter.context``: ONNX), the layer with its *real* neighbours at the model's concrete shapes, fed
 seeded random inputs; otherwise (TorchScript, ``.pt2``, or a layer the adapter cannot cut out: inside a
-subgraph, symbolic shapes…) the generic micro-model of its shape (``_micro``). Either way the layer is found
+subgraph, symbolic shapes…) the generic micro-model of its shape (``formats._micro``). Either way the layer is found
 by its name in the small model, so candidates come from the same adapter path as the conversion's.
 
 Results are cached per backend (``_cache``), keyed by the layer's shape and batch and, for a real context, the
@@ -31,10 +31,9 @@ import numpy as np
 
 from .._errors import one_line
 from ..algebra import Order, decompose, lower, max_rank
-from ..formats import ConvLayer, FormatAdapter, LayerContext, Rewrite
+from ..formats import INPUT, LAYER, Contextual, ConvLayer, FormatAdapter, LayerContext, LayerShape, Rewrite, Timeable
 from ._cache import Backend, TimingCache
 from ._harness import time_interleaved
-from ._micro import INPUT, LAYER, LayerShape, build_micro
 from ._timers import timed_runner
 
 __all__ = ["ORIGINAL", "Candidate", "CandidateTimer", "LayerTimes", "lowerings_for", "rounded_rank"]
@@ -144,11 +143,10 @@ class CandidateTimer:
     def context(self, layer: ConvLayer | None) -> LayerContext | None:
         """``layer`` with its real neighbours, or None (then its generic micro-model is used; see
         ``fallbacks``)."""
-        cut = getattr(self.adapter, "context", None)
-        if layer is None or self.model is None or cut is None:
+        if layer is None or self.model is None or not isinstance(self.adapter, Contextual):
             return None
         try:
-            found = cut(self.model, layer, self.input_shapes)
+            found = self.adapter.context(self.model, layer, self.input_shapes)
         except Exception as e:  # best effort: the micro-model still times the layer
             found = f"{type(e).__name__}: {one_line(e, 160)}"
         if isinstance(found, str):
@@ -203,7 +201,8 @@ class CandidateTimer:
     def _source(self, shape: LayerShape, context: LayerContext | None, folder: Path) -> _Source:
         rng = np.random.default_rng(self.seed)
         if context is None:
-            path = build_micro(self.adapter.name, shape, self.batch, folder, self.seed)
+            assert isinstance(self.adapter, Timeable)  # the measure stage times only timeable formats
+            path = self.adapter.micro_model(shape, self.batch, folder, self.seed)
             x = rng.standard_normal((self.batch, shape.in_channels, *shape.in_spatial)).astype(np.float32)
             return _Source(path, LAYER, {INPUT: x})
         feeds = {name: rng.standard_normal(dims).astype(dtype) for name, (dims, dtype) in context.inputs.items()}

@@ -13,7 +13,7 @@ without known spatial sizes, has no latency (None) and is decided on counts, and
 measured afterwards in any case.
 
 Latencies are of the layer *in context* (its real neighbours where the format's adapter can cut them out, else
-the generic micro-model of ``_micro``; see ``_candidates``): they include the same neighbours for every
+the generic micro-model of ``formats._micro``; see ``_candidates``): they include the same neighbours for every
 candidate of a layer, so differences between candidates are the layer's, and "keep the original" is priced the
 same way.
 """
@@ -30,9 +30,8 @@ import numpy as np
 from .._config import DEFAULT_ENERGY
 from .._errors import one_line
 from ..algebra import Order
-from ..formats import ConvLayer
+from ..formats import ConvLayer, LayerShape
 from ._candidates import Candidate, CandidateTimer, LayerTimes, lowerings_for, rounded_rank
-from ._micro import LayerShape
 
 __all__ = ["GRID_RANKS", "LatencyModel", "MeasureSummary", "focus_ranks"]
 

@@ -30,7 +30,7 @@ from .._report import Fidelity, FinetuneReport, Latency, Report
 from .._stages import STAGE_NAMES, ProgressCallback, StageClock, StageProgress
 from ..data import Samples, image_spec_from, load_samples
 from ..evaluation import load_user_inputs, resolve_input_shapes
-from ..formats import ConvLayer, FormatAdapter, InputSpec, ModelStats, detect_format, trusting
+from ..formats import ConvLayer, FormatAdapter, InputSpec, ModelStats, Tappable, Timeable, detect_format, trusting
 from ..planning import (
     CostModel,
     CountingCostModel,
@@ -145,7 +145,9 @@ class Conversion:
     @property
     def device(self) -> str:
         """``cpu`` or ``cuda``: the configured device, with ``auto`` resolved."""
-        return resolve_device(self.config.device)
+        assert self.adapter is not None
+        runtime = self.adapter.runtime()[0] if isinstance(self.adapter, Timeable) else "onnxruntime"
+        return resolve_device(self.config.device, runtime)
 
     def workdir(self, name: str) -> Path:
         """A private scratch folder for one purpose, created on first use."""
@@ -182,7 +184,7 @@ def _plan(c: Conversion, within: StageProgress) -> None:
     assert c.adapter is not None
     c.layers = c.adapter.find_convs(c.model, c.per_sample)
     c.before = c.adapter.stats(c.model, c.per_sample)
-    if c.samples is not None and plans_on_output_error(c.config) and hasattr(c.adapter, "tap"):
+    if c.samples is not None and plans_on_output_error(c.config) and isinstance(c.adapter, Tappable):
         c.cost_model = OutputErrorCostModel(c.cost_model, _output_errors(c, within))
     if c.config.measure:
         return  # the measure stage plans, on measured latency
@@ -428,8 +430,10 @@ def _publish(c: Conversion, report: Report) -> ConversionResult:
     if c.dest is None:
         result.data = c.saved.read_bytes()
     else:
-        # An ONNX model with external data travels as a .zip; say so in the name rather than hide it.
-        final = c.dest.with_suffix(".zip") if c.saved.suffix == ".zip" and c.dest.suffix != ".zip" else c.dest
+        # Where the adapter wrote another kind of file than its usual one (an ONNX model with external data
+        # travels as a .zip), say so in the name rather than hide it.
+        odd = c.saved.suffix != c.adapter.suffix and c.dest.suffix != c.saved.suffix
+        final = c.dest.with_suffix(c.saved.suffix) if odd else c.dest
         os.replace(c.saved, final)
         result.output_path = final
     return result

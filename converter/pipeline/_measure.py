@@ -8,7 +8,6 @@ Both read and update the pipeline's ``Conversion``; the pipeline lists them in i
 from __future__ import annotations
 
 import shutil
-import zipfile
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -19,9 +18,8 @@ from .._report import Latency
 from .._stages import StageProgress
 from ..data import Samples
 from ..evaluation import batches, random_inputs, verify
-from ..formats import trusting
+from ..formats import Timeable, trusting
 from ..latency import (
-    MICRO_FORMATS,
     Backend,
     CandidateTimer,
     Comparison,
@@ -47,7 +45,7 @@ __all__ = ["guard_step", "measure_step", "verify_step"]
 
 def _backend(c: Conversion) -> Backend:
     assert c.adapter is not None
-    return backend_for(c.adapter.name, c.device, c.config.threads)
+    return backend_for(c.adapter, c.device, c.config.threads)
 
 
 def _inputs(c: Conversion) -> tuple[dict[str, np.ndarray], str]:
@@ -76,7 +74,7 @@ def measure_step(c: Conversion, progress: StageProgress) -> None:
     total_ms = None
     if c.problems:
         info = {"measured": False, "reason": f"input shapes unknown ({c.problems[0]})"}
-    elif c.adapter.name not in MICRO_FORMATS:
+    elif not isinstance(c.adapter, Timeable):
         info = {"measured": False, "reason": f"candidates cannot be timed in {c.adapter.name} format yet"}
     else:
         backend = _backend(c)
@@ -229,7 +227,7 @@ def _reassemble(c: Conversion, names: list[str]) -> None:
     step = len(list(c.staging.glob("model*")))
     if not keep:
         c.factors, c.after = [], c.before
-        c.saved = c.staging / f"model-original{_suffix(c)}"
+        c.saved = c.staging / f"model-original{c.adapter.output_suffix(c.src)}"
         shutil.copyfile(c.src, c.saved)
     else:
         with trusting(c.config.trust_model):
@@ -246,13 +244,6 @@ def _reassemble(c: Conversion, names: list[str]) -> None:
         c.saved = c.adapter.save(model, c.staging / f"model-{step}{c.adapter.suffix}")
     if old != c.saved:
         old.unlink(missing_ok=True)
-
-
-def _suffix(c: Conversion) -> str:
-    assert c.adapter is not None
-    if c.adapter.name == "onnx" and zipfile.is_zipfile(c.src):
-        return ".zip"
-    return c.adapter.suffix
 
 
 def _latency(c: Conversion, cmp: Comparison, inputs: dict[str, np.ndarray], backend: Backend) -> Latency:

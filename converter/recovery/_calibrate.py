@@ -24,7 +24,7 @@ from .._report import Accuracy, StageValues
 from ..algebra import Decomposition, LayerStats, calibrate_layer, dense
 from ..data import Samples
 from ..evaluation import Scorer, better
-from ..formats import ConvLayer, Rewrite, Tap
+from ..formats import ConvLayer, Rewrite, Tap, Tappable
 
 __all__ = ["Calibration", "LayerOutcome", "Recovery", "calibrate", "evaluate", "held_out", "overrides", "recover"]
 
@@ -184,7 +184,7 @@ def recover(
     calibrated models on the held-out samples, and keep the calibrated factors only if they are at least as
     good there. ``factors`` are the data-free ``Factors`` of the converted layers (the pipeline's)."""
     notify = progress or (lambda _: None)
-    if not hasattr(adapter, "tap"):
+    if not isinstance(adapter, Tappable):
         raise InvalidOptionsError(f"calibration and accuracy on samples are not available for {adapter.name} models "
                                   "yet (no activation tap for this format); convert without --data/--eval")
     fresh = adapter.load(src, _mkdir(workdir / "original"))

@@ -67,8 +67,16 @@ def test_device_is_a_config_field():
     assert ConversionConfig.from_options(device="cuda").device == "cuda"
     with pytest.raises(InvalidOptionsError, match="device"):
         ConversionConfig.from_options(device="tpu")
-    assert resolve_device("cpu") == "cpu" and resolve_device("cuda") == "cuda"
+    assert resolve_device("cpu") == "cpu"
     assert resolve_device("auto") in ("cpu", "cuda")
+    # One resolution for every stage: cuda where the runtime has none is refused up front, for both runtimes.
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        assert resolve_device("cuda") == "cuda"
+    else:
+        with pytest.raises(InvalidOptionsError, match="onnxruntime sees no CUDA GPU"):
+            resolve_device("cuda")
 
 
 def test_map_errors_wraps_lower_level_errors_once():

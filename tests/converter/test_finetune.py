@@ -165,10 +165,12 @@ def test_nothing_converted_is_a_clear_error(tiny, tmp_path):
 
 
 def test_cuda_without_a_gpu_is_refused():
+    from converter._device import resolve_device
+
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(InvalidOptionsError, match="no CUDA GPU"):
-        _loop.resolve_device("cuda")
+        resolve_device("cuda", runtime="torch")
 
 
 @pytest.mark.parametrize("name", ["vgg", "resnet", "mobilenet", "unet", "audio", "video"])

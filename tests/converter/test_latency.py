@@ -15,11 +15,11 @@ import torch
 
 from converter.algebra._decompose import decompose, lower
 from converter.formats import ConvLayer, Rewrite, adapter_for
+from converter.formats._micro import INPUT, LAYER, LayerShape, geometry
 from converter.latency._cache import Backend, TimingCache, backend_for, block_size, cache_dir
 from converter.latency._candidates import ORIGINAL, Candidate, CandidateTimer, LayerTimes, lowerings_for, rounded_rank
 from converter.latency._guard import never_slower
 from converter.latency._harness import Comparison, Timing, compare, speedup_interval, time_interleaved
-from converter.latency._micro import INPUT, LAYER, LayerShape, build_micro, geometry
 from converter.latency._model import LatencyModel, focus_ranks
 from converter.latency._timers import timed_runner
 from converter.latency._whole import batched, latency_report, speed_warning
@@ -182,6 +182,10 @@ def test_geometry_reproduces_the_output_size(size_in: int, size_out: int, k: int
 
 
 SHAPE = LayerShape((3, 3), 16, 24, 1, (12, 12), (6, 6))
+
+
+def build_micro(fmt: str, shape: LayerShape, batch: int, folder: Path) -> Path:
+    return adapter_for(fmt).micro_model(shape, batch, folder)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript", "pt2"])

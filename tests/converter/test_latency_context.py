@@ -14,10 +14,10 @@ import torch.nn.functional as F
 
 from converter.algebra._decompose import decompose, lower, max_rank
 from converter.formats import ConvLayer, Rewrite, adapter_for
+from converter.formats._micro import LayerShape
 from converter.formats._onnx import OnnxModel
 from converter.latency._cache import TimingCache, backend_for
 from converter.latency._candidates import ORIGINAL, Candidate, CandidateTimer
-from converter.latency._micro import LayerShape
 from tests.utils.models import export_onnx
 from tests.utils.onnx_models import if_model, ort_run, rel_l2
 

@@ -14,8 +14,8 @@ import torch.nn as nn
 
 import converter
 from converter import ConversionConfig, InvalidOptionsError
-from converter.pipeline import _measure as _stage
 from converter.latency._harness import Comparison, Timing, compare
+from converter.pipeline import _measure as _stage
 from converter.planning._cost import Candidate, Cost, macs_of, params_of
 from converter.planning._plan import plan
 from tests.converter.test_plan import layer

@@ -11,7 +11,8 @@ compute factors (``_decompose``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import importlib.metadata
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,6 +24,7 @@ import onnx_ir as ir
 from ..._errors import ConversionError, UnsupportedModelError, one_line
 from .._archive import ZIP_MAGIC, is_zip
 from .._base import ConvLayer, InputSpec, LayerContext, ModelStats, Rewrite, Runner
+from .._micro import LayerShape
 from . import _io, _shapes, _wire
 from ._context import layer_context
 from ._convs import describe, named_convs
@@ -209,3 +211,36 @@ class OnnxAdapter:
     def runner(self, path: Path, workdir: Path, threads: int | None, device: str = "cpu") -> tuple[Runner, str]:
         """An onnxruntime session on the saved file (see ``_runner.make_runner``)."""
         return make_runner(path, workdir, threads, device)
+
+    # Trainable: fine-tuning's view of a converted file.
+    def trainable_view(self, path: Path, workdir: Path, original: set[str], device: str = "cpu") -> Any:
+        """A ``formats._trainable.TrainableView`` of the converted file at ``path`` (``_trainable.onnx_view``)."""
+        from ._trainable import onnx_view
+
+        return onnx_view(path, workdir, original, device)
+
+    # Timeable: candidates are timed on onnxruntime.
+    def runtime(self) -> tuple[str, str, str]:
+        """``("onnxruntime", version, "")``; the version from the installed metadata where it is there, since
+        importing onnxruntime costs more than a cached plan (it is imported when something is timed)."""
+        try:
+            version = importlib.metadata.version("onnxruntime")
+        except importlib.metadata.PackageNotFoundError:  # another build (onnxruntime-gpu…): ask the module
+            import onnxruntime as ort
+
+            version = ort.__version__
+        return "onnxruntime", version, ""
+
+    def micro_model(self, shape: LayerShape, batch: int, folder: Path, seed: int = 0) -> Path:
+        """The generic micro-model of ``shape`` as ``folder/micro.onnx``."""
+        from ._micro import write_micro
+
+        folder.mkdir(parents=True, exist_ok=True)
+        return write_micro(shape, batch, folder / "micro.onnx", seed)
+
+    def timed_runner(self, path: Path, workdir: Path, threads: int, device: str,
+                     inputs: Mapping[str, np.ndarray]) -> Callable[[], object]:
+        """One synchronised inference of the saved file (``_runner.timed_runner``)."""
+        from ._runner import timed_runner
+
+        return timed_runner(path, workdir, threads, device, inputs)

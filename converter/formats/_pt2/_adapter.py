@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,6 +22,7 @@ from ..._files import atomic_path
 from .._archive import member_names
 from .._base import ConvLayer, InputSpec, ModelStats, Rewrite, Runner
 from .._graphcheck import check_fx_graph
+from .._micro import LayerShape
 from . import is_pt2_layout
 from ._archive import check_pt2_archive
 from ._graph import Pt2Model, find_layers, input_specs, macs, params
@@ -153,3 +154,29 @@ class Pt2Adapter:
             return [t.detach().cpu().numpy() for t in _flatten(out)]
 
         return run, f"torch-{torch.device(device).type}"
+
+    # Trainable: fine-tuning's view of a converted file.
+    def trainable_view(self, path: Path, workdir: Path, original: set[str], device: str = "cpu") -> Any:
+        """A ``formats._trainable.TrainableView`` of the converted file at ``path`` (``_trainable.pt2_view``)."""
+        from ._trainable import pt2_view
+
+        return pt2_view(path, workdir, original, device)
+
+    # Timeable: candidates are timed on torch (the exported program's module; its own cache key).
+    def runtime(self) -> tuple[str, str, str]:
+        """``("torch", version, "export")``: same runtime as TorchScript, another executor."""
+        return "torch", torch.__version__, "export"
+
+    def micro_model(self, shape: LayerShape, batch: int, folder: Path, seed: int = 0) -> Path:
+        """The generic micro-model of ``shape``, exported, as ``folder/micro.pt2``."""
+        from .._torch import write_pt2_micro
+
+        folder.mkdir(parents=True, exist_ok=True)
+        return write_pt2_micro(shape, batch, folder / "micro.pt2", seed)
+
+    def timed_runner(self, path: Path, workdir: Path, threads: int, device: str,
+                     inputs: Mapping[str, np.ndarray]) -> Callable[[], object]:
+        """One synchronised inference of the saved program's module, inputs in the given order."""
+        from .._torch import timed_call
+
+        return timed_call(_load(Path(path)).module(), list(inputs), threads, device, inputs)

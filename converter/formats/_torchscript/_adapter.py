@@ -25,6 +25,7 @@ from ...algebra import ConvStep, Lowered
 from .._archive import member_names
 from .._base import ConvLayer, InputSpec, ModelStats, Rewrite, Runner, UniqueNames, node_name
 from .._graphcheck import check_torchscript, check_torchscript_archive
+from .._micro import LayerShape
 from . import is_torchscript_layout
 from ._graph import (
     CONV_KINDS,
@@ -377,4 +378,37 @@ class TorchScriptAdapter:
             return [t.detach().cpu().numpy() for t in _flatten(out)]
 
         return run, f"torch-{torch.device(device).type}"
+
+    # Trainable: fine-tuning's view of a converted file.
+    def trainable_view(self, path: Path, workdir: Path, original: set[str], device: str = "cpu") -> Any:
+        """A ``formats._trainable.TrainableView`` of the converted file (``_trainable.torchscript_view``)."""
+        from ._trainable import torchscript_view
+
+        return torchscript_view(path, workdir, original, device)
+
+    # Timeable: candidates are timed on torch (the JIT executor).
+    def runtime(self) -> tuple[str, str, str]:
+        """``("torch", version, "")``."""
+        return "torch", torch.__version__, ""
+
+    def micro_model(self, shape: LayerShape, batch: int, folder: Path, seed: int = 0) -> Path:
+        """The generic micro-model of ``shape``, traced, as ``folder/micro.pt``."""
+        from .._torch import write_torchscript_micro
+
+        folder.mkdir(parents=True, exist_ok=True)
+        return write_torchscript_micro(shape, batch, folder / "micro.pt", seed)
+
+    def timed_runner(self, path: Path, workdir: Path, threads: int, device: str,
+                     inputs: Mapping[str, np.ndarray]) -> Callable[[], object]:
+        """One synchronised inference of the saved module (``torch.jit.load``, ``forward``'s argument order)."""
+        from .._torch import timed_call
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise InvalidOptionsError("device 'cuda' was asked, but torch sees no CUDA device")
+        module = torch.jit.load(str(path), map_location=device).eval()
+        try:
+            names = [a.name for a in module.forward.schema.arguments[1:]]
+        except (AttributeError, RuntimeError):
+            names = list(inputs)
+        return timed_call(module, names, threads, device, inputs)
 

@@ -38,13 +38,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from ..._device import resolve_device
 from ..._errors import ConversionError, InvalidOptionsError
 from ...formats import adapter_for
 from ._checkpoint import file_digest, fingerprint, load_checkpoint, save_checkpoint
 from ._objective import MetricAccumulator, Objective, objective_for
 from ._view import TrainableView, original_digests, trainable_view
 
-__all__ = ["CHECKPOINT_EVERY_S", "FinetuneOptions", "FinetuneResult", "SampleSource", "finetune", "resolve_device"]
+__all__ = ["CHECKPOINT_EVERY_S", "FinetuneOptions", "FinetuneResult", "SampleSource", "finetune"]
 
 CHECKPOINT_EVERY_S = 30.0
 #: Relative L2 the written model may differ from the trained module by (float32 accumulation order).
@@ -86,11 +87,13 @@ class FinetuneOptions:
     device: str = "cpu"
 
     @classmethod
-    def from_config(cls, config: Any, device: str = "cpu") -> FinetuneOptions:
-        """The fine-tune options of a ``ConversionConfig``."""
+    def from_config(cls, config: Any, device: str | None = None) -> FinetuneOptions:
+        """The fine-tune options of a ``ConversionConfig``; ``device`` the conversion's resolved device (None:
+        the config's, resolved for torch)."""
+        device = device or resolve_device(config.device, runtime="torch")
         return cls(epochs=config.epochs, minutes=config.finetune_minutes, lr=config.finetune_lr,
                    batch_size=config.batch_size, loss=config.finetune_loss, scope=config.finetune_scope,
-                   patience=config.patience, seed=config.seed, device=getattr(config, "device", None) or device)
+                   patience=config.patience, seed=config.seed, device=device)
 
 
 @dataclass
@@ -123,21 +126,6 @@ class FinetuneResult:
     scope: str
     improved: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``.
-
-    Raises:
-        InvalidOptionsError: ``cuda`` was asked for and torch has no GPU.
-    """
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InvalidOptionsError("device 'cuda' was asked for but torch sees no CUDA GPU (use cpu or auto)")
-    if device not in ("cpu", "cuda"):
-        raise InvalidOptionsError(f"device must be cpu, cuda or auto, got {device!r}")
-    return device
 
 
 def _tensors(feeds: dict[str, np.ndarray], names: list[str], device: str) -> list[torch.Tensor]:
@@ -242,7 +230,7 @@ def finetune(student: Path, teacher: Path, dest: Path, *, fmt: str, train: Sampl
     entered = time.monotonic()  # the time budget covers setting up (runners, view, first evaluation) too
     if train.count < 1 or holdout.count < 1:
         raise InvalidOptionsError("fine-tuning needs at least one training and one held-out sample")
-    device = resolve_device(options.device)
+    device = resolve_device(options.device, runtime="torch")  # training runs on torch
     torch.manual_seed(options.seed)
     workdir = Path(workdir)
     adapter = adapter_for(fmt)

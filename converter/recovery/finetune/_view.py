@@ -1,59 +1,18 @@
-"""What fine-tuning needs from a format: a *trainable view* of a converted model file.
+"""The trainable view of a converted model file, from its format (``formats.Trainable``), and the content
+digests of the original's conv weights that tell the view which weights are new factors (``formats.digest``).
 
-A view is a torch module that computes the model's outputs from its inputs with the model's weights as
-``nn.Parameter``s, the names of the new factors among them (the weights of the convs the conversion created),
-and ``write``, which puts trained values back into the user's model — the same graph, names and everything
-not trained left as it was — and saves it in its own format.
-
-Which convs are new is found by content, not by name: a conv weight of the converted model whose bytes are not
-those of any conv weight of the original is a factor. So a finished job's files are enough (no layer list has
-to be kept), and naming conventions of new nodes can change freely.
-
-One builder per format, chosen by the format's registry name (``VIEWS``).
+It holds no format code: each format builds its own view (``formats/_<format>/_trainable.py``).
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
-from torch import nn
-
 from ..._errors import UnsupportedModelError
-from ...formats import adapter_for
+from ...formats import Trainable, TrainableView, adapter_for, digest
 
 __all__ = ["TrainableView", "digest", "original_digests", "trainable_view"]
-
-
-@dataclass
-class TrainableView:
-    """A converted model, trainable.
-
-    Attributes:
-        format: the format's registry name.
-        module: ``module(*inputs)`` (tensors in ``input_names`` order) returns the model's outputs as a list.
-        input_names: the model's tensor inputs, in call order.
-        params: every learnable weight, by the name the format gives it (initializer or constant name).
-        factors: names (keys of ``params``) of the new factors: the weights and biases of the new convs.
-        write: ``write(dest, names)`` writes the model with the current values of ``params[names]`` to ``dest``
-            (the adapter may change the suffix) and returns the path written.
-    """
-
-    format: str
-    module: nn.Module
-    input_names: list[str]
-    params: dict[str, nn.Parameter]
-    factors: list[str]
-    write: Callable[[Path, Iterable[str]], Path]
-
-
-def digest(array: np.ndarray) -> str:
-    """A content digest of a weight (as float32, so a half-precision model matches its converted copy)."""
-    a = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
-    return hashlib.blake2b(repr(a.shape).encode() + a.tobytes(), digest_size=16).hexdigest()
 
 
 def original_digests(fmt: str, path: Path, workdir: Path) -> set[str]:
@@ -70,12 +29,8 @@ def trainable_view(fmt: str, path: Path, workdir: Path, original: Iterable[str],
         UnsupportedModelError: the format has no trainable view, or the model holds something the view cannot
             run (the message names the node and op).
     """
-    if fmt == "onnx":
-        from ._onnx_view import onnx_view as build
-    elif fmt == "torchscript":
-        from ._torchscript_view import torchscript_view as build
-    elif fmt == "pt2":
-        from ._pt2_view import pt2_view as build
-    else:
+    adapter = adapter_for(fmt)
+    if not isinstance(adapter, Trainable):
         raise UnsupportedModelError(f"fine-tuning does not support the {fmt} format; use recover=calibrate")
-    return build(Path(path), Path(workdir), set(original), device)
+    view: TrainableView = adapter.trainable_view(Path(path), Path(workdir), set(original), device)
+    return view

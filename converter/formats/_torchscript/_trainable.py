@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from ..._errors import UnsupportedModelError, one_line
-from ...formats import adapter_for
-from ...formats._torchscript._adapter import _flatten
-from ._view import TrainableView, digest
+from .._registry import adapter_for
+from .._trainable import TrainableView, digest
+from ._adapter import _flatten
 
 __all__ = ["torchscript_view"]
 

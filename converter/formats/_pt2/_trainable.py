@@ -20,7 +20,7 @@ from torch import nn
 
 from ..._errors import ConversionError, UnsupportedModelError, one_line
 from ..._files import atomic_path
-from ._view import TrainableView, digest
+from .._trainable import TrainableView, digest
 
 __all__ = ["pt2_view"]
 

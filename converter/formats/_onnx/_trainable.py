@@ -1,13 +1,13 @@
 """The trainable view of an ONNX model: a small ONNX→torch interpreter and the write-back of trained tensors.
 
 ``OnnxModule`` walks the main graph in topological order and runs each node with the torch function of its op
-(``_onnx_ops``). Weights — initializers and Constant-node tensors in the weight and bias slots of Conv, Gemm,
+(``_torch_ops``). Weights — initializers and Constant-node tensors in the weight and bias slots of Conv, Gemm,
 MatMul and the normalisations — are ``nn.Parameter``s; every other constant is a buffer. The graph itself is
 never changed: ``write`` puts the trained values into the same initializers and Constant nodes of the user's
 model (same names, dtype, opset, dynamic dims, everything else untouched) and saves it with the ONNX adapter.
 
 Not supported (a one-line error naming the node): control flow and other subgraph ops, non-default domains,
-model-local functions, and ops missing from ``_onnx_ops``. Calibration does not need this view.
+model-local functions, and ops missing from ``_torch_ops``. Calibration does not need this view.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from ..._errors import UnsupportedModelError
-from ...formats import adapter_for
-from ._onnx_ops import OPS, UnsupportedNode
-from ._view import TrainableView, digest
+from .._registry import adapter_for
+from .._trainable import TrainableView, digest
+from ._torch_ops import OPS, UnsupportedNode
 
 __all__ = ["OnnxModule", "onnx_view"]
 
