@@ -50,7 +50,7 @@ from .._report import Search, SearchPlanReport
 from .._stages import StageProgress
 from ..data import Samples
 from ..evaluation import Scorer
-from ..formats import trusting
+from ..formats import Tappable, trusting
 from ..latency import Comparison, compare_files
 from ..planning import (
     Choice,
@@ -116,6 +116,9 @@ def search_step(c: Conversion, progress: StageProgress) -> None:
     if c.problems:
         raise InvalidOptionsError(f"max_accuracy_drop times every plan and needs concrete input shapes: "
                                   f"{c.problems[0]}")
+    if not isinstance(c.adapter, Tappable):
+        raise InvalidOptionsError(f"max_accuracy_drop is not available for {c.adapter.name} models yet (no "
+                                  "activation tap for this format); choose a rank policy")
     spectra = Spectra()
     menus = _menus(c, spectra)
     progress.update(0.02, {"step": "sensitivity", "layers": len(menus)})
@@ -173,7 +176,7 @@ def _menus(c: Conversion, spectra: Spectra) -> list[LayerMenu]:
 
 
 def _sensitivities(c: Conversion, menus: list[LayerMenu], spectra: Spectra, samples: Samples) -> dict[str, float]:
-    assert c.adapter is not None
+    assert isinstance(c.adapter, Tappable)
     probes = []
     for m in menus:
         layer = m.payload[0]
