@@ -33,7 +33,11 @@ def files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def default_run(files, tmp_path_factory):
     out = tmp_path_factory.mktemp("search-out") / "slim.onnx"
-    return converter.convert(files["model"], out, data=files["data"], **FAST), out
+    seen: list[tuple[str, float, dict | None]] = []
+    result = converter.convert(files["model"], out, data=files["data"], progress=lambda s, f, d: seen.append((s, f, d)),
+                               **FAST)
+    result.progress = seen  # type: ignore[attr-defined]
+    return result, out
 
 
 def test_with_data_and_no_rank_option_the_search_is_the_default(default_run, files):
@@ -65,6 +69,17 @@ def test_with_data_and_no_rank_option_the_search_is_the_default(default_run, fil
     else:
         assert out.read_bytes() == files["model"].read_bytes()
         assert any("max_accuracy_drop" in w for w in r.warnings)
+
+
+def test_progress_says_plan_speedup_metric_and_best_so_far(default_run):
+    result = default_run[0]
+    plans = [d for s, _, d in result.progress if s == "search" and d and "plan" in d]
+    assert [d["plan"] for d in plans] == list(range(1, len(result.report.search.plans) + 1))
+    for d, p in zip(plans, result.report.search.plans, strict=True):
+        assert d["speedup"] == pytest.approx(p.speedup, abs=1e-3) and d["metric"] == pytest.approx(p.metric, abs=1e-6)
+        assert "best" in d
+    fractions = [f for _, f, _ in result.progress]
+    assert fractions == sorted(fractions)
 
 
 def test_the_report_round_trips_and_the_html_charts_the_frontier(default_run):
