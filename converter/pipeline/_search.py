@@ -26,8 +26,8 @@ layer before it (its input is the calibrated network up to it), so they are the 
 prefix of decisions — reusing them needs calibration to start from a given prefix, which it cannot yet.
 
 **Resuming.** With a ``checkpoint_dir`` each measured plan's outcome is appended to ``search.json`` there (keyed
-by the model's, the samples' and the options' digests, like a fine-tune checkpoint); a resumed conversion
-replays those outcomes without measuring them again and rebuilds only the chosen plan's file.
+by the model's, the samples' and the options' digests — the budget aside —, like a fine-tune checkpoint); a
+resumed conversion replays those outcomes without measuring them again and rebuilds only the chosen plan's file.
 """
 
 from __future__ import annotations
@@ -502,5 +502,7 @@ def _fingerprint(c: Conversion) -> str:
             with open(path, "rb") as f:
                 while chunk := f.read(1 << 20):
                     h.update(chunk)
-    h.update(json.dumps(c.config.model_dump(mode="json"), sort_keys=True, default=str).encode())
+    # every option but the budget: a run resumed with more time replays what the first one measured
+    options = c.config.model_dump(mode="json", exclude={"search_budget_s"})
+    h.update(json.dumps(options, sort_keys=True, default=str).encode())
     return h.hexdigest()

@@ -133,8 +133,9 @@ def test_a_resumed_search_replays_the_measured_plans(files, tmp_path):
     first = converter.convert(files["model"], tmp_path / "a.onnx", data=files["data"], checkpoint_dir=ckpt,
                               **opts).report
     assert (ckpt / "search.json").is_file() and first.search is not None and first.search.resumed_plans == 0
+    # resumed with a larger budget: the same search, so the journal applies
     second = converter.convert(files["model"], tmp_path / "b.onnx", data=files["data"], checkpoint_dir=ckpt,
-                               **opts).report
+                               **{**opts, "search_budget_s": 90}).report
     assert second.search is not None and second.search.resumed_plans == len(first.search.plans)
     assert [(p.index, p.speedup, p.metric) for p in second.search.plans] == \
            [(p.index, p.speedup, p.metric) for p in first.search.plans]
