@@ -153,3 +153,13 @@ def test_options_are_checked_before_any_work(files, tmp_path):
                           layer_rank=["a=1"])
     with pytest.raises(InvalidOptionsError, match="max_accuracy_drop"):
         converter.convert(files["model"], tmp_path / "x.onnx", data=files["data"], max_accuracy_drop=1.5)
+
+
+def test_with_recover_finetune_the_chosen_plan_is_fine_tuned(files, tmp_path):
+    r = converter.convert(files["model"], tmp_path / "slim.onnx", data=files["data"], max_accuracy_drop=0.9,
+                          recover="finetune", epochs=1, **FAST).report
+    s = r.search
+    assert s is not None and s.chosen is not None  # as in the loose-drop test: the fastest plan
+    assert r.finetune is not None and r.finetune.epochs == 1 and r.timings.finetune_s is not None
+    assert r.accuracy is not None and (r.accuracy.kept != "finetuned" or r.accuracy.finetuned is not None)
+    assert {la.name for la in r.converted_layers} == set(next(p for p in s.plans if p.chosen).layers)
