@@ -198,8 +198,10 @@ class FinetuneReport(_Model):
 class SearchPlanReport(_Model):
     """One plan the ``max_accuracy_drop`` search measured (README "Accuracy-bounded search").
 
-    ``index`` is its place on the predicted frontier (0 is the original, 1… ever faster and less accurate as
-    predicted); ``step`` how the search picked it (``fastest``, ``interpolate``, ``bisect``). ``speedup`` and its
+    ``plan`` numbers the plans in the order measured; ``index`` is its place on the predicted frontier (0 is the
+    original, 1… ever faster and less accurate as predicted; null for a uniform-rank plan that is not on it);
+    ``uniform_rank`` the K of a plan that is ``--rank K`` for every layer; ``step`` how the search picked it
+    (``uniform``, ``fastest``, ``interpolate``, ``bisect``). ``speedup`` and its
     interval are of the assembled, recovered file against the original (latency, like ``Latency``); ``metric`` is
     the search's metric of that file on the held-out samples and ``drop`` its distance from the original's (for
     ``rel_l2``, the value itself). ``meets``: ``drop ≤ max_drop``; ``faster``: the speed-up's interval lies above
@@ -208,7 +210,9 @@ class SearchPlanReport(_Model):
     each layer is then the planner's, ``--order`` where all share one).
     """
 
-    index: int
+    plan: int
+    index: int | None = None
+    uniform_rank: int | None = None
     step: str
     converted_layers: int
     speedup: float
@@ -234,7 +238,7 @@ class Search(_Model):
     ``metric`` is the held-out metric bounded (``top1``, ``top1_agreement`` or ``rel_l2``), ``original`` its
     value for the original model, ``max_drop`` the bound (``default``: set by the default policy with samples).
     ``frontier_plans``: plans on the predicted frontier; ``plans``: every plan measured, in order; ``chosen``:
-    the ``index`` of the plan returned, or None when the original was returned (``reason`` says why).
+    the ``plan`` number of the plan returned, or None when the original was returned (``reason`` says why).
     ``sensitivity``: per layer, the share of a relative squared error at its output that reached the model's
     output. ``stopped``: ``converged``, ``budget`` or ``nothing to convert``; ``resumed_plans``: outcomes replayed
     from an earlier, interrupted run.

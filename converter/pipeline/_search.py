@@ -8,7 +8,8 @@ What it does, in order:
    rank on the calibration samples: ``planning.priced_options``); per (order, rank) the fastest lowering.
 2. **Sensitivities.** One perturbed pass per layer on a few calibration samples (``planning._sensitivity``).
 3. **Frontier and search** (``planning._search``): plans along the predicted latency/error frontier, the
-   fastest first, then narrowing between the last that met ``D`` and the first that did not.
+   uniform ranks first (what ``--rank K`` gives), then narrowing between the last plan that met ``D`` and the
+   first that did not.
 4. **Each plan measured** (``_Evaluator``): factors at the plan's ranks, calibrated (``recovery.recover``, a
    black box), assembled into a file, that *file* scored on the held-out samples against the original on the
    format's runtime, and timed against the original (threads, batch and device of the conversion).
@@ -71,6 +72,7 @@ from ..planning import (
     probe_rank,
     rewrites,
     search,
+    uniform_plans,
 )
 from ..recovery import held_out, recover
 from ._measure import _backend, _inputs, _timed_inputs
@@ -138,7 +140,7 @@ def search_step(c: Conversion, progress: StageProgress) -> None:
             "best": None if best is None else round(best.outcome.speedup, 3)})
 
     with trusting(cfg.trust_model):
-        result = search(chain, evaluator, drop, cfg.search_budget_s, progress=report)
+        result = search(chain, evaluator, drop, cfg.search_budget_s, anchors=uniform_plans(menus), progress=report)
         evaluator.finish(result)
     _apply(c, menus, result, evaluator, drop, sens, time.monotonic() - t_start)
 
@@ -389,11 +391,12 @@ def _apply(c: Conversion, menus: list[LayerMenu], result: SearchResult, ev: _Eva
     assert c.adapter is not None and c.before is not None
     chosen = result.chosen
     rows = []
-    for t in result.trials:
+    for number, t in enumerate(result.trials, 1):
         extra = t.outcome.extra or {}
         is_chosen = chosen is not None and t is chosen
         rows.append(SearchPlanReport(
-            index=t.plan.index, step=t.step, converted_layers=sum(ch is not None for ch in t.plan.choices),
+            plan=number, index=t.plan.index if t.plan.index >= 0 else None, uniform_rank=t.plan.uniform_rank,
+            step=t.step, converted_layers=sum(ch is not None for ch in t.plan.choices),
             speedup=round(t.outcome.speedup, 4), speedup_low=round(t.outcome.low, 4),
             speedup_high=round(t.outcome.high, 4), params=int(extra.get("params") or c.before.params),
             macs=extra.get("macs"), metric=round(t.outcome.metric, 6), drop=round(t.outcome.drop, 6),
@@ -407,7 +410,7 @@ def _apply(c: Conversion, menus: list[LayerMenu], result: SearchResult, ev: _Eva
         metric=metric, max_drop=drop, default=c.search_default,
         original=ev.original, budget_s=c.config.search_budget_s, spent_s=round(seconds, 3),
         stopped=result.stopped, frontier_plans=result.chain,
-        chosen=None if chosen is None else chosen.plan.index, reason=result.reason,
+        chosen=None if chosen is None else result.trials.index(chosen) + 1, reason=result.reason,
         sensitivity={k: round(v, 6) for k, v in sens.items()}, resumed_plans=ev.journal.replayed,
         plans=rows)
     c.report_extra["search"] = section

@@ -17,7 +17,7 @@ from ._factorize import Factors, Spectra, factorize, rewrites
 from ._latency_cost import LatencyCostModel
 from ._outerr import OutputErrorCostModel, OutputErrors, measure_output_errors, plans_on_output_error
 from ._plan import LayerDecision, Plan, eligibility, orders, plan, priced_options
-from ._search import Choice, LayerMenu, Outcome, SearchPlan, SearchResult, Trial, frontier, search
+from ._search import Choice, LayerMenu, Outcome, SearchPlan, SearchResult, Trial, frontier, search, uniform_plans
 from ._sensitivity import Probe, Sensitivities, measure_sensitivities, probe_rank
 
 __all__ = [
@@ -56,4 +56,5 @@ __all__ = [
     "probe_rank",
     "rewrites",
     "search",
+    "uniform_plans",
 ]

@@ -386,7 +386,7 @@ def _search_figure(search: Mapping[str, Any]) -> str:
         iv = (float(p["speedup_low"]), float(p["speedup_high"])) if _is_num(p.get("speedup_low")) and _is_num(
             p.get("speedup_high")) else None
         points.append((float(p["speedup"]), float(p["metric"]), iv, colours[kind],
-                       f"plan {p.get('index')} ({kind}): {float(p['speedup']):.2f}×, {metric} "
+                       f"plan {p.get('plan')} ({kind}{_uniform(p)}): {float(p['speedup']):.2f}×, {metric} "
                        f"{fmt(float(p['metric']))}; {p.get('why', '')}"))
     if len(points) < 2:
         return ""
@@ -404,7 +404,7 @@ def _search_figure(search: Mapping[str, Any]) -> str:
     for p in sorted(plans, key=lambda p: float(p["speedup"])):
         opts = " ".join(str(o) for o in p.get("options") or [])
         rows.append(
-            f'<tr class="{"chosen" if p.get("chosen") else ""}"><td>{escape(str(p.get("index")))}</td>'
+            f'<tr class="{"chosen" if p.get("chosen") else ""}"><td>{escape(str(p.get("plan")) + _uniform(p))}</td>'
             f'<td>{float(p["speedup"]):.2f}× ({_num(p.get("speedup_low"))}–{_num(p.get("speedup_high"))})</td>'
             f'<td>{escape(fmt(float(p["metric"])))}</td><td>{escape(_num(p.get("params")))}</td>'
             f'<td>{escape(_num(p.get("macs")))}</td><td>{escape(str(p.get("why", "")))}</td>'
@@ -416,6 +416,10 @@ def _search_figure(search: Mapping[str, Any]) -> str:
             f"{search.get('reason', '')}") if _is_num(drop) else str(search.get("reason", ""))
     return (f'<figure id="plot-search"><figcaption>Speed-up and {escape(metric)} of the plans searched'
             f'</figcaption>{svg}<p class="note">{escape(note)}</p>{table}</figure>')
+
+
+def _uniform(p: Mapping[str, Any]) -> str:
+    return f", --rank {p['uniform_rank']}" if _is_num(p.get("uniform_rank")) else ""
 
 
 def _accuracy_figure(acc: Mapping[str, Any]) -> str:

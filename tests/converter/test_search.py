@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from converter.planning import Choice, LayerMenu, Outcome, SearchPlan, frontier, search
+from converter.planning import Choice, LayerMenu, Outcome, SearchPlan, frontier, search, uniform_plans
 
 
 def _menus() -> list[LayerMenu]:
@@ -148,3 +148,20 @@ def test_search_with_nothing_to_convert_measures_nothing():
     fake = FakeModel([])
     result = search(frontier([]), fake, 0.01, budget_s=10, clock=fake.clock)
     assert result.chosen is None and result.trials == [] and fake.calls == []
+
+
+def test_uniform_plans_are_what_rank_k_gives_and_are_measured_first():
+    menus = _menus()
+    anchors = uniform_plans(menus)
+    assert [p.uniform_rank for p in anchors] == [6, 5, 4, 3, 2, 1]  # slowest first
+    assert all(c is not None and c.rank == p.uniform_rank for p in anchors for c in p.choices)
+    fake = FakeModel(menus)
+    chain = frontier(menus)
+    # a drop scale that favours uniform plans: the search still returns the fastest measured within D
+    result = search(chain, fake, 0.03, budget_s=1e9, anchors=anchors, clock=fake.clock)
+    steps = [t.step for t in result.trials]
+    assert steps[0] == "uniform" and "uniform" not in steps[steps.index(next(s for s in steps if s != "uniform")):]
+    meeting = [p for p in anchors if fake.outcome(p).drop <= 0.03]
+    best_uniform = max((fake.outcome(p).speedup for p in meeting), default=1.0)
+    assert result.chosen is not None and result.chosen.outcome.speedup >= best_uniform
+    assert len({t.plan.key for t in result.trials}) == len(result.trials)  # each plan measured once

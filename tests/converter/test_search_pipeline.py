@@ -58,7 +58,7 @@ def test_with_data_and_no_rank_option_the_search_is_the_default(default_run, fil
         assert len(p.layers) == p.converted_layers
     if s.chosen is not None:
         chosen = next(p for p in s.plans if p.chosen)
-        assert chosen.index == s.chosen and chosen.drop <= 0.01 and chosen.faster
+        assert chosen.plan == s.chosen and chosen.drop <= 0.01 and chosen.faster
         # the returned file is the chosen plan: its latency is that measurement, its layers those ranks
         assert r.latency is not None and r.latency.speedup == pytest.approx(chosen.speedup, abs=1e-3)
         assert r.params.converted == chosen.params
@@ -90,7 +90,7 @@ def test_the_report_round_trips_and_the_html_charts_the_frontier(default_run):
     assert 'id="plot-search"' in page and "reproduce with" in page and "--layer-rank" in page
     assert page.count("<circle") >= len(data["search"]["plans"]) + 1  # every plan and the original
     for p in data["search"]["plans"]:
-        assert f"plan {p['index']} (" in page
+        assert f"plan {p['plan']} (" in page
 
 
 def test_a_loose_drop_returns_the_fastest_plan_as_measured(files, tmp_path):
@@ -98,14 +98,20 @@ def test_a_loose_drop_returns_the_fastest_plan_as_measured(files, tmp_path):
     r = converter.convert(files["model"], out, data=files["data"], max_accuracy_drop=0.9, **FAST).report
     s = r.search
     assert s is not None and not s.default and r.policy["default"] is False
-    # the fastest plan of the frontier (every layer at its cheapest) keeps agreement above 10 %: it is measured
-    # first and is the answer (rank 1 of these layers is twice as fast, far outside the noise)
-    assert [p.step for p in s.plans] == ["fastest"] and s.plans[0].chosen and s.chosen == s.frontier_plans
+    # uniform rank 1 is measured first and keeps agreement above 10 %; the frontier's fastest plan (every layer at
+    # its cheapest) next, if it differs; the answer is the faster of them (rank 1 of these layers is about twice
+    # as fast, far outside the noise)
+    assert s.plans[0].step == "uniform" and s.plans[0].uniform_rank == 1 and s.plans[0].meets
+    assert [p.step for p in s.plans[1:]] in ([], ["fastest"])
+    chosen = next(p for p in s.plans if p.chosen)
+    assert chosen.plan == s.chosen and chosen.speedup == max(p.speedup for p in s.plans if p.meets and p.faster)
     assert r.converted_layers and out.read_bytes() != files["model"].read_bytes()
     assert r.latency is not None and r.latency.speedup_low > 1.0
     assert r.fidelity is not None and r.accuracy is not None
     assert r.accuracy.top1_agreement is not None
     assert 1.0 - s.plans[0].metric == pytest.approx(s.plans[0].drop)
+    assert s.plans[0].options == [f"--layer-rank {name}=1" for name in s.plans[0].layers] or \
+        any(o.startswith("--exclude") for o in s.plans[0].options)
 
 
 def test_without_data_the_default_is_unchanged(files, tmp_path):
@@ -137,8 +143,8 @@ def test_a_resumed_search_replays_the_measured_plans(files, tmp_path):
     second = converter.convert(files["model"], tmp_path / "b.onnx", data=files["data"], checkpoint_dir=ckpt,
                                **{**opts, "search_budget_s": 90}).report
     assert second.search is not None and second.search.resumed_plans == len(first.search.plans)
-    assert [(p.index, p.speedup, p.metric) for p in second.search.plans] == \
-           [(p.index, p.speedup, p.metric) for p in first.search.plans]
+    assert [(p.plan, p.index, p.speedup, p.metric) for p in second.search.plans] == \
+           [(p.plan, p.index, p.speedup, p.metric) for p in first.search.plans]
     assert second.search.chosen == first.search.chosen
     assert [la.rank for la in second.layers] == [la.rank for la in first.layers]
 
