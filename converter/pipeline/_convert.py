@@ -21,23 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .._config import ConversionConfig
 from .._device import resolve_device
 from .._errors import ConversionError, InvalidOptionsError, map_errors
-from .._report import Fidelity, FinetuneReport, Latency, Report
+from .._report import FinetuneReport, Report
 from .._stages import STAGE_NAMES, ProgressCallback, StageClock, StageProgress
 from ..data import Samples, image_spec_from, load_samples
 from ..evaluation import load_user_inputs, resolve_input_shapes
-from ..formats import ConvLayer, FormatAdapter, InputSpec, ModelStats, Tappable, Timeable, detect_format, trusting
+from ..formats import Tappable, Timeable, detect_format, trusting
 from ..planning import (
-    CostModel,
     CountingCostModel,
-    Factors,
     OutputErrorCostModel,
     OutputErrors,
-    Plan,
     Spectra,
     eligibility,
     factorize,
@@ -50,6 +45,7 @@ from ..planning import (
 from ..recovery import held_out, recover
 from ..report import build_report
 from ._measure import guard_step, measure_step, verify_step
+from ._record import Conversion, StageOrderError
 from ._search import resolve_policy, search_step, searching
 
 __all__ = ["STEPS", "Conversion", "ConversionResult", "ProgressCallback", "convert"]
@@ -90,77 +86,14 @@ class ConversionResult:
         return path
 
 
-@dataclass
-class Conversion:
-    """What the stages of one conversion share. Each stage reads what earlier ones left and adds its part.
-
-    Set before the first stage: ``config``, ``src`` (the input file), ``dest`` (where the result goes, or None
-    for bytes), ``inputs_path`` (the user's verification inputs), ``work`` (a private scratch folder),
-    ``data_path`` and ``eval_path`` (the user's samples for recovery and the accuracy report).
-    """
-
-    config: ConversionConfig
-    src: Path
-    dest: Path | None
-    inputs_path: Path | None
-    work: Path
-    data_path: Path | None = None
-    eval_path: Path | None = None
-    checkpoint_dir: Path | None = None  # where a fine-tune keeps its checkpoint (resumes from one found there)
-    search_default: bool = False  # max_accuracy_drop was set by the default policy with samples, not by the user
-    # load
-    adapter: FormatAdapter | None = None
-    model: Any = None
-    specs: list[InputSpec] = field(default_factory=list)
-    user_inputs: dict[str, np.ndarray] | None = None
-    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-    samples: Samples | None = None
-    eval_samples: Samples | None = None
-    # plan (and measure, which may replace the cost model and plan again)
-    cost_model: CostModel = field(default_factory=CountingCostModel)
-    spectra: Spectra = field(default_factory=Spectra)
-    layers: list[ConvLayer] = field(default_factory=list)
-    before: ModelStats | None = None
-    after: ModelStats | None = None
-    plan: Plan | None = None
-    factors: list[Factors] = field(default_factory=list)
-    # save
-    staging: Path | None = None
-    saved: Path | None = None
-    # verify
-    guarded: tuple[frozenset[str], Any] | None = None  # the converted layers the guard kept, and its measurement
-    fidelity: Fidelity | None = None
-    latency: Latency | None = None
-    # report keys and warnings that stages add (accuracy, …), and per-layer report fields by layer name
-    report_extra: dict[str, Any] = field(default_factory=dict)
-    layer_extra: dict[str, dict[str, Any]] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def per_sample(self) -> dict[str, tuple[int, ...]]:
-        """The input shapes at batch 1: counts (MACs) are per sample whatever batch verification uses."""
-        return {name: (1, *dims[1:]) for name, dims in self.shapes.items() if dims}
-
-    @property
-    def device(self) -> str:
-        """``cpu`` or ``cuda``: the configured device, with ``auto`` resolved."""
-        assert self.adapter is not None
-        runtime = self.adapter.runtime()[0] if isinstance(self.adapter, Timeable) else "onnxruntime"
-        return resolve_device(self.config.device, runtime)
-
-    def workdir(self, name: str) -> Path:
-        """A private scratch folder for one purpose, created on first use."""
-        return _mkdir(self.work / name)
-
-
 def _load(c: Conversion, _: StageProgress) -> None:
-    c.adapter = detect_format(c.src)
+    c.adapter = adapter = detect_format(c.src)
+    runtime = adapter.runtime()[0] if isinstance(adapter, Timeable) else "onnxruntime"
+    c.device = resolve_device(c.config.device, runtime)  # once, for every stage
     with trusting(c.config.trust_model):
-        c.model = c.adapter.load(c.src, c.workdir("load"))
-    c.specs = c.adapter.input_specs(c.model)
-    if c.inputs_path is not None:
-        c.user_inputs = load_user_inputs(c.inputs_path, c.specs)
+        c.model = adapter.load(c.src, c.workdir("load"))
+    c.specs = adapter.input_specs(c.model)
+    c.user_inputs = load_user_inputs(c.inputs_path, c.specs) if c.inputs_path is not None else None
     _load_samples(c)
     c.shapes, c.problems = resolve_input_shapes(c.specs, c.config, c.user_inputs)
     if c.problems and (c.config.verify or c.config.target_macs is not None):
@@ -174,14 +107,13 @@ def _load_samples(c: Conversion) -> None:
     if c.data_path is None and cfg.recover in ("calibrate", "finetune"):
         raise InvalidOptionsError(f"recover={cfg.recover} needs samples of the model's inputs: give --data")
     image = image_spec_from(cfg)
-    if c.data_path is not None:
-        c.samples = load_samples(c.data_path, c.specs, image_spec=image, what="data")
-    if c.eval_path is not None:
-        c.eval_samples = load_samples(c.eval_path, c.specs, image_spec=image, what="eval")
+    c.samples = (load_samples(c.data_path, c.specs, image_spec=image, what="data")
+                 if c.data_path is not None else None)
+    c.eval_samples = (load_samples(c.eval_path, c.specs, image_spec=image, what="eval")
+                      if c.eval_path is not None else None)
 
 
 def _plan(c: Conversion, within: StageProgress) -> None:
-    assert c.adapter is not None
     c.layers = c.adapter.find_convs(c.model, c.per_sample)
     c.before = c.adapter.stats(c.model, c.per_sample)
     if c.samples is not None and plans_on_output_error(c.config) and isinstance(c.adapter, Tappable):
@@ -198,8 +130,9 @@ def _output_errors(c: Conversion, within: StageProgress) -> OutputErrors:
     """Each eligible layer's output error at every rank on the calibration samples (``_outerr``), for a rank
     policy that trades error (a budget, ``rank``). The samples are those calibration will use: the held-out
     ones are not looked at."""
-    assert c.adapter is not None and c.samples is not None
     cfg = c.config
+    if c.samples is None or not isinstance(c.adapter, Tappable):  # _plan's condition
+        raise StageOrderError("internal error: output errors measured without samples or a tap")
     calib = held_out(c.samples, c.eval_samples, cfg.holdout, cfg.seed)[0].head(cfg.calibration_samples)
     layers = [layer for layer in c.layers if eligibility(layer, cfg) is None]
     with trusting(cfg.trust_model), map_errors("measuring the layers' output errors failed", ConversionError):
@@ -209,7 +142,6 @@ def _output_errors(c: Conversion, within: StageProgress) -> OutputErrors:
 
 
 def _rewrite(c: Conversion, _: StageProgress) -> None:
-    assert c.adapter is not None and c.before is not None
     if not c.factors:
         c.after = c.before
         return
@@ -219,9 +151,9 @@ def _rewrite(c: Conversion, _: StageProgress) -> None:
 
 
 def _calibrate(c: Conversion, within: StageProgress) -> None:
-    assert c.adapter is not None
     data = c.samples if c.samples is not None else c.eval_samples
-    assert data is not None
+    if data is None:  # the step's condition (_has_samples) guarantees one
+        raise StageOrderError("internal error: the calibrate stage ran without samples")
     cfg = c.config if c.samples is not None else c.config.model_copy(update={"recover": "none"})
     with trusting(c.config.trust_model), map_errors("calibration failed", ConversionError):
         out = recover(c.adapter, c.src, c.workdir("calibrate"), c.factors, c.per_sample, data,
@@ -235,7 +167,6 @@ def _calibrate(c: Conversion, within: StageProgress) -> None:
 
 
 def _save(c: Conversion, _: StageProgress) -> None:
-    assert c.adapter is not None and c.staging is not None
     if c.factors:
         c.saved = c.adapter.save(c.model, c.staging / f"model{c.adapter.suffix}")
     else:
@@ -245,12 +176,13 @@ def _save(c: Conversion, _: StageProgress) -> None:
 
 
 def _finetune(c: Conversion, within: StageProgress) -> None:
-    """Fine-tune the rewritten (and calibrated) model by distillation from the original (``converter._finetune``)
-    on the calibration split of the samples, early-stopping on the held-out one; the trained model replaces
-    ``c.model``, so the save stage writes it as any converted model."""
+    """Fine-tune the rewritten (and calibrated) model by distillation from the original
+    (``converter.recovery.finetune``) on the calibration split of the samples, early-stopping on the held-out one;
+    the trained model replaces ``c.model``, so the save stage writes it as any converted model."""
     from ..recovery.finetune import FinetuneOptions, finetune
 
-    assert c.adapter is not None and c.samples is not None
+    if c.samples is None:  # config validation makes recover=finetune need --data
+        raise StageOrderError("internal error: the finetune stage ran without samples")
     if not c.factors:
         c.warnings.append("fine-tuning skipped: no layer was converted")
         return
@@ -292,7 +224,6 @@ def _score_file(c: Conversion, path: Path, samples: Samples) -> dict[str, float 
     model on its format's own runtime."""
     from ..evaluation import Scorer
 
-    assert c.adapter is not None
     with trusting(c.config.trust_model), map_errors("scoring the fine-tuned model failed", ConversionError):
         original, _ = c.adapter.runner(c.src, c.workdir("score-original"), c.config.threads, c.device)
         tuned, _ = c.adapter.runner(path, c.workdir("score-finetuned"), c.config.threads, c.device)
@@ -402,8 +333,10 @@ def _run(c: Conversion, progress: ProgressCallback | None) -> ConversionResult:
     # after verification: a failed conversion never leaves a file at the destination.
     c.staging = (Path(tempfile.mkdtemp(prefix=".sepconv-", dir=_mkdir(c.dest.parent))) if c.dest
                  else c.workdir("out"))
+    c.cost_model, c.spectra = CountingCostModel(), Spectra()
     try:
         for name in active:
+            c.stage = name
             with clock.stage(name) as within:
                 STEPS[name][1](c, within)
         result = _publish(c, _report(c, clock.seconds))
@@ -415,18 +348,18 @@ def _run(c: Conversion, progress: ProgressCallback | None) -> ConversionResult:
 
 
 def _report(c: Conversion, seconds: dict[str, float]) -> Report:
-    assert c.adapter is not None and c.plan is not None and c.before is not None and c.saved is not None
     return build_report(
         format=c.adapter.name, before=c.before, after=c.after or c.before,
-        file_bytes=(c.src.stat().st_size, c.saved.stat().st_size), policy=c.plan.policy,
+        file_bytes=(c.src.stat().st_size, c.saved.stat().st_size if c.saved is not None else 0), policy=c.plan.policy,
         decisions=c.plan.decisions, factors=c.factors, shapes=c.shapes, problems=c.problems,
         fidelity=c.fidelity, latency=c.latency, seconds=seconds, extra=c.report_extra, warnings=c.warnings,
         layer_extra=c.layer_extra)
 
 
 def _publish(c: Conversion, report: Report) -> ConversionResult:
-    assert c.adapter is not None and c.saved is not None
     result = ConversionResult(report=report, format=c.adapter.name)
+    if c.saved is None:
+        raise StageOrderError("internal error: nothing was saved")
     if c.dest is None:
         result.data = c.saved.read_bytes()
     else:

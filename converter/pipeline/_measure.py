@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,15 +35,12 @@ from ..latency import (
 )
 from ..planning import LatencyCostModel, factorize, macs_of, plan, rewrites
 from ..recovery import held_out
-
-if TYPE_CHECKING:
-    from ._convert import Conversion
+from ._record import Conversion
 
 __all__ = ["guard_step", "measure_step", "verify_step"]
 
 
 def _backend(c: Conversion) -> Backend:
-    assert c.adapter is not None
     return backend_for(c.adapter, c.device, c.config.threads)
 
 
@@ -69,7 +65,6 @@ def _timed_inputs(inputs: dict[str, np.ndarray], c: Conversion) -> dict[str, np.
 
 def measure_step(c: Conversion, progress: StageProgress) -> None:
     """Time every eligible layer's candidates in context and plan on them (the ``measure`` stage)."""
-    assert c.adapter is not None and c.before is not None
     cfg = c.config
     total_ms = None
     if c.problems:
@@ -99,7 +94,6 @@ def measure_step(c: Conversion, progress: StageProgress) -> None:
 
 def _model_ms(c: Conversion, backend: Backend) -> float:
     """The original model's median latency (for ``target_latency``)."""
-    assert c.adapter is not None
     inputs = _timed_inputs(_inputs(c)[0], c)
     with map_errors("the original model could not be timed", VerificationError, limit=400, type_name=False):
         run = timed_runner(c.adapter, c.src, c.workdir("measure-model"), backend.threads, backend.device, inputs)
@@ -111,7 +105,6 @@ def guard_step(c: Conversion, progress: StageProgress) -> None:
     """The never-slower check (``_guard``) of the default policy: the assembled model against the original,
     before any recovery, so that calibration and fine-tuning work on — and the accuracy section describes — only
     the layers that are kept. Speed does not depend on the weights, so the data-free model decides it."""
-    assert c.adapter is not None and c.staging is not None and c.plan is not None
     if not c.factors or not isinstance(c.cost_model, LatencyCostModel):
         return  # nothing converted, or planned on counts (the measure stage could not time): nothing to guard
     backend = _backend(c)
@@ -133,7 +126,8 @@ def guard_step(c: Conversion, progress: StageProgress) -> None:
     outcome = never_slower([f.layer.name for f in c.factors], _gains(c), measure)
     c.plan.policy["never_slower"] = {"rounds": outcome.rounds, "reverted_layers": len(outcome.reverted)}
     _mark_reverted(c, outcome.reverted)
-    assert outcome.comparison is not None
+    if outcome.comparison is None:  # never_slower measures at least once
+        raise ConversionError("internal error: the never-slower check measured nothing")
     if outcome.unchanged:
         _reassemble(c, [])
         c.warnings.append(
@@ -161,7 +155,6 @@ def _drop_staged(c: Conversion) -> None:
 def verify_step(c: Conversion, progress: StageProgress) -> None:
     """Fidelity of the saved model against the original, then its latency: measured, or — when the never-slower
     check (``guard_step``) measured this same graph — that measurement."""
-    assert c.adapter is not None and c.saved is not None
     cfg = c.config
     inputs, kind = _inputs(c)
     backend = _backend(c)
@@ -190,20 +183,18 @@ FIDELITY_SAMPLES = 256
 def _fidelity_samples(c: Conversion) -> Samples | None:
     """Without ``--inputs``, the user's held-out samples — ``--eval``'s, or those ``--data`` holds out from
     calibration (the same seeded split) — at most ``FIDELITY_SAMPLES``; None without samples."""
-    if c.eval_samples is None and c.samples is None:
-        return None
     if c.eval_samples is not None:
         held = c.eval_samples
-    else:
-        assert c.samples is not None
+    elif c.samples is not None:
         if c.samples.count < 2:
             return c.samples
         held = held_out(c.samples, None, c.config.holdout, c.config.seed)[1]
+    else:
+        return None
     return held if held.count <= FIDELITY_SAMPLES else held.subset(range(FIDELITY_SAMPLES))
 
 
 def _gains(c: Conversion) -> dict[str, float | None]:
-    assert c.plan is not None
     out: dict[str, float | None] = {}
     for d in c.plan.decisions:
         if d.converted:
@@ -213,7 +204,6 @@ def _gains(c: Conversion) -> dict[str, float | None]:
 
 
 def _mark_reverted(c: Conversion, reverted: dict[str, str]) -> None:
-    assert c.plan is not None
     for d in c.plan.decisions:
         if d.layer.name in reverted:
             d.status, d.reason, d.cost_after = "skipped", reverted[d.layer.name], d.cost_before
@@ -221,9 +211,10 @@ def _mark_reverted(c: Conversion, reverted: dict[str, str]) -> None:
 
 def _reassemble(c: Conversion, names: list[str]) -> None:
     """Rebuild the converted file from the original with only ``names`` converted (none: the original file)."""
-    assert c.adapter is not None and c.staging is not None and c.saved is not None and c.before is not None
     keep = [f for f in c.factors if f.layer.name in set(names)]
     old = c.saved
+    if old is None:
+        raise ConversionError("internal error: the guard reassembled a model it had not saved")
     step = len(list(c.staging.glob("model*")))
     if not keep:
         c.factors, c.after = [], c.before

@@ -99,3 +99,21 @@ def test_pipeline_runs_the_table(small_onnx, tmp_path, verify):
         assert (timings[f"{name}_s"] is not None) == (name in ran), name
     assert timings["convert_s"] == pytest.approx(timings["plan_s"] + timings["measure_s"] + timings["rewrite_s"],
                                                  abs=2e-4)
+
+
+def test_record_fields_are_owned_by_their_stages(tmp_path):
+    """Each field of the shared record is written by the stages that own it, and read only after one did."""
+    from converter import ConversionConfig, ConversionError
+    from converter.pipeline._record import Conversion, StageOrderError
+
+    c = Conversion(ConversionConfig(), tmp_path / "m.onnx", None, None, tmp_path)
+    with pytest.raises(StageOrderError, match="read before load set it"):
+        _ = c.adapter
+    c.stage = "plan"
+    with pytest.raises(StageOrderError, match=r"the plan stage wrote Conversion\.adapter"):
+        c.adapter = object()
+    c.stage = "load"
+    c.device = "cpu"
+    assert c.device == "cpu"
+    assert c.latency is None  # an optional result reads as None until verify writes it
+    assert issubclass(StageOrderError, ConversionError)
