@@ -11,8 +11,8 @@ Converted through the library (ONNX) at rank 1 and rank 2 with 256 unlabeled tra
 * ``full Gram``: the dense patch Gram matrix forced on the wide layers (the limit raised; 0.5 GB per layer
   here, 34 GB at 1024 × 64), the most accurate method, for reference.
 
-Then per converted layer (factored run): patch size, order, statistics, method, output error data-free vs
-calibrated.
+After each run, per converted layer: patch size, order, output error on the calibration samples data-free vs
+calibrated, and the calibration method (with the statistics used).
 
 Usage: python benchmarks/wide_kernels.py [--epochs N]
 """
@@ -119,10 +119,10 @@ def main() -> None:
                               input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
         np.savez(out / "calib.npz", x=xtr[:CALIBRATION_SAMPLES].numpy())
         np.savez(out / "test.npz", x=xte.numpy(), labels=yte.numpy())
-        print(f"\n{'rank':<6}{'calibration':<18}{'original':>9}{'data-free':>10}{'calibrated':>11}{'kept':>12}"
-              f"{'calib s':>9}")
-        details = {}
         for rank in (1, 2):
+            print(f"\n{'rank':<6}{'calibration':<18}{'original':>9}{'data-free':>10}{'calibrated':>11}{'kept':>12}"
+                  f"{'calib s':>9}")
+            layers = {}
             for name, patch in variants.items():
                 # the full Gram matrix: LayerStats' own limit raised too (it guards its constructor)
                 extra = (mock.patch.object(_refit, "MAX_PATCH_DIM", 8193 + 1) if name == "full Gram"
@@ -133,22 +133,15 @@ def main() -> None:
                                           calibration_samples=CALIBRATION_SAMPLES).report
                 a = r.accuracy
                 print(f"{rank:<6}{name:<18}{a.original:>9.3f}{a.data_free:>10.3f}{a.calibrated:>11.3f}"
-                      f"{a.kept:>12}{r.timings.calibrate_s:>9.1f}")
-                details[(rank, name)] = r
-        for rank in (1, 2):
-            print(f"\nrank {rank}, per converted layer: relative output error on the calibration samples")
-            print(f"{'layer':<10}{'patch':>7}{'order':>7}  {'before':<22}{'factored':<28}{'full Gram':<26}")
-            rows = {name: {d.name: d for d in details[(rank, name)].layers if d.status == "converted"}
-                    for name in variants}
-            for lname, d in rows["factored"].items():
-                conv = next((m for n, m in model.named_children() if f"/{n}/" in lname or lname == n), None)
-                patch = int(np.prod(conv.weight.shape[1:])) if conv is not None else 0
-                cells = []
-                for name in variants:
-                    x = rows[name].get(lname)
-                    oe = x.output_error if x is not None else None
-                    cells.append("—" if oe is None else f"{oe.data_free:.3f}→{oe.calibrated:.3f} {x.calibration}")
-                print(f"{lname:<10}{patch:>7}{d.order:>7}  {cells[0]:<22}{cells[1]:<28}{cells[2]:<26}")
+                      f"{a.kept:>12}{r.timings.calibrate_s:>9.1f}", flush=True)
+                layers[name] = [d for d in r.layers if d.status == "converted"]
+                for d in layers[name]:  # per converted layer, as soon as the run is done
+                    conv = next((m for n, m in model.named_children() if f"/{n}/" in d.name or d.name == n), None)
+                    size = int(np.prod(conv.weight.shape[1:])) if conv is not None else 0
+                    oe = d.output_error
+                    err = "—" if oe is None else f"{oe.data_free:.3f} → {oe.calibrated:.3f}"
+                    print(f"      {d.name:<12} patch {size:>5} {d.order}: output error {err} ({d.calibration})",
+                          flush=True)
 
 
 if __name__ == "__main__":
