@@ -67,7 +67,8 @@ class _Emitter:
 
     def constant(self, value: Any, name: str | None = None) -> torch._C.Value:
         with self.graph.insert_point_guard(self.before):
-            out = self.graph.insertConstant(value)
+            # Graph.insertConstant (bound in torch's python_ir.cpp) is missing from torch/_C/__init__.pyi.
+            out = self.graph.insertConstant(value)  # type: ignore[attr-defined]
         if name:
             out.setDebugName(_debug_name(name))
         return out
