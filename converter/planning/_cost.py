@@ -21,14 +21,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from ..algebra import Order
+from ..algebra import Lowering, Order
 from ..formats import ConvLayer
 
 __all__ = ["Candidate", "Cost", "CostModel", "CountingCostModel", "Lowering", "error_report", "macs_of", "params_of"]
-
-Lowering = Literal["split", "fused", "summed"]
 
 
 @dataclass(frozen=True)
