@@ -24,7 +24,7 @@ from .._report import Accuracy, StageValues
 from ..algebra import Decomposition, LayerStats, calibrate_layer, dense
 from ..data import Samples
 from ..evaluation import Scorer, better
-from ..formats import ConvLayer, Rewrite, Tap, Tappable
+from ..formats import ConvLayer, FormatAdapter, Rewrite, Tap, Tappable
 
 __all__ = ["Calibration", "LayerOutcome", "Recovery", "calibrate", "evaluate", "held_out", "overrides", "recover"]
 
@@ -96,12 +96,12 @@ def calibrate(
         elif layer.weight is None:
             result.skipped[layer.name] = "weight is not a constant"
         else:
-            todo.append((layer, dec))
+            todo.append((layer, layer.weight, dec))
     done: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for i, (layer, dec) in enumerate(todo):
+    for i, (layer, weight, dec) in enumerate(todo):
         point = tap.points[layer.name]
         try:
-            stats = LayerStats(layer.weight, point.bias, layer.groups, point.geometry, seed=seed + i)
+            stats = LayerStats(weight, point.bias, layer.groups, point.geometry, seed=seed + i)
         except ValueError as e:  # too large for a dense Gram matrix
             result.skipped[layer.name] = str(e)
             continue
@@ -170,7 +170,7 @@ def held_out(data: Samples, eval_: Samples | None, share: float, seed: int) -> t
 
 
 def recover(
-    adapter: Any,
+    adapter: FormatAdapter,
     src: Path,
     workdir: Path,
     factors: Sequence[Any],
@@ -239,7 +239,7 @@ def recover(
                                                         calibrated=outcome.calibrated)}
         for name, reason in result.skipped.items():
             layers[name] = {"calibration": f"skipped: {reason}"}
-    if not keep:
+    if not keep or result is None:
         return Recovery(None, None, accuracy, layers, warnings)
     new = []
     for f in factors:
