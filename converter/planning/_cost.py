@@ -63,8 +63,10 @@ class CostModel(Protocol):
     """Prices candidates for the planner. Implementations may be expensive: they get every candidate of a plan
     in one call and may batch, cache or measure."""
 
-    #: A short name for the report's ``policy`` (``counts``, ``latency``…).
-    name: str
+    @property
+    def name(self) -> str:
+        """A short name for the report's ``policy`` (``counts``, ``latency``…)."""
+        ...
 
     def costs(self, candidates: Sequence[Candidate]) -> list[Cost]:
         """One ``Cost`` per candidate, in order."""
