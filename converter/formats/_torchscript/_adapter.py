@@ -38,6 +38,7 @@ from ._graph import (
     const,
     conv_args,
     conv_nodes,
+    forward_args,
     layer_of,
     probed_nodes,
     run_probe,
@@ -401,7 +402,7 @@ class TorchScriptAdapter:
 
         module = _inference_module(path, threads, device)
         try:
-            names = [a.name for a in module.forward.schema.arguments[1:]]
+            names = [a.name for a in forward_args(module)]
         except (AttributeError, RuntimeError):
             names = list(inputs)
         return timed_call(module, names, threads, device, inputs)
