@@ -63,7 +63,8 @@ class OnnxTap:
         if outputs:
             outs = self._run(feeds)
         else:  # only the captured values: onnxruntime runs the part of the graph they depend on
-            fetch = sorted({self._captured[name][1] for name in want} - {None})
+            indices = (self._captured[name][1] for name in want)
+            fetch = sorted({i for i in indices if i is not None})
             outs = dict(zip(fetch, self._run(feeds, [self._names[i] for i in fetch]) if fetch else [], strict=True))
         for name in want:
             source, index = self._captured[name]
@@ -152,7 +153,7 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
         for name, value in list(graph.initializers.items()):
             if not value.uses() and not value.is_graph_input() and not value.is_graph_output():
                 graph.initializers.pop(name)
-        names = [v.name for v in graph.outputs]
+        names = [v.name or "" for v in graph.outputs]  # (every output of a loaded model is named)
         path = adapter.save(model, workdir / "tap.onnx")
     finally:
         if initializers:
