@@ -6,7 +6,7 @@ added, never renamed or removed, within a ``schema_version``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -160,15 +160,13 @@ class LayerReport(_Model):
     output_error: StageValues | None = None
 
 
+# (type, default) per field; Any because a field's type is a type expression, which mypy cannot type as a value.
+_TIMING_FIELDS: dict[str, Any] = {key: (float, ...) if required else (float | None, None)
+                                  for key, required in TIMING_KEYS.items()}
 #: Wall-clock seconds of each step, derived from the stage table (``converter._stages``): ``load_s``,
 #: ``convert_s`` (everything between loading and saving), ``save_s``, ``verify_s``, and ``<stage>_s`` for every
 #: stage (None when it did not run).
-Timings = create_model(
-    "Timings",
-    __base__=_Model,
-    __module__=__name__,
-    **{key: (float, ...) if required else (float | None, None) for key, required in TIMING_KEYS.items()},
-)
+Timings = create_model("Timings", __base__=_Model, __module__=__name__, **_TIMING_FIELDS)
 Timings.__doc__ = "Wall-clock seconds of each stage that ran (see ``converter._stages``); None: it did not run."
 
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.markup import escape
 from rich.table import Table
 
@@ -42,8 +42,9 @@ def render_report(report: Report, console: Console, *, title: str = "", max_laye
     The table fits the console's width: each layer stays on one line, a long name elided in its middle (the
     JSON report keeps the full names).
     """
-    columns = (("layer", "left"), ("kernel", "left"), ("in→out", "right"), ("status", "left"),
-               ("order·rank", "left"), ("energy", "right"), ("params", "right"))
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("layer", "left"), ("kernel", "left"), ("in→out", "right"), ("status", "left"), ("order·rank", "left"),
+        ("energy", "right"), ("params", "right"))
     rows = []
     for layer in report.layers[:max_layers]:
         conv = layer.status == "converted"
@@ -108,8 +109,9 @@ def render_report(report: Report, console: Console, *, title: str = "", max_laye
             console.print(f"  reproduce with: {' '.join(chosen.options)}")
     ft = getattr(report, "finetune", None)
     if ft is not None:
-        fmt = "{:.4g}" if ft.metric == "rel_l2" else "{:.1%}"
-        console.print(f"fine-tune held-out {ft.metric} {fmt.format(ft.before)} → [bold]{fmt.format(ft.after)}[/] "
+        pattern = "{:.4g}" if ft.metric == "rel_l2" else "{:.1%}"
+        console.print(f"fine-tune held-out {ft.metric} {pattern.format(ft.before)} → "
+                      f"[bold]{pattern.format(ft.after)}[/] "
                       f"in {ft.epochs} epoch(s), {ft.seconds:.0f} s on {ft.device} (stopped: {ft.stopped}"
                       f"{', resumed' if ft.resumed else ''})")
     for w in report.warnings:

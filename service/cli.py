@@ -77,9 +77,11 @@ def convert(model: Path, output: Path, inputs: Path | None, data: Path | None, e
 
         result = converter.convert(model, output, config=config, inputs=inputs, data=data, eval=eval_,
                                    checkpoint_dir=checkpoint_dir, progress=progress)
-    report = result.report
+    report, saved = result.report, result.output_path
+    if saved is None:  # convert writes the model wherever ``output`` is given
+        raise converter.ConversionError("internal error: the converted model was not written")
     text = report.model_dump_json(indent=2)
-    written = [str(result.output_path)]
+    written = [str(saved)]
     if report_path is not None:
         _write(report_path, text + "\n")
         written.append(str(report_path))
@@ -90,7 +92,7 @@ def convert(model: Path, output: Path, inputs: Path | None, data: Path | None, e
         click.echo(text)
         return
     out = Console()
-    render_report(report, out, title=f"{model.name} → {result.output_path.name} ({report.format})")
+    render_report(report, out, title=f"{model.name} → {saved.name} ({report.format})")
     out.print("wrote " + ", ".join(written), highlight=False)
 
 

@@ -119,6 +119,7 @@ def _document_errors_truthfully(app: FastAPI) -> None:
             app.openapi_schema = doc
         return app.openapi_schema
 
+    # FastAPI declares openapi as a method; its documented way to customise the schema is to assign one.
     app.openapi = openapi  # type: ignore[method-assign]
 
 

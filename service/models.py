@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text
 from sqlalchemy.engine import Dialect
@@ -36,7 +36,13 @@ class JobStatus(StrEnum):
 
 #: What a job is doing: ``queued``, one of the converter's stages (``converter._stages``, the one list), then
 #: ``done``. Members are the names upper-cased: ``JobStage.QUEUED``, ``JobStage.LOAD``, …, ``JobStage.DONE``.
-JobStage = StrEnum("JobStage", [(name.upper(), name) for name in JOB_STAGES], module=__name__)
+if TYPE_CHECKING:  # a type checker cannot read members made at run time: these are the ones the service names
+    class JobStage(StrEnum):
+        QUEUED = "queued"
+        LOAD = "load"
+        DONE = "done"
+else:
+    JobStage = StrEnum("JobStage", [(name.upper(), name) for name in JOB_STAGES], module=__name__)
 
 
 FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})

@@ -4,7 +4,7 @@ the health answers. They are built from ``service.models.Job`` rows; nothing her
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -13,14 +13,19 @@ from converter.formats import format_names
 
 from .models import Job
 
-#: The registered model formats (``converter.formats``): the one list the API schema takes them from.
-FormatName = Literal[format_names()]  # type: ignore[valid-type]
+#: The registered model formats (``converter.formats``): the one list the API schema takes them from. Known only at
+#: run time, so a type checker sees a string (as it does the job stages below); pydantic sees the Literal.
+if TYPE_CHECKING:
+    FormatName = str
+    JobStageName = str
+else:
+    FormatName = Literal[format_names()]
+    JobStageName = Literal[JOB_STAGES]  # from the stage table, the one list
 
 __all__ = ["ErrorBody", "ErrorResponse", "Health", "JobError", "JobLinks", "JobPublic", "JobsPublic", "Readiness",
            "ReadinessChecks"]
 
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobStageName = Literal[JOB_STAGES]  # type: ignore[valid-type]  # from the stage table, the one list
 
 
 class JobError(BaseModel):

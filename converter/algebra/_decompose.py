@@ -54,6 +54,7 @@ __all__ = [
     "ConvStep",
     "Decomposition",
     "Lowered",
+    "Lowering",
     "Order",
     "Spectrum",
     "decompose",
@@ -65,6 +66,7 @@ __all__ = [
 ]
 
 Order = Literal["dw-pw", "pw-dw"]
+Lowering = Literal["split", "fused", "summed"]
 T = TypeVar("T")
 
 
@@ -297,7 +299,7 @@ class Lowered:
             raise ValueError(f"the convs produce {final} channels, the layer {out_channels}")
 
 
-def lower(dec: Decomposition, lowering: Literal["split", "fused", "summed"] = "split") -> Lowered:
+def lower(dec: Decomposition, lowering: Lowering = "split") -> Lowered:
     """Emit a decomposition as convs.
 
     ``fused``: two convs (depthwise with channel multiplier K, then pointwise; or pointwise, then one grouped

@@ -266,7 +266,7 @@ class FactoredStats:
             if best is None:
                 return False
             dec, bias, _ = start[best]
-            self._first = _FirstSpace(dec, bias, self.groups, self.c, self.k, self.ng)
+            self._first = _FirstSpace(dec, self.bias if bias is None else bias, self.groups, self.c, self.k, self.ng)
             self._active = []
         elif self.passes == 3 and self._first is not None:
             try:

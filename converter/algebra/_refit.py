@@ -146,7 +146,8 @@ class Padded:
         batch, *pos = np.unravel_index(np.asarray(rows, dtype=np.int64), self._shape)
         index = [p[:, None] * s + t[None, :] * d
                  for p, t, s, d in zip(pos, self._taps, self._geo.stride, self._geo.dilation, strict=True)]
-        got = self._xp[(batch[:, None], slice(None), *index)]  # advanced indices split by a slice: [rows, k, M]
+        key: tuple[np.ndarray | slice, ...] = (batch[:, None], slice(None), *index)
+        got = self._xp[key]  # advanced indices split by a slice come first: [rows, k, M]
         return np.ascontiguousarray(got.transpose(0, 2, 1))
 
 
@@ -235,9 +236,9 @@ def dense(dec: Decomposition) -> np.ndarray:
     n = dec.second.shape[0]
     c = dec.first.shape[1]
     kernel = dec.second.shape[2:]
-    p = dec.first.reshape(n, k, c).astype(np.float64)  # [N, K, C]
+    pw = dec.first.reshape(n, k, c).astype(np.float64)  # [N, K, C]
     q = dec.second.reshape(n, k, -1).astype(np.float64)  # [N, K, taps]
-    return np.einsum("nrc,nrt->nct", p, q).reshape(n, c, *kernel)
+    return np.einsum("nrc,nrt->nct", pw, q).reshape(n, c, *kernel)
 
 
 def output_error(stats: LayerStats, weight: np.ndarray, bias: np.ndarray | None) -> float:
@@ -495,7 +496,7 @@ def calibrate_layer(stats: LayerStats, dec: Decomposition, ridge: float = 1e-3) 
     if start is not None:
         with contextlib.suppress(np.linalg.LinAlgError):
             d, b = candidates[start]
-            candidates["alternating"] = alternate(stats, d, b, ridge)
+            candidates["alternating"] = alternate(stats, d, orig_bias if b is None else b, ridge)
             errors["alternating"] = output_error(stats, dense(candidates["alternating"][0]),
                                                  candidates["alternating"][1])
             errors = {k: v for k, v in errors.items() if np.isfinite(v)}

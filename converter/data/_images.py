@@ -31,8 +31,9 @@ class _ImageSource(_Source):
         self.count = len(files)
         mean = np.asarray(spec.mean, dtype=np.float32)
         std = np.asarray(spec.std, dtype=np.float32)
-        self.mean = np.broadcast_to(mean, (channels,)) if mean.size in (1, channels) else None
-        self.std = np.broadcast_to(std, (channels,)) if std.size in (1, channels) else None
+        # their sizes (1 or ``channels``) were checked against the model input already
+        self.mean = np.broadcast_to(mean, (channels,))
+        self.std = np.broadcast_to(std, (channels,))
 
     def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         h, w = self.spec.size
@@ -51,8 +52,8 @@ class _ImageSource(_Source):
 
         h, w = self.spec.size
         try:
-            with Image.open(path) as im:
-                im = im.convert("L" if self.channels == 1 else "RGB")
+            with Image.open(path) as f:
+                im = f.convert("L" if self.channels == 1 else "RGB")
                 if im.size != (w, h):
                     im = im.resize((w, h), Image.Resampling.BILINEAR)
                 arr = np.asarray(im, dtype=np.float32)

@@ -15,7 +15,7 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -125,7 +125,7 @@ def _map_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, tmpdir: 
         if header + nbytes != info.file_size:
             raise InvalidOptionsError(f"{what} is truncated or padded ({info.file_size - header} bytes of data "
                                       f"for shape {shape} {dtype})")
-        order = "F" if fortran else "C"
+        order: Literal["C", "F"] = "F" if fortran else "C"
         if not shape:
             return _Member(info.filename[:-4], shape, dtype, fortran,
                            np.frombuffer(stream.read(nbytes), dtype=dtype).reshape(()))

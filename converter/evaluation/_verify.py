@@ -76,7 +76,7 @@ def resolve_input_shapes(
                             f"{', '.join(repr(spec.shape[i]) for i in symbolic)}; pass --input-shape "
                             f"{spec.name}={'x'.join(str(d) if isinstance(d, int) and d > 0 else 'N' for d in dims)}")
             continue
-        shapes[spec.name] = tuple(int(d) for d in dims)
+        shapes[spec.name] = tuple(d for d in dims if isinstance(d, int))  # all are: the symbolic ones went on
     for spec in specs:
         if spec.name in shapes and (user_inputs is None or spec.name not in user_inputs):
             _check_size(spec, shapes[spec.name])
@@ -273,18 +273,17 @@ def verify(
     """
     threads = config.threads
     runners: list[Runner] = []
-    backend = ""
     for label, path in (("original", original), ("converted", converted)):
         sub = workdir / f"verify-{label}"
         sub.mkdir(parents=True, exist_ok=True)
         with map_errors(f"the {label} model could not be loaded for verification", VerificationError, limit=400,
                         type_name=False):
-            run, backend = adapter.runner(path, sub, threads, device)
+            run, _ = adapter.runner(path, sub, threads, device)
         runners.append(run)
     # Fidelity batch by batch (``batch_size`` samples at a time), whatever the number of user samples: memory is
     # bounded by one batch's inputs, activations and outputs. Latency is timed on the first batch.
     stats = FidelityStats()
-    timed: dict[str, np.ndarray] | None = None
+    timed: Mapping[str, np.ndarray] | None = None
     for chunk in (chunks if chunks is not None else batches(inputs, config.batch_size)):
         timed = chunk if timed is None else timed
         outs = []

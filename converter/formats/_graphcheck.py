@@ -205,7 +205,8 @@ def load_torchscript(path: Path, map_location: Any = "cpu") -> Any:
 
     check_torchscript_archive(path)
     unit = torch._C.CompilationUnit()
-    cpp = torch._C.import_ir_module(unit, str(path), torch.device(map_location), {}, False)
+    # torch's stub for import_ir_module lacks its last parameter (restore_shapes); torch.jit.load ignores the same.
+    cpp = torch._C.import_ir_module(unit, str(path), torch.device(map_location), {}, False)  # type: ignore[call-arg]
     module = torch.jit._recursive.wrap_cpp_module(cpp)
     check_torchscript(module, unit)
     return module

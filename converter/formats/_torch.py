@@ -25,7 +25,8 @@ def micro_module(shape: LayerShape, batch: int, seed: int) -> tuple[Any, Any]:
 
     w = {k: torch.from_numpy(v) for k, v in micro_weights(shape, seed).items()}
     dims = len(shape.kernel)
-    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+    # Typed loosely on purpose: each class takes a kernel of its rank, which its stubs spell per class.
+    conv: Callable[..., nn.Module] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
     geo = [geometry(i, o, k) for i, o, k in zip(shape.in_spatial, shape.out_spatial, shape.kernel, strict=True)]
     symmetric = all(g[1] == g[2] for g in geo)
     # F.pad takes (last dim begin, last dim end, second-to-last…)

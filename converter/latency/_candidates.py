@@ -30,8 +30,19 @@ from typing import Any
 import numpy as np
 
 from .._errors import one_line
-from ..algebra import Order, decompose, lower, max_rank
-from ..formats import INPUT, LAYER, Contextual, ConvLayer, FormatAdapter, LayerContext, LayerShape, Rewrite, Timeable
+from ..algebra import Lowering, Order, decompose, lower, max_rank
+from ..formats import (
+    INPUT,
+    LAYER,
+    Contextual,
+    ConvLayer,
+    FormatAdapter,
+    LayerContext,
+    LayerShape,
+    Rewrite,
+    Timeable,
+    Timed,
+)
 from ._cache import Backend, TimingCache
 from ._harness import time_interleaved
 from ._timers import timed_runner
@@ -45,7 +56,7 @@ class Candidate:
 
     order: Order | None = None
     rank: int | None = None
-    lowering: str | None = None
+    lowering: Lowering | None = None
 
     @property
     def label(self) -> str:
@@ -55,7 +66,7 @@ class Candidate:
 ORIGINAL = Candidate()
 
 
-def lowerings_for(order: Order, rank: int, groups: int) -> tuple[str, ...]:
+def lowerings_for(order: Order, rank: int, groups: int) -> tuple[Lowering, ...]:
     """The lowerings that emit different graphs for this order, rank and groups (``lower``)."""
     if rank == 1:
         return ("split",)  # every lowering is the same two convs
@@ -208,7 +219,7 @@ class CandidateTimer:
         feeds = {name: rng.standard_normal(dims).astype(dtype) for name, (dims, dtype) in context.inputs.items()}
         return _Source(context.write(folder), context.layer, feeds)
 
-    def _runners(self, src: _Source, wanted: list[Candidate], work: Path) -> list[tuple[Candidate, object]]:
+    def _runners(self, src: _Source, wanted: list[Candidate], work: Path) -> list[tuple[Candidate, Timed]]:
         adapter = self.adapter
         shapes = {name: x.shape for name, x in src.feeds.items()}
         runners = []

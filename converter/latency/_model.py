@@ -21,7 +21,7 @@ same way.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from .._config import DEFAULT_ENERGY
 from .._errors import one_line
-from ..algebra import Order
+from ..algebra import Lowering, Order
 from ..formats import ConvLayer, LayerShape
 from ._candidates import Candidate, CandidateTimer, LayerTimes, lowerings_for, rounded_rank
 
@@ -41,7 +41,7 @@ GRID_RANKS = (1, 2, 4)
 _ENERGY_EPS = 1e-12
 
 
-def focus_ranks(kind: str, value: float, override: int | None, energies: dict[Order, Sequence[float]]) -> dict[
+def focus_ranks(kind: str, value: float, override: int | None, energies: Mapping[Order, Sequence[float]]) -> dict[
         Order, tuple[int, ...]]:
     """Per order, the ranks the policy can pick for a layer whose kept energy at rank ``r`` is
     ``energies[order][r - 1]``."""
@@ -162,7 +162,8 @@ class LatencyModel:
                     out.extend(Candidate(order, up, low) for low in lowerings_for(order, up, layer.groups))
         return list(dict.fromkeys(out))
 
-    def latency(self, layer: ConvLayer, order: Order | None, rank: int | None, lowering: str | None) -> float | None:
+    def latency(self, layer: ConvLayer, order: Order | None, rank: int | None,
+                lowering: Lowering | None) -> float | None:
         """In-context ms of the layer kept (``order`` None) or decomposed, or None if it was not timed."""
         lt = self.times.get(layer.name)
         if lt is None:

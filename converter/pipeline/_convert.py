@@ -160,7 +160,7 @@ def _calibrate(c: Conversion, within: StageProgress) -> None:
     c.report_extra["accuracy"] = out.accuracy
     c.layer_extra.update(out.layers)
     c.warnings.extend(out.warnings)
-    if out.model is not None:
+    if out.model is not None and out.factors is not None:  # (recover sets both or neither)
         c.model, c.factors = out.model, out.factors
         c.after = c.adapter.stats(c.model, c.per_sample)
 

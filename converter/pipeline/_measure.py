@@ -35,7 +35,7 @@ from ..latency import (
 )
 from ..planning import LatencyCostModel, factorize, macs_of, plan, rewrites
 from ..recovery import held_out
-from ._record import Conversion
+from ._record import Conversion, StageOrderError
 
 __all__ = ["guard_step", "measure_step", "verify_step"]
 
@@ -110,14 +110,14 @@ def guard_step(c: Conversion, progress: StageProgress) -> None:
     backend = _backend(c)
     timed = _timed_inputs(_inputs(c)[0], c)
     with map_errors("saving the model to measure it failed", ConversionError):
-        c.saved = c.adapter.save(c.model, c.staging / f"model-guard{c.adapter.suffix}")
+        c.saved = saved = c.adapter.save(c.model, c.staging / f"model-guard{c.adapter.suffix}")
     rounds = 0
 
     def measure(names: list[str]) -> Comparison:
         nonlocal rounds
         if frozenset(names) != frozenset(f.layer.name for f in c.factors):
             _reassemble(c, names)
-        cmp = compare_files(c.adapter, c.src, c.saved, timed, threads=backend.threads, device=backend.device,
+        cmp = compare_files(c.adapter, c.src, saved, timed, threads=backend.threads, device=backend.device,
                             workdir=c.workdir(f"guard-{rounds}"), runs=c.config.latency_runs, seed=c.config.seed)
         rounds += 1
         progress.update(min(0.9, 0.45 * rounds))
@@ -156,11 +156,14 @@ def verify_step(c: Conversion, progress: StageProgress) -> None:
     """Fidelity of the saved model against the original, then its latency: measured, or — when the never-slower
     check (``guard_step``) measured this same graph — that measurement."""
     cfg = c.config
+    saved = c.saved
+    if saved is None:
+        raise StageOrderError("internal error: the verify stage ran before the model was saved")
     inputs, kind = _inputs(c)
     backend = _backend(c)
     held = _fidelity_samples(c) if kind == "random" else None
     chunks = None if held is None else (batch for batch, _ in held.batches(cfg.batch_size))
-    c.fidelity, _ = verify(c.adapter, c.src, c.saved, inputs, kind if held is None else "held_out", cfg,
+    c.fidelity, _ = verify(c.adapter, c.src, saved, inputs, kind if held is None else "held_out", cfg,
                            c.workdir("verify"), c.device, latency=False, chunks=chunks)
     if not c.factors:
         c.latency = None  # the file is the original, byte for byte: there is nothing to compare latency with
@@ -171,7 +174,7 @@ def verify_step(c: Conversion, progress: StageProgress) -> None:
     if c.guarded is not None and c.guarded[0] == names:
         cmp = c.guarded[1]
     else:
-        cmp = compare_files(c.adapter, c.src, c.saved, timed, threads=backend.threads, device=backend.device,
+        cmp = compare_files(c.adapter, c.src, saved, timed, threads=backend.threads, device=backend.device,
                             workdir=c.workdir("latency"), runs=cfg.latency_runs, seed=cfg.seed)
     c.latency = _latency(c, cmp, timed, backend)
 

@@ -63,9 +63,9 @@ class Slot(Generic[T]):
             return self
         values = obj.__dict__
         if self.name in values:
-            return values[self.name]  # type: ignore[no-any-return]
+            return values[self.name]
         if self.default is not Slot._UNSET:
-            return self.default  # type: ignore[no-any-return]
+            return self.default
         raise StageOrderError(f"internal error: Conversion.{self.name} was read before "
                               f"{' or '.join(self.writers)} set it")
 

@@ -232,6 +232,7 @@ class _Evaluator:
         self.count += 1
         work = c.workdir(f"search-{self.count}")
         built = self._build(plan, work)
+        assert built.path is not None  # _build saves every plan's model
         values = self._score(built.path)
         value = values[self.metric]
         assert value is not None

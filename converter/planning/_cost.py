@@ -21,14 +21,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from ..algebra import Order
+from ..algebra import Lowering, Order
 from ..formats import ConvLayer
 
 __all__ = ["Candidate", "Cost", "CostModel", "CountingCostModel", "Lowering", "error_report", "macs_of", "params_of"]
-
-Lowering = Literal["split", "fused", "summed"]
 
 
 @dataclass(frozen=True)
@@ -65,8 +63,10 @@ class CostModel(Protocol):
     """Prices candidates for the planner. Implementations may be expensive: they get every candidate of a plan
     in one call and may batch, cache or measure."""
 
-    #: A short name for the report's ``policy`` (``counts``, ``latency``…).
-    name: str
+    @property
+    def name(self) -> str:
+        """A short name for the report's ``policy`` (``counts``, ``latency``…)."""
+        ...
 
     def costs(self, candidates: Sequence[Candidate]) -> list[Cost]:
         """One ``Cost`` per candidate, in order."""

@@ -109,7 +109,7 @@ def _layer_override(layer: ConvLayer, config: ConversionConfig) -> int | None:
 
 
 def _candidates(layer: ConvLayer, config: ConversionConfig, spectra: Spectra) -> list[Candidate]:
-    out = []
+    out: list[Candidate] = []
     for order in orders(config):
         curve = energy_curve(spectra.get(layer, order))
         for lowering in _lowerings(config):
@@ -217,6 +217,7 @@ def _why(policy: RankPolicy, value: float, opt: Option, measured: bool) -> str:
 def _per_layer(d: LayerDecision, options: list[Option], policy: RankPolicy, value: float,
                config: ConversionConfig, block: int = 1, measured: bool = False) -> None:
     assert policy.narrow is not None and policy.prefer is not None
+    prefer = policy.prefer
     candidates = policy.narrow(options, value)
     notes: dict[int, str] = {}
     if block > 1 and config.default_policy:  # an explicit rank policy gets exactly the rank it names
@@ -232,7 +233,7 @@ def _per_layer(d: LayerDecision, options: list[Option], policy: RankPolicy, valu
         # _NEAR of the best by it are near-ties, broken by the measured latency
         first = min(policy.prefer(o)[0] for o in worth)
         near = [o for o in worth if policy.prefer(o)[0] <= first * (1 + _NEAR) + 1e-12]
-        best = min(near, key=lambda o: (o.cost.latency_ms, policy.prefer(o)))
+        best = min(near, key=lambda o: (o.cost.latency_ms, prefer(o)))
     else:
         best = min(worth, key=policy.prefer)
     _choose(d, best, config, _why(policy, value, best, measured) + notes.get(id(best), ""))

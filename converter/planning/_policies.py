@@ -18,10 +18,13 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .._config import DEFAULT_ENERGY
 from .._errors import InvalidOptionsError
 from ._cost import Candidate, Cost
+
+P = TypeVar("P")  # what a hull point carries (an Option here, a search Choice in _search)
 
 __all__ = ["RANK_POLICIES", "Option", "RankPolicy", "allocate", "register_policy"]
 
@@ -190,14 +193,14 @@ def allocate(
     return [h[p][2] for h, p in zip(hulls, pos, strict=True)], spent
 
 
-def _lower_hull(pts: list[tuple[float, float, Option | None]]) -> list[tuple[float, float, Option | None]]:
+def _lower_hull(pts: list[tuple[float, float, P | None]]) -> list[tuple[float, float, P | None]]:
     """Points on the lower-left convex hull of (cost, error), by increasing cost and decreasing error."""
     pts = sorted(pts, key=lambda p: (p[0], p[1]))  # stable: among equal points the earlier option stays
-    front: list[tuple[float, float, Option | None]] = []
+    front: list[tuple[float, float, P | None]] = []
     for p in pts:  # the Pareto front (strictly decreasing error as cost grows)
         if not front or p[1] < front[-1][1] - 1e-15:
             front.append(p)
-    hull: list[tuple[float, float, Option | None]] = []
+    hull: list[tuple[float, float, P | None]] = []
     for p in front:
         while len(hull) >= 2:
             (x1, y1, _), (x2, y2, _) = hull[-2], hull[-1]

@@ -54,6 +54,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..algebra import Lowering, Order
 from ._policies import _lower_hull
 
 __all__ = ["Choice", "LayerMenu", "Outcome", "SearchPlan", "SearchResult", "Trial", "frontier", "search",
@@ -67,9 +68,9 @@ class Choice:
     ``cost`` is on one scale for every layer (ms where measured); ``error`` is the layer's relative squared
     output error ``e`` (not yet weighted by the sensitivity). ``params`` and ``macs`` are counted."""
 
-    order: str
+    order: Order
     rank: int
-    lowering: str | None
+    lowering: Lowering | None
     cost: float
     error: float
     params: int = 0

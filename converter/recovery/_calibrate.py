@@ -24,7 +24,7 @@ from .._report import Accuracy, StageValues
 from ..algebra import Decomposition, calibrate_stats, dense, layer_stats
 from ..data import Samples
 from ..evaluation import Scorer, better
-from ..formats import ConvLayer, Rewrite, Tap, Tappable
+from ..formats import ConvLayer, FormatAdapter, Rewrite, Tap, Tappable
 
 __all__ = ["Calibration", "LayerOutcome", "Recovery", "calibrate", "evaluate", "held_out", "overrides", "recover"]
 
@@ -103,11 +103,11 @@ def calibrate(
         elif layer.weight is None:
             result.skipped[layer.name] = "weight is not a constant"
         else:
-            todo.append((layer, dec))
+            todo.append((layer, layer.weight, dec))
     done: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for i, (layer, dec) in enumerate(todo):
+    for i, (layer, weight, dec) in enumerate(todo):
         point = tap.points[layer.name]
-        stats = layer_stats(layer.weight, point.bias, layer.groups, point.geometry, dec, seed=seed + i, ridge=ridge)
+        stats = layer_stats(weight, point.bias, layer.groups, point.geometry, dec, seed=seed + i, ridge=ridge)
         while True:  # factored statistics take further passes over the same samples
             for batch, _ in samples.batches(batch_size):
                 _, orig = tap(batch, {}, [layer.name], outputs=False)
@@ -177,7 +177,7 @@ def held_out(data: Samples, eval_: Samples | None, share: float, seed: int) -> t
 
 
 def recover(
-    adapter: Any,
+    adapter: FormatAdapter,
     src: Path,
     workdir: Path,
     factors: Sequence[Any],
@@ -247,7 +247,7 @@ def recover(
                                                         calibrated=outcome.calibrated)}
         for name, reason in result.skipped.items():
             layers[name] = {"calibration": f"skipped: {reason}"}
-    if not keep:
+    if not keep or result is None:
         return Recovery(None, None, accuracy, layers, warnings)
     new = []
     for f in factors:

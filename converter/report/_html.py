@@ -14,7 +14,7 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from html import escape
-from typing import Any
+from typing import Any, TypeGuard
 
 from .._errors import InvalidOptionsError
 from .._report import Report
@@ -93,7 +93,7 @@ def _ms(v: float) -> str:
     return f"{v:.3g} ms"
 
 
-def _is_num(v: Any) -> bool:
+def _is_num(v: Any) -> TypeGuard[float]:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -190,7 +190,7 @@ def _verdict(d: Mapping[str, Any]) -> str:
         counts = d.get(key)
         r = _ratio(counts)
         if r is not None:
-            parts.append(f"{name} {fmt(counts['original'])} → {fmt(counts['converted'])} ({_pct(r)})")
+            parts.append(f"{name} {fmt(_get(counts, 'original'))} → {fmt(_get(counts, 'converted'))} ({_pct(r)})")
     lat = d.get("latency")
     if isinstance(lat, Mapping) and _is_num(lat.get("speedup")):
         text = f"speed-up {lat['speedup']:.2f}×"
@@ -206,10 +206,10 @@ def _verdict(d: Mapping[str, Any]) -> str:
         parts.append(text)
     acc = d.get("accuracy")
     stages = _accuracy_stages(acc)
-    if stages:
-        fmt = _fmt_metric(acc)
+    if stages and isinstance(acc, Mapping):  # (there are stages only in a mapping)
+        show = _fmt_metric(acc)
         kept = _kept_stage(acc, stages)
-        parts.append(f"{acc.get('metric') or 'accuracy'} " + " → ".join(fmt(v) for _, v in (stages[0], kept))
+        parts.append(f"{acc.get('metric') or 'accuracy'} " + " → ".join(show(v) for _, v in (stages[0], kept))
                      + (f" ({kept[0]})" if len(stages) > 1 else ""))
     return " · ".join(parts)
 
@@ -265,11 +265,11 @@ def _cards(d: Mapping[str, Any]) -> str:
                            sub + f" · {fid.get('samples')} {str(fid.get('inputs')).replace('_', '-')} sample(s)"))
     acc = d.get("accuracy")
     stages = _accuracy_stages(acc)
-    if stages:
-        fmt = _fmt_metric(acc)
+    if stages and isinstance(acc, Mapping):  # (there are stages only in a mapping)
+        show = _fmt_metric(acc)
         kept = _kept_stage(acc, stages)
-        cards.append(_card(_metric_name(acc), fmt(kept[1]),
-                           f"{kept[0]} · original {fmt(stages[0][1])}" if len(stages) > 1 else kept[0]))
+        cards.append(_card(_metric_name(acc), show(kept[1]),
+                           f"{kept[0]} · original {show(stages[0][1])}" if len(stages) > 1 else kept[0]))
     return f'<section class="cards">{"".join(cards)}</section>' if cards else ""
 
 
@@ -338,7 +338,7 @@ def _charts(d: Mapping[str, Any]) -> str:
         if fig:
             figs.append(fig)
     acc = d.get("accuracy")
-    if _accuracy_stages(acc):
+    if isinstance(acc, Mapping) and _accuracy_stages(acc):
         figs.append(_accuracy_figure(acc))
     ft = d.get("finetune")
     if isinstance(ft, Mapping):

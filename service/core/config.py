@@ -103,8 +103,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SEPCONV_", extra="ignore", frozen=True)
 
     data_dir: Path = Path(".sepconv")
-    database_url: str | None = None
-    storage_url: str | None = None
+    # Unset ("" after _blank_is_derived) means derived from data_dir by _derive_and_check: never empty after it.
+    database_url: str = ""
+    storage_url: str = ""
     s3_endpoint_url: str | None = None
     broker_url: str | None = None
     executor: Literal["embedded", "celery"] | None = None
@@ -144,11 +145,15 @@ class Settings(BaseSettings):
     def _lower(cls, v: Any) -> Any:
         return v.lower() if isinstance(v, str) else v
 
-    @field_validator("database_url", "storage_url", "broker_url", "s3_endpoint_url", "executor", "test_hook",
-                     "api_keys_file", mode="before")
+    @field_validator("broker_url", "s3_endpoint_url", "executor", "test_hook", "api_keys_file", mode="before")
     @classmethod
     def _blank_is_unset(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("database_url", "storage_url", mode="before")
+    @classmethod
+    def _blank_is_derived(cls, v: Any) -> Any:
+        return "" if v is None or (isinstance(v, str) and not v.strip()) else v
 
     @model_validator(mode="after")
     def _derive_and_check(self) -> Settings:
@@ -156,10 +161,10 @@ class Settings(BaseSettings):
         set_ = object.__setattr__
         data_dir = self.data_dir.expanduser().resolve()
         set_(self, "data_dir", data_dir)
-        if self.database_url is None:
+        if not self.database_url:
             set_(self, "database_url", f"sqlite:///{data_dir / 'sepconv.sqlite3'}")
         set_(self, "database_url", _normalise_database_url(self.database_url))
-        if self.storage_url is None:
+        if not self.storage_url:
             set_(self, "storage_url", f"file://{data_dir / 'files'}")
         _check_storage_url(self.storage_url)
         if self.executor is None:

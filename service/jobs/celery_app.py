@@ -153,6 +153,8 @@ class CeleryExecutor:
     def ready(self) -> bool:
         import redis
 
+        if self.settings.broker_url is None:  # the settings refuse the Celery executor without one
+            return False
         try:
             client = redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=2, socket_timeout=2)
             try:

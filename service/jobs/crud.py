@@ -19,9 +19,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, bindparam, case, delete, func, select, update
+from sqlalchemy import CursorResult, Engine, Result, bindparam, case, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from ..models import FINAL_STATUSES, Job, JobStage, JobStatus, utcnow
@@ -173,6 +173,12 @@ def claim(engine: Engine, job_id: str, worker_id: str, lease_s: float) -> Claim 
     return _run_claim(engine, stmt, worker_id)
 
 
+def _rowcount(res: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE matched. Its result is a ``CursorResult``; ``Session.execute`` is typed as
+    returning any ``Result``, which has no ``rowcount``."""
+    return cast(CursorResult[Any], res).rowcount
+
+
 def heartbeat(engine: Engine, c: Claim, lease_s: float, **fields: Any) -> bool:
     """Renew the lease (and set ``stage``/``progress``/``format`` if given). False: the job is no longer this
     worker's (cancelled, deleted, or re-queued by a reaper)."""
@@ -181,7 +187,7 @@ def heartbeat(engine: Engine, c: Claim, lease_s: float, **fields: Any) -> bool:
     with Session(engine) as s, s.begin():
         res = s.execute(update(Job).where(_mine(c), Job.cancel_requested.is_(False)).values(**values)
                         .execution_options(synchronize_session=False))
-    return res.rowcount == 1
+    return _rowcount(res) == 1
 
 
 def is_still_mine(engine: Engine, c: Claim) -> bool:
@@ -200,7 +206,7 @@ def _finish(engine: Engine, c: Claim, values: dict[str, Any]) -> bool:
         res = s.execute(update(Job).where(_mine(c), Job.cancel_requested.is_(False))
                         .values(finished_at=now, lease_expires_at=None, duration_s=duration, **values)
                         .execution_options(synchronize_session=False))
-    return res.rowcount == 1
+    return _rowcount(res) == 1
 
 
 def finish_succeeded(engine: Engine, c: Claim, *, output_key: str, output_suffix: str, report_key: str,
@@ -223,7 +229,7 @@ def release(engine: Engine, c: Claim) -> bool:
             status=JobStatus.QUEUED, stage=JobStage.QUEUED, progress=0.0, stage_detail=None, worker_id=None,
             lease_expires_at=None,
             attempts=Job.attempts - 1).execution_options(synchronize_session=False))
-    return res.rowcount == 1
+    return _rowcount(res) == 1
 
 
 def mark_cancelled(engine: Engine, job_id: str, owner: str) -> Job | None:
@@ -265,7 +271,7 @@ def _requeue_or_fail(engine: Engine, rows: Sequence[Any], guard: Callable[[Any],
                           "lease_expires_at": None}
             res = s.execute(update(Job).where(Job.id == job_id, Job.attempts == attempts, guard(Job))
                             .values(**values).execution_options(synchronize_session=False))
-        if res.rowcount == 1 and values["status"] == JobStatus.QUEUED:
+        if _rowcount(res) == 1 and values["status"] == JobStatus.QUEUED:
             requeued.append(job_id)
     return requeued
 
@@ -298,6 +304,11 @@ def stale_queued(engine: Engine, before: datetime, limit: int = 1000) -> list[st
                                  .order_by(Job.created_at, Job.id).limit(limit)))
 
 
+def _running_on(worker: str) -> Callable[[Any], Any]:
+    """The guard of a job still running on ``worker``."""
+    return lambda J: (J.status == JobStatus.RUNNING) & (J.worker_id == worker)
+
+
 def requeue_orphans(engine: Engine, is_orphan: Callable[[str], bool], max_attempts: int,
                     reason: str = "the server stopped") -> list[str]:
     """Re-queue (or fail) running jobs whose worker ``is_orphan`` says is gone for sure (an embedded server's
@@ -309,6 +320,6 @@ def requeue_orphans(engine: Engine, is_orphan: Callable[[str], bool], max_attemp
     out = []
     for (job_id, attempts), worker in mine.items():
         out += _requeue_or_fail(engine, [(job_id, attempts)],
-                                lambda J, w=worker: (J.status == JobStatus.RUNNING) & (J.worker_id == w),
+                                _running_on(worker),
                                 max_attempts, reason)
     return out

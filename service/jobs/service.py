@@ -268,10 +268,10 @@ class JobService:
             config = ConversionConfig.from_options(**options)
             self._check_budget(config)
             copies = [(parent.input_key, files.input_key(new_id))]
-            for own, key in ((parent.inputs_key, files.inputs_key), (parent.data_key, files.data_key),
-                             (parent.eval_key, files.eval_key)):
-                if own and key(new_id) not in stored:
-                    copies.append((own, key(new_id)))
+            for own, key_of in ((parent.inputs_key, files.inputs_key), (parent.data_key, files.data_key),
+                                (parent.eval_key, files.eval_key)):
+                if own and key_of(new_id) not in stored:
+                    copies.append((own, key_of(new_id)))
             has = set(stored) | {dst for _, dst in copies}
             if files.data_key(new_id) not in has:
                 raise InvalidOptionsError("a fine-tune needs samples: give a 'data' file part (the job was "

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from alembic import context
+from alembic.util import CommandError
 from sqlalchemy import Connection, create_engine
 from sqlalchemy.pool import NullPool
 
@@ -32,7 +33,10 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = create_engine(config.get_main_option("sqlalchemy.url"), poolclass=NullPool)
+    url = config.get_main_option("sqlalchemy.url")
+    if url is None:  # service.core.db sets it on every config it hands to alembic
+        raise CommandError("the alembic config names no sqlalchemy.url")
+    engine = create_engine(url, poolclass=NullPool)
     with engine.begin() as conn:
         _run(conn)
 

@@ -36,7 +36,7 @@ from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
@@ -60,7 +60,7 @@ from ._errors import (
     UnsupportedModel,
 )
 from ._io import ProgressReader
-from ._models import JobBase, JobList
+from ._models import JobBase, JobList, JobT
 from ._types import Retries, Timeout
 
 __all__ = ["HTTPX_ERRORS", "Call", "FilePart", "_BaseClient", "encode_options"]
@@ -251,10 +251,11 @@ class _BaseClient:
 
     def _build_request(self, call: Call, files: ExitStack | AsyncExitStack) -> httpx.Request:
         """The ``httpx.Request`` for ``call``; its files are opened into ``files``, which closes them."""
-        parts = []
+        parts: list[tuple[str, tuple[str, IO[bytes], str]]] = []
         for part in call.files:
             handle = files.enter_context(open(part.path, "rb"))  # noqa: SIM115 (closed by the ExitStack)
-            body = ProgressReader(handle, part.on_read) if part.on_read is not None else handle
+            # httpx reads any file-like object (read, seek, tell, fileno); its types name only IO[bytes].
+            body = cast(IO[bytes], ProgressReader(handle, part.on_read)) if part.on_read is not None else handle
             parts.append((part.name, (part.path.name, body, "application/octet-stream")))
         timeout = self._timeout.to_httpx(extra_read=call.extra_read)
         return httpx.Request(
@@ -349,19 +350,19 @@ class _BaseClient:
             return model.model_validate_json(response.content)
         except ValidationError as e:
             what = f"{response.request.method} {response.request.url.path}"
-            first = e.errors()[0] if e.errors() else {}
+            first: Mapping[str, Any] = e.errors()[0] if e.errors() else {}
             where = ".".join(str(p) for p in first.get("loc", ()))
             raise UnexpectedResponse(
                 f"the server's answer to {what} is not a valid {model.__name__}"
                 f" ({where + ': ' if where else ''}{first.get('msg', 'invalid')})") from None
 
-    def _parse_job(self, response: httpx.Response, job_type: type[M]) -> M:
+    def _parse_job(self, response: httpx.Response, job_type: type[JobT]) -> JobT:
         job = self._parse(response, job_type)
         job._client = self
         return job
 
-    def _parse_job_list(self, response: httpx.Response, job_type: type[M]) -> JobList:
-        page = self._parse(response, JobList[job_type])
+    def _parse_job_list(self, response: httpx.Response, list_type: type[JobList[JobT]]) -> JobList[JobT]:
+        page = self._parse(response, list_type)
         for job in page.data:
             job._client = self
         return page

@@ -102,7 +102,7 @@ class Client(_BaseClient):
                     raise self._map_transport_error(call, exc) from exc
             else:
                 if self._done_by_earlier_attempt(call, response, maybe_delivered):
-                    return None  # type: ignore[return-value]  (only DELETE, which returns None)
+                    return consume(response)  # only a DELETE, whose consume ignores the answer
                 delay = self._retry_after_status(call, response, attempt)
                 if delay is None:
                     raise self._api_error(response)
@@ -234,7 +234,7 @@ class Client(_BaseClient):
 
     def list_jobs(self, offset: int = 0, limit: int = 20) -> JobList[Job]:
         """One page of this API key's jobs, newest first (``GET /jobs``); ``limit`` is at most 100."""
-        return self._send(self._list_jobs_call(offset, limit), lambda r: self._parse_job_list(r, Job))
+        return self._send(self._list_jobs_call(offset, limit), lambda r: self._parse_job_list(r, JobList[Job]))
 
     def get_report(self, job_id: str) -> Report:
         """The conversion report of a succeeded job.
@@ -367,7 +367,8 @@ class AsyncClient(_BaseClient):
                     raise self._map_transport_error(call, exc) from exc
             else:
                 if self._done_by_earlier_attempt(call, response, maybe_delivered):
-                    return None  # type: ignore[return-value]  (only DELETE, which returns None)
+                    result = consume(response)  # only a DELETE, whose consume ignores the answer
+                    return await result if inspect.isawaitable(result) else result
                 delay = self._retry_after_status(call, response, attempt)
                 if delay is None:
                     raise self._api_error(response)
@@ -445,7 +446,8 @@ class AsyncClient(_BaseClient):
 
     async def list_jobs(self, offset: int = 0, limit: int = 20) -> JobList[AsyncJob]:
         """One page of this API key's jobs, newest first; see ``Client.list_jobs``."""
-        return await self._send(self._list_jobs_call(offset, limit), lambda r: self._parse_job_list(r, AsyncJob))
+        return await self._send(self._list_jobs_call(offset, limit),
+                                lambda r: self._parse_job_list(r, JobList[AsyncJob]))
 
     async def get_report(self, job_id: str) -> Report:
         """The conversion report of a succeeded job; see ``Client.get_report``."""

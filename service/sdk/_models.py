@@ -92,6 +92,9 @@ class JobBase(BaseModel):
         if self.status == "cancelled":
             raise JobCancelled(self)
 
+    #: The client that fetched the job (``Job`` and ``AsyncJob`` narrow it to theirs); set by the client.
+    _client: Any = PrivateAttr(default=None)
+
     def _update_from(self, other: JobBase) -> None:
         for name in type(self).model_fields:
             setattr(self, name, getattr(other, name))

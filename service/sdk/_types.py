@@ -38,7 +38,7 @@ class Timeout:
 
     def __init__(self, timeout: float | None = _UNSET, *, connect: float | None = _UNSET,
                  read: float | None = _UNSET, write: float | None = _UNSET, pool: float | None = _UNSET) -> None:
-        defaults = {"connect": 5.0, "read": 60.0, "write": 60.0, "pool": 10.0}
+        defaults: dict[str, float | None] = {"connect": 5.0, "read": 60.0, "write": 60.0, "pool": 10.0}
         if timeout is not _UNSET:
             defaults = dict.fromkeys(defaults, timeout)
         given = {"connect": connect, "read": read, "write": write, "pool": pool}

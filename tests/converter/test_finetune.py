@@ -157,6 +157,21 @@ def test_unsupported_op_names_the_node(tmp_path):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize(("op", "given"), [("Add", [1, None]), ("Reshape", [1, None]), ("Unsqueeze", [1]),
+                                           ("Conv", [None, 1]), ("Relu", [])])
+def test_op_without_a_required_input_is_unsupported(op, given):
+    # A node that omits a required input (or an Unsqueeze without axes) is malformed: a typed error, which the
+    # view turns into UnsupportedModelError naming the node, not an AttributeError on None.
+    from types import SimpleNamespace
+
+    from converter.formats._onnx._torch_ops import OPS, UnsupportedNode
+
+    node = SimpleNamespace(op_type=op, name="n", attributes={}, outputs=[None])
+    inputs = [None if g is None else torch.ones(1, 1, 3, 3) for g in given]
+    with pytest.raises(UnsupportedNode, match=r"required input|without axes"):
+        OPS[op](node, inputs, 17)
+
+
 def test_nothing_converted_is_a_clear_error(tiny, tmp_path):
     train, held = _samples(tiny, "onnx")
     with pytest.raises(InvalidOptionsError, match="no converted layer"):

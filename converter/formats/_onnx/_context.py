@@ -231,7 +231,8 @@ def layer_context(model: ir.Model, layer_name: str, node: ir.Node,
 
 def _build(model: ir.Model, cut: _Cut, nodes: list[ir.Node], layer: ir.Node, layer_name: str,
            consts: dict[str, ir.TensorProtocol], fed: dict[str, ir.Value], outputs: list[ir.Value]) -> LayerContext:
-    names = UniqueNames([layer_name, *(v.name for n in nodes for v in (*n.inputs, *n.outputs) if v is not None)])
+    names = UniqueNames([layer_name, *(v.name for n in nodes for v in (*n.inputs, *n.outputs)
+                                     if v is not None and v.name is not None)])
     protos: list[onnx.NodeProto] = []
     inputs: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
     standins: list[tuple[str, int, int]] = []  # (fed value, channels, rank)
@@ -269,7 +270,8 @@ def _build(model: ir.Model, cut: _Cut, nodes: list[ir.Node], layer: ir.Node, lay
         protos, "context",
         [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(dt), list(d))
          for k, (d, dt) in inputs.items()],
-        [helper.make_tensor_value_info(v.name, int(cut.dtype(v) or 0), list(cut.dims(v) or [])) for v in outputs],
+        [helper.make_tensor_value_info(v.name, int(cut.dtype(v) or 0), list(cut.dims(v) or []))
+         for v in outputs if v.name],  # all named (the caller keeps named ones): this tells mypy
         inits)
     opsets = [helper.make_opsetid(d, v) for d, v in model.opset_imports.items() if d in ONNX_DOMAINS]
     proto = helper.make_model(graph, opset_imports=opsets, ir_version=model.ir_version)

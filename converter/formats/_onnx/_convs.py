@@ -97,14 +97,16 @@ def describe(model: ir.Model, name: str, node: ir.Node, table: Mapping[str, Dims
         # Its integer weight gives the geometry; the layer itself is only reported.
         note = _QUANTIZED_NOTES[node.op_type]
     elif tensor is not None and not tensor.dtype.is_floating_point():
-        tensor, note = None, f"weight has dtype {tensor.dtype}, not a floating-point type"
+        note = f"weight has dtype {tensor.dtype}, not a floating-point type"
+        tensor = None
     if tensor is not None and len(tensor.shape) < 3:
-        tensor, note = None, f"weight constant has shape {tuple(tensor.shape.numpy())}, not [N, C, *kernel]"
+        note = f"weight constant has shape {tuple(tensor.shape.numpy())}, not [N, C, *kernel]"
+        tensor = None
     wdims = tuple(tensor.shape.numpy()) if tensor is not None else value_dims(w, table)
     x_dims = value_dims(x, table)
     y_dims = value_dims(node.outputs[0], table)
     kernel = tuple(ints(node, "kernel_shape", wdims[2:] if wdims is not None and len(wdims) >= 3 else []))
-    if tensor is not None and kernel != tuple(wdims[2:]):
+    if tensor is not None and wdims is not None and kernel != tuple(wdims[2:]):
         # an invalid model (no runtime runs it): said now, not found out by whichever stage touches it first
         raise ValueError(f"its kernel_shape {list(kernel)} contradicts its weight of shape {list(wdims)} "
                          f"(kernel dims {list(wdims[2:])})")

@@ -143,7 +143,8 @@ def all_tensors(model: ir.Model) -> Iterator[tuple[str, ir.TensorProtocol]]:
         for value in graph.initializers.values():
             if value.const_value is not None:
                 yield f"initializer {value.name!r}", value.const_value
-    for graph_like in (model.graph, *model.functions.values()):
+    graph_likes: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
+    for graph_like in graph_likes:
         for node in ir.traversal.RecursiveGraphIterator(graph_like):
             for attr in node.attributes.values():
                 if not isinstance(attr, ir.Attr) or attr.is_ref():
@@ -285,6 +286,8 @@ def _write_model(model: ir.Model, dest: Path) -> None:
     pieces: list[tuple[bytes, Any, int]] = []  # (header bytes, tensor or None, raw length)
     for _, value in taken:
         tensor = value.const_value
+        if tensor is None:  # onnx_ir refuses such an initializer; a model edited by hand could still hold one
+            raise ConversionError(f"saving the model failed: initializer {value.name!r} has no value")
         if tensor.dtype == ir.DataType.STRING:
             header = ir.serde.serialize_tensor(tensor).SerializeToString()
             pieces.append((_wire.len_field(_wire.GRAPH_INITIALIZER, len(header)) + header, None, 0))

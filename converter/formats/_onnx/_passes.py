@@ -35,6 +35,8 @@ def _check_lowered(model: ir.Model, name: str, node: ir.Node, lowered: Lowered) 
     layer and step. Shapes are taken from the node itself, not from the ``ConvLayer`` record."""
     if node.op_type != "Conv":
         raise ConversionError(f"layer {name!r}: {node.op_type} cannot be rewritten (not supported yet)")
+    if not node.inputs or node.inputs[0] is None:
+        raise ConversionError(f"layer {name!r}: cannot be rewritten: the conv has no data input")
     tensor, note = constant_weight(model, node.inputs[1] if len(node.inputs) > 1 else None)
     if tensor is None or len(tensor.shape) < 3:
         raise ConversionError(f"layer {name!r}: cannot be rewritten: {note or 'the weight is not [N, C, *kernel]'}")
@@ -75,6 +77,7 @@ def _replace(model: ir.Model, name: str, node: ir.Node, lowered: Lowered, names:
     graph = node.graph
     assert graph is not None
     x = node.inputs[0]
+    assert x is not None  # checked by _check_lowered
     bias = node.inputs[2] if len(node.inputs) > 2 else None
     tensor, _ = constant_weight(model, node.inputs[1])
     assert tensor is not None  # checked by _check_lowered

@@ -52,7 +52,7 @@ def _check_input_shapes(model: ir.Model, input_shapes: Mapping[str, tuple[int, .
 
 
 def _stub(t: ir.TensorProtocol, name: str | None) -> ir.ExternalTensor:
-    return ir.ExternalTensor(_STUB_LOCATION, 0, t.nbytes, t.dtype, shape=ir.Shape(t.shape.dims), name=name or "")
+    return ir.ExternalTensor(_STUB_LOCATION, 0, t.nbytes, t.dtype, shape=ir.Shape(t.shape.numpy()), name=name or "")
 
 
 def _stub_large_tensors(model: ir.Model) -> None:
@@ -102,7 +102,7 @@ def shape_table(model: ir.Model, input_shapes: Mapping[str, tuple[int, ...]]) ->
         return _declared_shapes(model)
     _stub_large_tensors(clone)
     for value in clone.graph.inputs:
-        if value.name in input_shapes:
+        if value.name is not None and value.name in input_shapes:
             value.shape = ir.Shape(list(input_shapes[value.name]))
     proto = ir.serde.serialize_model(clone)
     with contextlib.suppress(Exception):  # best effort: on failure the declared shapes are used
@@ -124,9 +124,10 @@ def _declared_shapes(model: ir.Model) -> Table:
 
 
 def static(dims: Dims | None) -> tuple[int, ...] | None:
-    if dims is None or any(d is None for d in dims):
+    if dims is None:
         return None
-    return tuple(int(d) for d in dims)  # type: ignore[arg-type]
+    known = tuple(int(d) for d in dims if d is not None)
+    return known if len(known) == len(dims) else None
 
 
 def value_dims(value: ir.Value | None, table: Mapping[str, Dims | None]) -> tuple[int, ...] | None:
@@ -188,11 +189,12 @@ def extend_table(model: ir.Model, table: Mapping[str, Dims | None]) -> Table | N
         if node.op_type == "Conv":
             x, w = value_dims(node.inputs[0], out), value_dims(node.inputs[1], out)
             sp = out_spatial(node, x[2:], tuple(w[2:])) if x is not None and w is not None else None
-            dims = (x[0], w[0], *sp) if sp is not None else None
+            dims = (x[0], w[0], *sp) if x is not None and w is not None and sp is not None else None
         elif node.op_type == "Concat":
-            parts = [value_dims(v, out) for v in node.inputs]
+            found = [value_dims(v, out) for v in node.inputs]
+            parts = [p for p in found if p is not None and len(p) >= 2]
             dims = None
-            if parts and all(p is not None and len(p) >= 2 for p in parts) and int_attr(node, "axis", 0) == 1:
+            if parts and len(parts) == len(found) and int_attr(node, "axis", 0) == 1:
                 dims = (parts[0][0], sum(p[1] for p in parts), *parts[0][2:])
         elif node.op_type == "Sum":
             dims = value_dims(node.inputs[0], out)

@@ -22,7 +22,8 @@ def count_params(model: ir.Model) -> int:
             t = value.const_value
             if t is not None and t.dtype.is_floating_point():
                 total += math.prod(t.shape.numpy())
-    for graph_like in (model.graph, *model.functions.values()):
+    graph_likes: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
+    for graph_like in graph_likes:
         for node in ir.traversal.RecursiveGraphIterator(graph_like):
             if not is_onnx_op(node, frozenset({"Constant"})):
                 continue

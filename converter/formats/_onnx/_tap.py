@@ -28,7 +28,7 @@ def _geometry(node: ir.Node, rank: int) -> Geometry | str:
     dilations = tuple(ints(node, "dilations", [1] * rank))
     mode = auto_pad(node)
     if mode in ("SAME_UPPER", "SAME_LOWER"):
-        return Geometry(strides, dilations, mode)
+        return Geometry(strides, dilations, "SAME_UPPER" if mode == "SAME_UPPER" else "SAME_LOWER")
     if mode == "VALID":
         return Geometry(strides, dilations, tuple((0, 0) for _ in range(rank)))
     if mode not in ("NOTSET", ""):
@@ -63,7 +63,8 @@ class OnnxTap:
         if outputs:
             outs = self._run(feeds)
         else:  # only the captured values: onnxruntime runs the part of the graph they depend on
-            fetch = sorted({self._captured[name][1] for name in want} - {None})
+            indices = (self._captured[name][1] for name in want)
+            fetch = sorted({i for i in indices if i is not None})
             outs = dict(zip(fetch, self._run(feeds, [self._names[i] for i in fetch]) if fetch else [], strict=True))
         for name in want:
             source, index = self._captured[name]
@@ -81,6 +82,7 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
     for layer in layers:
         node = layer.handle
         reason = None
+        dtype = None
         if not isinstance(node, ir.Node) or node.op_type != "Conv":
             reason = "not a Conv node"
         elif node.graph is not graph:
@@ -91,6 +93,8 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
             tensor, note = constant_weight(m, node.inputs[1])
             if tensor is None or tensor.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE):
                 reason = note or "weight is not a float tensor"
+            else:
+                dtype = tensor.dtype
         geo = _geometry(node, len(layer.kernel)) if reason is None else None
         if isinstance(geo, str):
             reason = geo
@@ -104,9 +108,9 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
         if reason is not None:
             skipped[layer.name] = reason
             continue
-        assert isinstance(geo, Geometry)
+        assert isinstance(geo, Geometry) and dtype is not None  # set wherever no reason was given
         points[layer.name] = TapPoint(geo, bias)
-        plan.append((layer, node, tensor.dtype))
+        plan.append((layer, node, dtype))
 
     added_inputs: list[ir.Value] = []
     added_outputs: list[ir.Value] = []
@@ -120,9 +124,9 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
     initializers: list[ir.Value] = []
     try:
         for i, (layer, node, dtype) in enumerate(plan):
-            w_val = ir.Value(name=f"sepconv_tap_{i}_weight", type=ir.TensorType(dtype),
-                             shape=ir.Shape(layer.weight.shape))
-            b_val = ir.Value(name=f"sepconv_tap_{i}_bias", type=ir.TensorType(dtype),
+            w_name, b_name = f"sepconv_tap_{i}_weight", f"sepconv_tap_{i}_bias"
+            w_val = ir.Value(name=w_name, type=ir.TensorType(dtype), shape=ir.Shape(layer.weight.shape))
+            b_val = ir.Value(name=b_name, type=ir.TensorType(dtype),
                              shape=ir.Shape([layer.out_channels]))
             graph.inputs.extend([w_val, b_val])
             added_inputs += [w_val, b_val]
@@ -132,7 +136,7 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
             node.replace_input_with(1, w_val)
             node.replace_input_with(2, b_val)
             np_dtype = np.dtype(dtype.numpy())
-            feeds[layer.name] = (w_val.name, b_val.name, np_dtype)
+            feeds[layer.name] = (w_name, b_name, np_dtype)
             bias = points[layer.name].bias
             defaults[layer.name] = (layer.weight, bias if bias is not None else np.zeros(layer.out_channels))
             x = node.inputs[0]
@@ -146,10 +150,10 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
             captured[layer.name] = ("", out_index[id(x)])
         # Weights no node reads any more would be written (and warned about): leave them out of the copy.
         initializers = list(graph.initializers.values())
-        for value in initializers:
+        for name, value in list(graph.initializers.items()):
             if not value.uses() and not value.is_graph_input() and not value.is_graph_output():
-                graph.initializers.pop(value.name)
-        names = [v.name for v in graph.outputs]
+                graph.initializers.pop(name)
+        names = [v.name or "" for v in graph.outputs]  # (every output of a loaded model is named)
         path = adapter.save(model, workdir / "tap.onnx")
     finally:
         if initializers:

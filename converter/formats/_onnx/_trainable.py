@@ -140,7 +140,7 @@ class OnnxModule(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         """Run the graph on tensors given in ``input_names`` order."""
-        env: dict[str, torch.Tensor | None] = dict(zip(self.input_names, inputs, strict=True))
+        env: dict[str, torch.Tensor] = dict(zip(self.input_names, inputs, strict=True))
         for node in self.nodes:
             args = [None if v is None or not v.name else
                     (env[v.name] if v.name in env else self.tensor(v.name)) for v in node.inputs]

@@ -77,6 +77,7 @@ _LAYOUT_CONV = (3, 4, 5, 6, None)  # input, weight, bias, stride, padding, dilat
 
 def conv_args(node: torch.fx.Node, rank: int) -> ConvArgs:
     """The operands of a conv node of spatial rank ``rank``, defaults filled in."""
+    layout: tuple[int, int, int, int, int | None]
     if node.target in _GENERIC:
         layout = _LAYOUT_GENERIC
     elif node.target in _TRANSPOSED:
@@ -141,6 +142,11 @@ def _layer_name(node: torch.fx.Node, target: str | None) -> str:
     return node.name
 
 
+def _target_name(node: torch.fx.Node) -> str:
+    """``conv2d.default`` for a call of ``aten.conv2d.default`` (FX also allows a method name as target)."""
+    return node.target.__name__ if callable(node.target) else node.target
+
+
 def _shape(node: Any) -> tuple[int, ...] | None:
     val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
     if not isinstance(val, torch.Tensor):
@@ -166,6 +172,7 @@ def find_layers(model: Pt2Model, input_shapes: Mapping[str, tuple[int, ...]]) ->
         notes = [] if tensor is not None else [_NOT_CONSTANT]
         if tensor is not None and not tensor.is_floating_point():
             notes.append(f"weight has dtype {tensor.dtype}, not a floating-point type")
+        kernel: tuple[int, ...]
         if wshape is None or rank == 0:
             kernel, cin, cout = (), 0, 0
         elif args.transposed:
@@ -177,7 +184,7 @@ def find_layers(model: Pt2Model, input_shapes: Mapping[str, tuple[int, ...]]) ->
         if not notes and tensor is not None:
             weight = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
         layers.append(ConvLayer(
-            name=names(_layer_name(node, target)), op=f"aten.{node.target.__name__}", kernel=tuple(kernel),
+            name=names(_layer_name(node, target)), op=f"aten.{_target_name(node)}", kernel=tuple(kernel),
             in_channels=int(cin), out_channels=int(cout), groups=args.groups, weight=weight,
             transposed=args.transposed, note="; ".join(notes) or None,
             in_spatial=rec["in"][-rank:] if "in" in rec and rank else None,
@@ -262,6 +269,8 @@ class _Recorder(torch.fx.Interpreter):
             args = [self.env[a] if isinstance(a, torch.fx.Node) else a for a in n.args]
             operand = args[0] if n.target in CONV_OPS else args[_MATMUL_K[n.target]]
             weight = args[1] if len(args) > 1 else None
+            if not isinstance(operand, torch.Tensor) or not isinstance(out, torch.Tensor):
+                return out  # a conv or matrix product always takes and gives tensors (FakeTensors here)
             rec = {"in": tuple(operand.shape), "out": tuple(out.shape)}
             if isinstance(weight, torch.Tensor):
                 rec["weight"] = tuple(weight.shape)

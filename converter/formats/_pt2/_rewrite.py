@@ -76,7 +76,11 @@ class _Editor:
         self.specs = list(program.graph_signature.input_specs)
         self.state_dict = dict(program.state_dict)
         self.constants = dict(program.constants)
-        self.fake = detect_fake_mode([n.meta.get("val") for n in self.graph.nodes if n.op == "placeholder"])
+        fake = detect_fake_mode([n.meta.get("val") for n in self.graph.nodes if n.op == "placeholder"])
+        if fake is None:  # torch.export records one on every placeholder; an edited or foreign graph may not
+            raise ConversionError("the .pt2 program's placeholders carry no fake tensors (meta['val']): its "
+                                  "graph cannot be edited")
+        self.fake = fake
         self.targets = UniqueNames([*self.state_dict, *self.constants])
 
     def parameter(self, fqn: str, tensor: torch.Tensor) -> torch.fx.Node:

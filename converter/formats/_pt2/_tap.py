@@ -56,16 +56,16 @@ class _Interpreter(torch.fx.Interpreter):
                 raise _Captured
         if n.name in self.weights:
             w, b = self.weights[n.name]
-            args = list(args)
-            while len(args) < 3 and "bias" not in kwargs:
-                args.append(None)
-            args[1] = w
+            edited = list(args)
+            while len(edited) < 3 and "bias" not in kwargs:
+                edited.append(None)
+            edited[1] = w
             if "bias" in kwargs:
                 kwargs = {**kwargs, "bias": b}
             else:
-                args[2] = b
-            args = tuple(args)
-        return n.target(*args, **kwargs)
+                edited[2] = b
+            args = tuple(edited)
+        return self.call_function(n.target, args, kwargs)
 
 
 class Pt2Tap:
@@ -116,19 +116,17 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
     nodes: dict[str, str] = {}
     for layer in layers:
         node = graph_nodes.get(layer.handle) if isinstance(layer.handle, str) else None
-        reason = None
         if node is None or layer.handle not in module_nodes or layer.weight is None:
-            reason = layer.note or "not a conv node of the program's module"
-        else:
-            args = conv_args(node, len(layer.kernel))
-            geo = _geometry(args, tuple(layer.kernel)) if not args.transposed else "a transposed convolution"
-            bias, _ = weight_of(program, args.bias) if args.bias is not None else (None, None)
-            if isinstance(geo, str):
-                reason = geo
-            elif args.bias is not None and bias is None:
-                reason = "bias is not a constant"
-        if reason is not None:
-            skipped[layer.name] = reason
+            skipped[layer.name] = layer.note or "not a conv node of the program's module"
+            continue
+        args = conv_args(node, len(layer.kernel))
+        geo = _geometry(args, tuple(layer.kernel)) if not args.transposed else "a transposed convolution"
+        bias, _ = weight_of(program, args.bias) if args.bias is not None else (None, None)
+        if isinstance(geo, str):
+            skipped[layer.name] = geo
+            continue
+        if args.bias is not None and bias is None:
+            skipped[layer.name] = "bias is not a constant"
             continue
         b = bias.detach().to("cpu", torch.float32).numpy() if bias is not None else None
         points[layer.name] = TapPoint(geo, b)

@@ -38,6 +38,7 @@ from ._graph import (
     const,
     conv_args,
     conv_nodes,
+    forward_args,
     layer_of,
     probed_nodes,
     run_probe,
@@ -67,7 +68,8 @@ class _Emitter:
 
     def constant(self, value: Any, name: str | None = None) -> torch._C.Value:
         with self.graph.insert_point_guard(self.before):
-            out = self.graph.insertConstant(value)
+            # Graph.insertConstant (bound in torch's python_ir.cpp) is missing from torch/_C/__init__.pyi.
+            out = self.graph.insertConstant(value)  # type: ignore[attr-defined]
         if name:
             out.setDebugName(_debug_name(name))
         return out
@@ -406,7 +408,7 @@ class TorchScriptAdapter:
 
         module = _inference_module(path, threads, device)
         try:
-            names = [a.name for a in module.forward.schema.arguments[1:]]
+            names = [a.name for a in forward_args(module)]
         except (AttributeError, RuntimeError):
             names = list(inputs)
         return timed_call(module, names, threads, device, inputs)

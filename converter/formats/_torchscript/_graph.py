@@ -8,7 +8,7 @@ import re
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -192,6 +192,7 @@ def layer_of(node: torch._C.Node, index: int, recorded: dict[int, list[tuple[int
     if args.transposed is None:
         notes.append("the transposed flag is not a constant")
     groups = args.groups or 1
+    kernel: tuple[int, ...]
     if shape is None:
         kernel, cin, cout = (), 0, 0
     elif args.transposed:
@@ -221,7 +222,8 @@ def layer_of(node: torch._C.Node, index: int, recorded: dict[int, list[tuple[int
 
 def forward_args(module: torch.jit.ScriptModule) -> list[Any]:
     """The forward schema's arguments after ``self``."""
-    return list(module.forward.schema.arguments)[1:]
+    # ScriptModule.forward is typed as any callable; on a scripted module it is a ScriptMethod.
+    return list(cast(torch._C.ScriptMethod, module.forward).schema.arguments)[1:]
 
 
 def _numpy_dtype(dtype: torch.dtype | None) -> np.dtype:
@@ -280,7 +282,8 @@ def _instrument(graph: torch._C.Graph) -> torch._C.Graph:
         anchor = node
         for slot, value in slots:
             with g.insert_point_guard(node):
-                tag_values = [g.insertConstant(index), g.insertConstant(slot)]
+                # Graph.insertConstant (bound in torch's python_ir.cpp) is missing from torch/_C/__init__.pyi.
+                tag_values = [g.insertConstant(index), g.insertConstant(slot)]  # type: ignore[attr-defined]
             size = after(anchor, "aten::size", [value], int_list)
             tag = after(size, "prim::ListConstruct", tag_values, int_list)
             row = after(tag, "aten::add", [tag.output(), size.output()], int_list)

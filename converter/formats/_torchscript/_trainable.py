@@ -28,6 +28,7 @@ from .._graphcheck import load_torchscript
 from .._registry import adapter_for
 from .._trainable import TrainableView, digest
 from ._adapter import _flatten
+from ._graph import forward_args
 
 __all__ = ["torchscript_view"]
 
@@ -134,7 +135,7 @@ def torchscript_view(path: Path, workdir: Path, original: set[str], device: str 
         lifted_module._fn = torch._C._create_function_from_graph("sepconv_finetune", graph)
     except RuntimeError as e:
         raise UnsupportedModelError(f"fine-tuning could not compile the TorchScript graph: {one_line(e, 200)}") from e
-    input_names = [a.name for a in list(module.forward.schema.arguments)[1:]]
+    input_names = [a.name for a in forward_args(module)]
     adapter = adapter_for("torchscript")
 
     def write(dest: Path, trained: Iterable[str]) -> Path:

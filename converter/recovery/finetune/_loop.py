@@ -159,7 +159,7 @@ class _Run:
         self.view, self.teacher, self.objective, self.options, self.device = view, teacher, objective, options, device
         factors = [view.params[n] for n in view.factors]
         rest = [p for n, p in view.params.items() if n not in set(view.factors)]
-        groups = [{"params": factors, "lr": options.lr}]
+        groups: list[dict[str, Any]] = [{"params": factors, "lr": options.lr}]
         if options.scope == "all" and rest:
             groups.append({"params": rest, "lr": options.lr / 10})
         self.trained = list(view.factors) + ([n for n in view.params if n not in set(view.factors)]

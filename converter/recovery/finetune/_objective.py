@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..._errors import InvalidOptionsError
+
 __all__ = ["TEMPERATURE", "MetricAccumulator", "Objective", "objective_for"]
 
 TEMPERATURE = 2.0
@@ -120,6 +122,8 @@ class MetricAccumulator:
         self.batches += 1
         metric = self.objective.metric
         if metric == "top1":
+            if self.objective.labelled is None or labels is None:
+                raise InvalidOptionsError("fine-tuning scores top-1 accuracy, but the held-out samples have no labels")
             pred = student[self.objective.labelled].argmax(axis=1)
             self.hits += int((pred == labels).sum())
             self.count += int(labels.shape[0])

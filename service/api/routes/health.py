@@ -4,6 +4,8 @@ of them needs an API key."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Response
@@ -29,7 +31,7 @@ async def healthz() -> Health:
     return Health()
 
 
-async def _check(fn, *args) -> bool:  # type: ignore[no-untyped-def]
+async def _check(fn: Callable[..., Any], *args: Any) -> bool:
     try:
         return bool(await asyncio.wait_for(to_thread.run_sync(fn, *args, abandon_on_cancel=True),
                                            CHECK_TIMEOUT_S))

@@ -4,7 +4,7 @@ cancel/delete."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import parse_qsl, quote
 
 from fastapi import APIRouter, Query, Request, Response
@@ -21,7 +21,7 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-_COMMON = {s: ERROR_RESPONSES[s] for s in (400, 401, 404, 503)}
+_COMMON: dict[int | str, dict[str, Any]] = {s: ERROR_RESPONSES[s] for s in (400, 401, 404, 503)}
 
 
 def _attachment(filename: str) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, overload
 
 import torch
 import torch.nn.functional as F
@@ -46,15 +46,26 @@ def attr(node: Any, name: str, default: Any = None) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+def _need(x: Tensors, index: int) -> torch.Tensor:
+    """Input ``index``, which the op requires: a node that omits it is malformed, not a tensor to guess."""
+    t = x[index] if index < len(x) else None
+    if t is None:
+        raise UnsupportedNode(f"required input {index} is missing")
+    return t
+
+
+@overload
+def _ints(t: torch.Tensor) -> list[int]: ...
+@overload
+def _ints(t: None) -> None: ...
 def _ints(t: torch.Tensor | None) -> list[int] | None:
     return None if t is None else [int(v) for v in t.reshape(-1).tolist()]
 
 
 def _in_or_attr(node: Any, inputs: Tensors, index: int, name: str) -> list[int] | None:
     """An int list given as input ``index`` (newer opsets) or as attribute ``name`` (older ones)."""
-    if len(inputs) > index and inputs[index] is not None:
-        return _ints(inputs[index])
-    return attr(node, name)
+    t = inputs[index] if len(inputs) > index else None
+    return _ints(t) if t is not None else attr(node, name)
 
 
 def _pads_for(node: Any, x: torch.Tensor, kernel: list[int], strides: list[int],

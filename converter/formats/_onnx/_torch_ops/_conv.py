@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ._common import Tensors, UnsupportedNode, _op, _pads_for, _symmetric, _torch_pad, attr
+from ._common import Tensors, UnsupportedNode, _need, _op, _pads_for, _symmetric, _torch_pad, attr
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -16,7 +16,7 @@ _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 @_op("Conv")
 def _conv(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
-    inp, w = x[0], x[1]
+    inp, w = _need(x, 0), _need(x, 1)
     bias = x[2] if len(x) > 2 else None
     r = w.dim() - 2
     if r not in _CONV:
@@ -29,7 +29,7 @@ def _conv(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
 
 @_op("ConvTranspose")
 def _conv_transpose(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
-    inp, w = x[0], x[1]
+    inp, w = _need(x, 0), _need(x, 1)
     bias = x[2] if len(x) > 2 else None
     r = w.dim() - 2
     if r not in _CONV_T or attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "") or attr(node, "output_shape"):
@@ -44,39 +44,42 @@ def _conv_transpose(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
 
 @_op("Gemm")
 def _gemm(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
-    a, b = x[0], x[1]
+    a, b = _need(x, 0), _need(x, 1)
     if attr(node, "transA", 0):
         a = a.t()
     if attr(node, "transB", 0):
         b = b.t()
     out = attr(node, "alpha", 1.0) * (a @ b)
-    if len(x) > 2 and x[2] is not None:
-        out = out + attr(node, "beta", 1.0) * x[2]
+    c = x[2] if len(x) > 2 else None
+    if c is not None:
+        out = out + attr(node, "beta", 1.0) * c
     return [out]
 
 
 @_op("MatMul")
 def _matmul(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
-    return [torch.matmul(x[0], x[1])]
+    return [torch.matmul(_need(x, 0), _need(x, 1))]
 
 
 @_op("BatchNormalization")
 def _batch_norm(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
     # Inference form: the running statistics are constants, as in the model the user runs.
-    return [F.batch_norm(x[0], x[3], x[4], x[1], x[2], False, 0.0, attr(node, "epsilon", 1e-5))]
+    t, scale, bias, mean, var = (_need(x, i) for i in range(5))
+    return [F.batch_norm(t, mean, var, scale, bias, False, 0.0, attr(node, "epsilon", 1e-5))]
 
 
 @_op("InstanceNormalization")
 def _instance_norm(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
-    return [F.instance_norm(x[0], weight=x[1], bias=x[2], eps=attr(node, "epsilon", 1e-5))]
+    return [F.instance_norm(_need(x, 0), weight=_need(x, 1), bias=_need(x, 2), eps=attr(node, "epsilon", 1e-5))]
 
 
 @_op("LayerNormalization")
 def _layer_norm(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
-    axis = attr(node, "axis", -1) % x[0].dim()
-    shape = list(x[0].shape[axis:])
+    t = _need(x, 0)
+    axis = attr(node, "axis", -1) % t.dim()
+    shape = list(t.shape[axis:])
     bias = x[2] if len(x) > 2 else None
-    return [F.layer_norm(x[0], shape, x[1], bias, attr(node, "epsilon", 1e-5))]
+    return [F.layer_norm(t, shape, _need(x, 1), bias, attr(node, "epsilon", 1e-5))]
 
 
 # --- pooling -------------------------------------------------------------------------------------------------------
@@ -84,7 +87,7 @@ def _layer_norm(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
 
 @_op("MaxPool", "AveragePool")
 def _pool(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
-    inp = x[0]
+    inp = _need(x, 0)
     kernel = attr(node, "kernel_shape")
     r = len(kernel)
     strides, dilations = attr(node, "strides", [1] * r), attr(node, "dilations", [1] * r)
@@ -105,13 +108,14 @@ def _pool(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
         inp, pads = F.pad(inp, _torch_pad(pads)), [0] * r
     else:
         pads = pads[:r]
-    fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[r]
-    return [fn(inp, kernel, strides, pads, ceil_mode=ceil, count_include_pad=include)]
+    avg = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[r]
+    return [avg(inp, kernel, strides, pads, ceil_mode=ceil, count_include_pad=include)]
 
 
 @_op("GlobalAveragePool", "GlobalMaxPool")
 def _global_pool(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
-    dims = tuple(range(2, x[0].dim()))
+    t = _need(x, 0)
+    dims = tuple(range(2, t.dim()))
     if node.op_type == "GlobalAveragePool":
-        return [x[0].mean(dim=dims, keepdim=True)]
-    return [x[0].amax(dim=dims, keepdim=True)]
+        return [t.mean(dim=dims, keepdim=True)]
+    return [t.amax(dim=dims, keepdim=True)]

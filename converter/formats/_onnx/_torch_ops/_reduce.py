@@ -8,20 +8,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ._common import Tensors, _ints, _op, attr
+from ._common import Tensors, _ints, _need, _op, attr
 
 
 @_op("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2")
 def _reduce(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
     moved = opset >= 18 or (node.op_type == "ReduceSum" and opset >= 13)
-    axes = (_ints(x[1]) if len(x) > 1 and x[1] is not None else None) if moved else attr(node, "axes")
+    axes = _ints(x[1] if len(x) > 1 else None) if moved else attr(node, "axes")
     keep = bool(attr(node, "keepdims", 1))
+    t = _need(x, 0)
     if not axes:
         if attr(node, "noop_with_empty_axes", 0):
-            return [x[0]]
-        axes = list(range(x[0].dim()))
-    dims = tuple(a % x[0].dim() for a in axes)
-    t = x[0]
+            return [t]
+        axes = list(range(t.dim()))
+    dims = tuple(a % t.dim() for a in axes)
     if node.op_type == "ReduceMean":
         return [t.mean(dim=dims, keepdim=keep)]
     if node.op_type == "ReduceSum":
@@ -35,13 +35,13 @@ def _reduce(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
 @_op("ArgMax", "ArgMin")
 def _argmax(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
     fn = torch.argmax if node.op_type == "ArgMax" else torch.argmin
-    return [fn(x[0], dim=attr(node, "axis", 0), keepdim=bool(attr(node, "keepdims", 1)))]
+    return [fn(_need(x, 0), dim=attr(node, "axis", 0), keepdim=bool(attr(node, "keepdims", 1)))]
 
 
 @_op("Softmax", "LogSoftmax")
 def _softmax(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
     fn = F.softmax if node.op_type == "Softmax" else F.log_softmax
-    t = x[0]
+    t = _need(x, 0)
     if opset >= 13:
         return [fn(t, dim=attr(node, "axis", -1))]
     # Before opset 13 the input is flattened to 2-D at ``axis`` and normalised over the second dim.
@@ -53,4 +53,5 @@ def _softmax(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
 @_op("Dropout")
 def _dropout(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
     # Inference semantics, as onnxruntime runs it; a mask output is all ones.
-    return [x[0], torch.ones_like(x[0], dtype=torch.bool)][: len(node.outputs)]
+    t = _need(x, 0)
+    return [t, torch.ones_like(t, dtype=torch.bool)][: len(node.outputs)]

@@ -8,28 +8,31 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ._common import Tensors, UnsupportedNode, _in_or_attr, _ints, _op, _torch_pad, attr
+from ._common import Tensors, UnsupportedNode, _in_or_attr, _ints, _need, _op, _torch_pad, attr
 
 
 @_op("Flatten")
 def _flatten(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
-    axis = attr(node, "axis", 1) % (x[0].dim() or 1) if x[0].dim() else 0
-    lead = math.prod(x[0].shape[:axis])
-    return [x[0].reshape(lead, -1)]
+    t = _need(x, 0)
+    axis = attr(node, "axis", 1) % (t.dim() or 1) if t.dim() else 0
+    lead = math.prod(t.shape[:axis])
+    return [t.reshape(lead, -1)]
 
 
 @_op("Reshape")
 def _reshape(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
-    shape = _ints(x[1]) if opset >= 5 else attr(node, "shape")
+    t = _need(x, 0)
+    shape = _ints(_need(x, 1)) if opset >= 5 else attr(node, "shape")
     if not attr(node, "allowzero", 0):
-        shape = [x[0].shape[i] if d == 0 else d for i, d in enumerate(shape)]
-    return [x[0].reshape(shape)]
+        shape = [t.shape[i] if d == 0 else d for i, d in enumerate(shape)]
+    return [t.reshape(shape)]
 
 
 @_op("Transpose")
 def _transpose(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
-    perm = attr(node, "perm") or list(reversed(range(x[0].dim())))
-    return [x[0].permute(perm)]
+    t = _need(x, 0)
+    perm = attr(node, "perm") or list(reversed(range(t.dim())))
+    return [t.permute(perm)]
 
 
 @_op("Concat")
@@ -42,20 +45,25 @@ def _split(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
     axis = attr(node, "axis", 0)
     sizes = _in_or_attr(node, x, 1, "split")
     n = len(node.outputs)
+    t = _need(x, 0)
     if sizes is None:
-        size = x[0].shape[axis]
+        size = t.shape[axis]
         chunk = math.ceil(size / n)
         sizes = [min(chunk, size - i * chunk) for i in range(n)]
-    return list(torch.split(x[0], sizes, dim=axis))
+    return list(torch.split(t, sizes, dim=axis))
 
 
 @_op("Slice")
 def _slice(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
-    t = x[0]
+    t = _need(x, 0)
+    starts: list[int]
+    ends: list[int]
+    axes: list[int] | None
+    steps: list[int] | None
     if opset < 10:
         starts, ends, axes, steps = attr(node, "starts"), attr(node, "ends"), attr(node, "axes"), None
     else:
-        starts, ends = _ints(x[1]), _ints(x[2])
+        starts, ends = _ints(_need(x, 1)), _ints(_need(x, 2))
         axes = _ints(x[3]) if len(x) > 3 else None
         steps = _ints(x[4]) if len(x) > 4 else None
     axes = axes or list(range(len(starts)))
@@ -85,10 +93,11 @@ def _slice(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
 @_op("Squeeze")
 def _squeeze(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
     axes = _in_or_attr(node, x, 1, "axes")
+    out = _need(x, 0)
     if axes is None:
-        return [x[0].squeeze()]
-    out = x[0]
-    for axis in sorted((a % x[0].dim() for a in axes), reverse=True):
+        return [out.squeeze()]
+    rank = out.dim()
+    for axis in sorted((a % rank for a in axes), reverse=True):
         out = out.squeeze(axis)
     return [out]
 
@@ -96,8 +105,10 @@ def _squeeze(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
 @_op("Unsqueeze")
 def _unsqueeze(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
     axes = _in_or_attr(node, x, 1, "axes")
-    rank = x[0].dim() + len(axes)
-    out = x[0]
+    if axes is None:
+        raise UnsupportedNode("Unsqueeze without axes")
+    out = _need(x, 0)
+    rank = out.dim() + len(axes)
     for axis in sorted(a % rank for a in axes):
         out = out.unsqueeze(axis)
     return [out]
@@ -105,45 +116,48 @@ def _unsqueeze(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
 
 @_op("Shape")
 def _shape(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
-    dims = list(x[0].shape)[attr(node, "start", 0):attr(node, "end", None)]
+    dims = list(_need(x, 0).shape)[attr(node, "start", 0):attr(node, "end", None)]
     return [torch.tensor(dims, dtype=torch.int64)]
 
 
 @_op("Size")
 def _size(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
-    return [torch.tensor(x[0].numel(), dtype=torch.int64)]
+    return [torch.tensor(_need(x, 0).numel(), dtype=torch.int64)]
 
 
 @_op("Gather")
 def _gather(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
-    axis = attr(node, "axis", 0) % x[0].dim()
-    idx = x[1].long()
-    idx = torch.where(idx < 0, idx + x[0].shape[axis], idx)
-    out = torch.index_select(x[0], axis, idx.reshape(-1).to(x[0].device))
-    return [out.reshape(*x[0].shape[:axis], *idx.shape, *x[0].shape[axis + 1:])]
+    t = _need(x, 0)
+    axis = attr(node, "axis", 0) % t.dim()
+    idx = _need(x, 1).long()
+    idx = torch.where(idx < 0, idx + t.shape[axis], idx)
+    out = torch.index_select(t, axis, idx.reshape(-1).to(t.device))
+    return [out.reshape(*t.shape[:axis], *idx.shape, *t.shape[axis + 1:])]
 
 
 @_op("ConstantOfShape")
 def _constant_of_shape(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
     value = attr(node, "value")
     fill = value.reshape(-1)[0] if value is not None else torch.tensor(0.0)
-    return [torch.full(_ints(x[0]), fill.item(), dtype=fill.dtype)]
+    return [torch.full(_ints(_need(x, 0)), fill.item(), dtype=fill.dtype)]
 
 
 @_op("Expand")
 def _expand(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
-    shape = torch.broadcast_shapes(tuple(x[0].shape), tuple(_ints(x[1])))
-    return [x[0].expand(shape)]
+    t = _need(x, 0)
+    shape = torch.broadcast_shapes(tuple(t.shape), tuple(_ints(_need(x, 1))))
+    return [t.expand(shape)]
 
 
 @_op("Tile")
 def _tile(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
-    return [x[0].repeat(_ints(x[1]))]
+    return [_need(x, 0).repeat(_ints(_need(x, 1)))]
 
 
 @_op("Range")
 def _range(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
-    return [torch.arange(x[0].item(), x[1].item(), x[2].item(), dtype=x[0].dtype)]
+    start, limit, delta = (_need(x, i) for i in range(3))
+    return [torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype)]
 
 
 @_op("Pad")
@@ -152,10 +166,12 @@ def _pad(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
     if opset < 11:
         pads, value, axes = attr(node, "pads"), attr(node, "value", 0.0), None
     else:
-        pads = _ints(x[1])
-        value = x[2].item() if len(x) > 2 and x[2] is not None and x[2].numel() else 0.0
-        axes = _ints(x[3]) if len(x) > 3 and x[3] is not None else None
-    rank = x[0].dim()
+        pads = _ints(_need(x, 1))
+        fill = x[2] if len(x) > 2 else None
+        value = fill.item() if fill is not None and fill.numel() else 0.0
+        axes = _ints(x[3] if len(x) > 3 else None)
+    t = _need(x, 0)
+    rank = t.dim()
     if axes is not None:
         full = [0] * (2 * rank)
         for i, axis in enumerate(a % rank for a in axes):
@@ -168,21 +184,22 @@ def _pad(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
     lead = next((i for i in range(rank) if pads[i] or pads[rank + i]), rank)
     tail = _torch_pad(pads[lead:rank] + pads[rank + lead:]) if lead < rank else []
     if torch_mode == "constant":
-        return [F.pad(x[0], tail, value=value)]
-    return [F.pad(x[0], tail, mode=torch_mode)]
+        return [F.pad(t, tail, value=value)]
+    return [F.pad(t, tail, mode=torch_mode)]
 
 
 @_op("Resize", "Upsample")
 def _resize(node: Any, x: Tensors, opset: int) -> list[torch.Tensor]:
-    t = x[0]
+    t = _need(x, 0)
     mode = attr(node, "mode", "nearest")
     ctm = attr(node, "coordinate_transformation_mode", "half_pixel" if node.op_type == "Resize" else "asymmetric")
     if node.op_type == "Upsample" or opset < 11:
         scales = x[1] if len(x) > 1 else attr(node, "scales")
         sizes = None
     else:
-        scales = x[2] if len(x) > 2 and x[2] is not None and x[2].numel() else None
-        sizes = _ints(x[3]) if len(x) > 3 and x[3] is not None else None
+        scales = x[2] if len(x) > 2 else None
+        scales = scales if scales is not None and scales.numel() else None
+        sizes = _ints(x[3] if len(x) > 3 else None)
     size = sizes[2:] if sizes else [math.floor(s * float(f)) for s, f in
                                     zip(t.shape[2:], torch.as_tensor(scales).reshape(-1).tolist()[2:],
                                         strict=False)]
