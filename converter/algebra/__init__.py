@@ -1,6 +1,7 @@
 """The maths of the conversion, as pure functions over numpy arrays: the data-free decomposition of a kernel into
 a depthwise-separable pair (``_decompose``: SVD per slice, both orders, lowering of grouped factors) and the
-calibration maths (``_refit``: streamed layer statistics, closed-form refits, conv geometry and patches).
+calibration maths (``_refit``: streamed layer statistics, closed-form refits, conv geometry and patches), and
+what transposed convs need on top (``_transposed``: weight layouts, the regular-conv view calibration fits in).
 
 It knows no file, format, runtime or graph; everything above it (formats, planning, recovery) calls into it.
 """
@@ -20,6 +21,7 @@ from ._decompose import (
     spectrum,
 )
 from ._refit import Geometry, LayerStats, calibrate_layer, dense, out_shape, patches_at
+from ._transposed import from_transposed, regular_view, to_transposed
 
 __all__ = [
     "ConvStep",
@@ -33,9 +35,12 @@ __all__ = [
     "decompose",
     "dense",
     "energy_curve",
+    "from_transposed",
     "lower",
     "max_rank",
     "out_shape",
     "patches_at",
+    "regular_view",
     "spectrum",
+    "to_transposed",
 ]

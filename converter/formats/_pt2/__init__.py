@@ -16,8 +16,7 @@ the program's outputs and signature, do not change). Declared dynamic dims are k
 user inputs and range constraints as they are, and the new nodes' shapes are symbolic where the conv's were.
 
 Not done: convs inside control-flow subgraphs (``torch.cond`` branches, ``map`` bodies) are not seen;
-transposed convs are reported but not rewritten; ``.pt2`` files of torch before 2.6 (no ``archive_format``)
-are not read.
+``.pt2`` files of torch before 2.6 (no ``archive_format``) are not read.
 """
 
 from __future__ import annotations

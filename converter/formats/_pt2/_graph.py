@@ -15,6 +15,7 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
 from ..._errors import InvalidOptionsError, one_line
+from ...algebra import from_transposed
 from .._base import ConvLayer, InputSpec, UniqueNames
 
 __all__ = ["CONV_OPS", "ConvArgs", "Pt2Model", "conv_args", "conv_nodes", "find_layers", "input_specs", "macs",
@@ -61,6 +62,8 @@ class ConvArgs:
     dilation: list[int]
     groups: int
     transposed: bool
+    #: a transposed conv's output padding (zeros otherwise)
+    output_padding: list[int] = field(default_factory=list)
 
 
 def _arg(node: torch.fx.Node, index: int, name: str, default: Any) -> Any:
@@ -87,8 +90,10 @@ def conv_args(node: torch.fx.Node, rank: int) -> ConvArgs:
     padding = _arg(node, i_padding, "padding", [0])
     if i_transposed is not None:
         transposed = bool(_arg(node, i_transposed, "transposed", False))
+        out_pad = _arg(node, 7, "output_padding", [0])
     else:
         transposed = node.target in _TRANSPOSED
+        out_pad = _arg(node, 5, "output_padding", [0]) if transposed else [0]
     return ConvArgs(
         input=_arg(node, 0, "input", None),
         weight=_arg(node, 1, "weight", None),
@@ -98,6 +103,7 @@ def conv_args(node: torch.fx.Node, rank: int) -> ConvArgs:
         dilation=_expand(_arg(node, i_dilation, "dilation", [1]), rank),
         groups=int(_arg(node, i_groups, "groups", 1)),
         transposed=transposed,
+        output_padding=_expand(out_pad, rank),
     )
 
 
@@ -176,6 +182,8 @@ def find_layers(model: Pt2Model, input_shapes: Mapping[str, tuple[int, ...]]) ->
         weight = None
         if not notes and tensor is not None:
             weight = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
+            if args.transposed:  # [in, out/g, *k] -> the regular layout ConvLayer documents
+                weight = from_transposed(weight, args.groups)
         layers.append(ConvLayer(
             name=names(_layer_name(node, target)), op=f"aten.{node.target.__name__}", kernel=tuple(kernel),
             in_channels=int(cin), out_channels=int(cout), groups=args.groups, weight=weight,

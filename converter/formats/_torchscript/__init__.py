@@ -19,9 +19,9 @@ of every conv's and matrix product's operands to a list it returns, is run once 
 shapes. Ops in a branch that the zeros do not take get no sizes (``None``); ops in a loop count per iteration.
 
 Deliberately not done here: decomposition math (``_decompose``), choosing layers or ranks (``_plan``), and
-verification. Transposed convs are reported but never rewritten. A TorchScript file can carry code, so it is
-treated as untrusted: nothing runs beyond ``torch.jit.load``, ``torch.jit.freeze``, the probe run and the
-runner; sandboxing workers is the service's job. Convs in calls that freezing cannot inline (module
+verification. Transposed convs are rewritten like convs (``algebra._transposed``). A TorchScript file can
+carry code, so it is treated as untrusted: nothing runs beyond ``torch.jit.load``, ``torch.jit.freeze``, the
+probe run and the runner; sandboxing workers is the service's job. Convs in calls that freezing cannot inline (module
 interfaces) are not seen. The probe executes ``forward`` once, so a module that mutates its own attributes in
 ``forward`` sees that mutation.
 """
