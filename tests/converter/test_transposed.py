@@ -286,3 +286,29 @@ def test_micro_model_times_a_transposed_layer(tmp_path: Path, fmt: str) -> None:
     dest = adapter.save(adapter.apply(loaded, [rw]), tmp_path / f"cand{SUFFIX[fmt]}")
     x = np.random.default_rng(0).standard_normal((1, 8, 6, 7)).astype(np.float32)
     assert _run(dest, x).shape == (1, 4, 12, 14)
+
+
+# --- fine-tuning ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "pt2"])
+def test_finetune_trains_a_transposed_layers_factors(tmp_path: Path, fmt: str) -> None:
+    from converter.recovery.finetune import trainable_view
+    from converter.recovery.finetune._view import original_digests
+
+    torch.manual_seed(0)
+    model = UNetT().eval()
+    images = _images(48)
+    src = _save(model, torch.from_numpy(images[:2]), fmt, tmp_path / f"u{SUFFIX[fmt]}")
+    np.savez(tmp_path / "d.npz", x=images)
+    dest = tmp_path / f"slim{SUFFIX[fmt]}"
+    result = converter.convert(src, dest, rank=1, recover="finetune", data=tmp_path / "d.npz", epochs=1,
+                               batch_size=12, input_shape={"x": (1, 1, 16, 16)}, measure=False, latency_runs=1)
+    report = result.report
+    assert report.finetune is not None and report.fidelity is not None
+    (up,) = [la for la in report.layers if "transpose" in la.op.lower()]
+    assert up.status == "converted"
+    # the view trains the transposed layer's new weights, not the original's
+    view = trainable_view(fmt, result.output_path, tmp_path / "view", original_digests(fmt, src, tmp_path / "orig"))
+    shapes = {tuple(view.params[n].shape) for n in view.factors}
+    assert (16, 1, 3, 3) in shapes  # the depthwise transposed conv: [in 16, out/g 1, 3, 3]
