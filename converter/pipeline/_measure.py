@@ -154,7 +154,13 @@ def _drop_staged(c: Conversion) -> None:
 
 def verify_step(c: Conversion, progress: StageProgress) -> None:
     """Fidelity of the saved model against the original, then its latency: measured, or — when the never-slower
-    check (``guard_step``) measured this same graph — that measurement."""
+    check (``guard_step``) measured this same graph — that measurement. Its runners load the user's model again:
+    under ``trust_model`` as the load was."""
+    with trusting(c.config.trust_model):
+        _verify(c, progress)
+
+
+def _verify(c: Conversion, progress: StageProgress) -> None:
     cfg = c.config
     inputs, kind = _inputs(c)
     backend = _backend(c)
