@@ -312,3 +312,17 @@ def test_finetune_trains_a_transposed_layers_factors(tmp_path: Path, fmt: str) -
     view = trainable_view(fmt, result.output_path, tmp_path / "view", original_digests(fmt, src, tmp_path / "orig"))
     shapes = {tuple(view.params[n].shape) for n in view.factors}
     assert (16, 1, 3, 3) in shapes  # the depthwise transposed conv: [in 16, out/g 1, 3, 3]
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[4]], ids=["1d", "2d-dilated", "3d"])
+def test_scripted_conv_transpose_full_rank_is_exact(tmp_path: Path, case) -> None:
+    """``torch.jit.script`` records ``aten::conv_transpose{1,2,3}d`` (tracing records ``aten::_convolution``)."""
+    model, x = _model(case)
+    src = _save(model, x, "torchscript", tmp_path / "m.pt", mode="script")
+    adapter = detect_format(src)
+    loaded = adapter.load(src, tmp_path)
+    (up,) = [la for la in adapter.find_convs(loaded, {"x": tuple(x.shape)}) if la.transposed]
+    assert up.op == f"aten::conv_transpose{case[0]}d"
+    rewrite = Rewrite(up, lower(decompose(up.weight, up.groups, "pw-dw", 99), "split"))
+    dest = adapter.save(adapter.apply(loaded, [rewrite]), tmp_path / "slim.pt")
+    assert rel_l2(_run(dest, x.numpy()), model(x).detach().numpy()) <= EXACT
