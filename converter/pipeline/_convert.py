@@ -192,9 +192,9 @@ def _save(c: Conversion, _: StageProgress) -> None:
 
 
 def _finetune(c: Conversion, within: StageProgress) -> None:
-    """Fine-tune the rewritten (and calibrated) model by distillation from the original (``converter._finetune``)
-    on the calibration split of the samples, early-stopping on the held-out one; the trained model replaces
-    ``c.model``, so the save stage writes it as any converted model."""
+    """Fine-tune the rewritten (and calibrated) model by distillation from the original
+    (``converter.recovery.finetune``) on the calibration split of the samples, early-stopping on the held-out one;
+    the trained model replaces ``c.model``, so the save stage writes it as any converted model."""
     from ..recovery.finetune import FinetuneOptions, finetune
 
     if c.samples is None:  # config validation makes recover=finetune need --data

@@ -1,5 +1,5 @@
-"""The op allowlist of untrusted graphs (converter/_graphcheck.py): hostile TorchScript models are refused before
-anything of them runs, naming the op and where it is; ordinary CNNs pass; ``trust_model`` bypasses the check."""
+"""The op allowlist of untrusted graphs (converter/formats/_graphcheck.py): hostile TorchScript models are refused
+before anything of them runs, naming the op and where it is; ordinary CNNs pass; ``trust_model`` bypasses the check."""
 
 from __future__ import annotations
 

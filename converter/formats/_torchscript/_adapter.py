@@ -372,12 +372,7 @@ class TorchScriptAdapter:
         Raises:
             UnsupportedModelError: the file does not load.
         """
-        if threads:
-            torch.set_num_threads(threads)
-        try:
-            module = torch.jit.load(str(path), map_location=device).eval()
-        except Exception as e:  # as in load
-            raise UnsupportedModelError(f"TorchScript file could not be loaded: {one_line(e, 200)}") from e
+        module = _inference_module(path, threads, device)
         args = specs(module)
 
         def run(inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -420,12 +415,29 @@ class TorchScriptAdapter:
         """One synchronised inference of the saved module (``torch.jit.load``, ``forward``'s argument order)."""
         from .._torch import timed_call
 
-        if device == "cuda" and not torch.cuda.is_available():
-            raise InvalidOptionsError("device 'cuda' was asked, but torch sees no CUDA device")
-        module = torch.jit.load(str(path), map_location=device).eval()
+        module = _inference_module(path, threads, device)
         try:
             names = [a.name for a in module.forward.schema.arguments[1:]]
         except (AttributeError, RuntimeError):
             names = list(inputs)
         return timed_call(module, names, threads, device, inputs)
 
+
+def _inference_module(path: Path, threads: int | None, device: str) -> torch.jit.ScriptModule:
+    """The one way a saved module is loaded to run (the runner and the timed runner): plain ``torch.jit.load``
+    onto ``device``, in eval mode, with torch's intra-op threads set.
+
+    Raises:
+        InvalidOptionsError: ``device`` is not ``cpu`` or ``cuda``, or ``cuda`` where torch sees no CUDA device.
+        UnsupportedModelError: the file does not load.
+    """
+    if device not in ("cpu", "cuda"):
+        raise InvalidOptionsError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InvalidOptionsError("device 'cuda' was asked, but torch sees no CUDA device")
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return torch.jit.load(str(path), map_location=device).eval()
+    except Exception as e:  # as in load
+        raise UnsupportedModelError(f"TorchScript file could not be loaded: {one_line(e, 200)}") from e
