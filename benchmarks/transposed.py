@@ -1,5 +1,5 @@
 """Transposed convs: a UNet-like net whose decoder upsamples with two ConvTranspose layers, trained for a minute
-on scikit-learn's bundled digits (denoising, 64×64), exported to ONNX and converted at rank 1, rank 2 and the
+on scikit-learn's bundled digits (denoising, 64×64 by default), exported to ONNX and converted at rank 1, rank 2 and the
 default policy (energy 0.9), each data-free and calibrated on 256 samples.
 
 Printed per policy: which layers were converted (and the transposed ones among them), parameters, the
@@ -7,7 +7,7 @@ relative L2 output error on 200 held-out digits (data-free and calibrated, from 
 and latency on onnxruntime (1 thread, batch 1): the original and the converted model timed side by side in one
 process, interleaved in rounds, median of the per-round medians, so both see the same machine load.
 
-    .venv/bin/python benchmarks/transposed.py [--steps 300] [--rounds 7]
+    .venv/bin/python benchmarks/transposed.py [--steps 300] [--rounds 7] [--width 32] [--scale 8]
 """
 
 from __future__ import annotations
@@ -52,10 +52,10 @@ class UNet(nn.Module):
         return self.out(self.d2(torch.cat([torch.relu(self.up2(d)), a], 1)))
 
 
-def digits(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Clean digits at 64×64 in [0, 1] and noisy copies."""
+def digits(scale: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Clean digits at (8·scale)² in [0, 1] and noisy copies."""
     images = load_digits().images.astype(np.float32) / 16.0
-    clean = np.kron(images, np.ones((8, 8), np.float32))[:, None]
+    clean = np.kron(images, np.ones((scale, scale), np.float32))[:, None]
     noisy = clean + 0.3 * np.random.default_rng(seed).standard_normal(clean.shape).astype(np.float32)
     return clean, noisy
 
@@ -101,11 +101,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--width", type=int, default=32, help="channels of the first level (then ×2, ×4)")
+    ap.add_argument("--scale", type=int, default=8, help="digits upsampled to (8·scale)² pixels")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(2)
-    clean, noisy = digits()
-    model = UNet()
+    clean, noisy = digits(args.scale)
+    model = UNet(args.width)
     t0 = time.perf_counter()
     loss = train(model, clean[:1500], noisy[:1500], args.steps)
     model.eval()
