@@ -70,7 +70,7 @@ def train(model: nn.Module, clean: np.ndarray, noisy: np.ndarray, steps: int) ->
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def session(path: Path) -> ort.InferenceSession:
@@ -95,6 +95,10 @@ def side_by_side(a: Path, b: Path, x: np.ndarray, rounds: int, runs: int = 20) -
                 times.append(time.perf_counter() - t0)
             med[i].append(statistics.median(times))
     return statistics.median(med[0]) * 1e3, statistics.median(med[1]) * 1e3
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"  # None: nothing was calibrated (no layer converted)
 
 
 def main() -> None:
@@ -132,10 +136,11 @@ def main() -> None:
         rows.append((label, f"{sum(la.status == 'converted' for la in r.layers)}/{len(r.layers)}",
                      f"{sum(la.status == 'converted' for la in ups)}/{len(ups)}",
                      f"{r.params.converted / r.params.original:.2f}",
-                     f"{acc.rel_l2.data_free:.4f}", f"{acc.rel_l2.calibrated:.4f}", acc.kept,
+                     _fmt(acc.rel_l2.data_free), _fmt(acc.rel_l2.calibrated), acc.kept,
                      f"{t_orig:.2f}", f"{t_conv:.2f}", f"{t_orig / t_conv:.2f}×"))
         for la in ups:
             print(f"  {label}: {la.name} {la.status} ({la.reason})")
+        print("  " + " | ".join(rows[-1]), flush=True)
     head = ("policy", "convs conv.", "ConvT conv.", "params", "rel L2 data-free", "rel L2 calibrated", "kept",
             "orig ms", "conv ms", "speedup")
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
