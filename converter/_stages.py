@@ -27,6 +27,7 @@ __all__ = [
     "Stage",
     "StageClock",
     "StageProgress",
+    "report_progress",
     "timings_from",
 ]
 
@@ -45,6 +46,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("load", 0.10),
     Stage("plan", 0.25),
     Stage("measure", 0.20),
+    Stage("search", 1.50),
     Stage("rewrite", 0.05),
     Stage("guard", 0.30),
     Stage("calibrate", 0.20),
@@ -60,7 +62,8 @@ JOB_STAGES: tuple[str, ...] = ("queued", *STAGE_NAMES, "done")
 
 # The report's coarse keys (kept from before stages were data): ``convert_s`` is everything between loading and
 # saving. Every stage also has its own ``<stage>_s``; load, save and verify are their own coarse keys.
-_COARSE = {"load_s": ("load",), "convert_s": ("plan", "measure", "rewrite", "guard", "calibrate", "finetune"),
+_COARSE = {"load_s": ("load",), "convert_s": ("plan", "measure", "search", "rewrite", "guard", "calibrate",
+                                                       "finetune"),
            "save_s": ("save",), "verify_s": ("verify",)}
 _REQUIRED = ("load_s", "convert_s", "save_s")
 
@@ -89,6 +92,16 @@ def timings_from(seconds: Mapping[str, float]) -> dict[str, float | None]:
         if key not in out:
             out[key] = round(seconds[name], 4) if name in seconds else None
     return out
+
+
+def report_progress(callback: Callable[..., None], stage: str, fraction: float,
+                    detail: Mapping[str, Any] | None = None) -> None:
+    """Call a progress callback the way ``convert`` does: with the detail dict where it takes a third parameter
+    (``progress(stage, fraction, detail)``), else ``progress(stage, fraction)``."""
+    if _takes_detail(callback):
+        callback(stage, fraction, dict(detail) if detail is not None else None)
+    else:
+        callback(stage, fraction)
 
 
 def _takes_detail(callback: Callable[..., None]) -> bool:

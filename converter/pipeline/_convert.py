@@ -23,12 +23,12 @@ from typing import Any
 
 from .._config import ConversionConfig
 from .._device import resolve_device
-from .._errors import ConversionError, InvalidOptionsError, map_errors
+from .._errors import ConversionError, InvalidOptionsError, SepconvError, map_errors
 from .._report import FinetuneReport, Report
 from .._stages import STAGE_NAMES, ProgressCallback, StageClock, StageProgress
 from ..data import Samples, image_spec_from, load_samples
 from ..evaluation import load_user_inputs, resolve_input_shapes
-from ..formats import Tappable, Timeable, detect_format, trusting
+from ..formats import Tappable, Timeable, detect_format, format_info, trusting
 from ..planning import (
     CountingCostModel,
     OutputErrorCostModel,
@@ -46,6 +46,7 @@ from ..recovery import held_out, recover
 from ..report import build_report
 from ._measure import guard_step, measure_step, verify_step
 from ._record import Conversion, StageOrderError
+from ._search import resolve_policy, search_step, searching
 
 __all__ = ["STEPS", "Conversion", "ConversionResult", "ProgressCallback", "convert"]
 
@@ -89,8 +90,7 @@ def _load(c: Conversion, _: StageProgress) -> None:
     c.adapter = adapter = detect_format(c.src)
     runtime = adapter.runtime()[0] if isinstance(adapter, Timeable) else "onnxruntime"
     c.device = resolve_device(c.config.device, runtime)  # once, for every stage
-    with trusting(c.config.trust_model):
-        c.model = adapter.load(c.src, c.workdir("load"))
+    c.model = adapter.load(c.src, c.workdir("load"))
     c.specs = adapter.input_specs(c.model)
     c.user_inputs = load_user_inputs(c.inputs_path, c.specs) if c.inputs_path is not None else None
     _load_samples(c)
@@ -151,7 +151,7 @@ def _output_errors(c: Conversion, within: StageProgress) -> OutputErrors:
         raise StageOrderError("internal error: output errors measured without samples or a tap")
     calib = held_out(c.samples, c.eval_samples, cfg.holdout, cfg.seed)[0].head(cfg.calibration_samples)
     layers = [layer for layer in c.layers if eligibility(layer, cfg) is None]
-    with trusting(cfg.trust_model), map_errors("measuring the layers' output errors failed", ConversionError):
+    with map_errors("measuring the layers' output errors failed", ConversionError):
         tap = c.adapter.tap(c.model, layers, c.workdir("plan-tap"), cfg.threads)
         return measure_output_errors(tap, layers, calib, c.spectra, orders(cfg), batch_size=cfg.batch_size,
                                      seed=cfg.seed, progress=within.update)
@@ -171,7 +171,7 @@ def _calibrate(c: Conversion, within: StageProgress) -> None:
     if data is None:  # the step's condition (_has_samples) guarantees one
         raise StageOrderError("internal error: the calibrate stage ran without samples")
     cfg = c.config if c.samples is not None else c.config.model_copy(update={"recover": "none"})
-    with trusting(c.config.trust_model), map_errors("calibration failed", ConversionError):
+    with map_errors("calibration failed", ConversionError):
         out = recover(c.adapter, c.src, c.workdir("calibrate"), c.factors, c.per_sample, data,
                       c.eval_samples if c.samples is not None else None, cfg, within.update)
     c.report_extra["accuracy"] = out.accuracy
@@ -206,13 +206,12 @@ def _finetune(c: Conversion, within: StageProgress) -> None:
     folder = c.workdir("finetune")
     with map_errors("saving the model for fine-tuning failed", ConversionError):
         student = c.adapter.save(c.model, folder / f"student{c.adapter.suffix}")
-    with trusting(c.config.trust_model):  # the views and runners load the user's model again
-        result = finetune(student, c.src, folder / f"tuned{student.suffix}", fmt=c.adapter.name, train=train,
-                          holdout=held, options=FinetuneOptions.from_config(c.config, c.device),
-                          workdir=c.workdir("finetune-work"), checkpoint_dir=c.checkpoint_dir,
-                          progress=within.update, threads=c.config.threads)
-        if result.improved:
-            c.model = c.adapter.load(result.path, c.workdir("finetune-load"))
+    result = finetune(student, c.src, folder / f"tuned{student.suffix}", fmt=c.adapter.name, train=train,
+                      holdout=held, options=FinetuneOptions.from_config(c.config, c.device),
+                      workdir=c.workdir("finetune-work"), checkpoint_dir=c.checkpoint_dir,
+                      progress=within.update, threads=c.config.threads)
+    if result.improved:
+        c.model = c.adapter.load(result.path, c.workdir("finetune-load"))
     c.report_extra["finetune"] = FinetuneReport(
         metric=result.metric, before=round(result.before, 6), after=round(result.after, 6), epochs=result.epochs,
         stopped=result.stopped, seconds=result.seconds, resumed=result.resumed, device=result.device,
@@ -240,7 +239,7 @@ def _score_file(c: Conversion, path: Path, samples: Samples) -> dict[str, float 
     model on its format's own runtime."""
     from ..evaluation import Scorer
 
-    with trusting(c.config.trust_model), map_errors("scoring the fine-tuned model failed", ConversionError):
+    with map_errors("scoring the fine-tuned model failed", ConversionError):
         original, _ = c.adapter.runner(c.src, c.workdir("score-original"), c.config.threads, c.device)
         tuned, _ = c.adapter.runner(path, c.workdir("score-finetuned"), c.config.threads, c.device)
         scorer = Scorer(num_classes=samples.num_classes if samples.has_labels else None)
@@ -268,10 +267,12 @@ STEPS: dict[str, tuple[Callable[[Conversion], bool], Step]] = {
     "load": (_always, _load),
     "plan": (_always, _plan),
     "measure": (lambda c: c.config.measure, measure_step),
-    "rewrite": (_always, _rewrite),
+    # max_accuracy_drop (the default with --data): the search assembles, recovers and times the plans itself
+    "search": (searching, search_step),
+    "rewrite": (lambda c: not searching(c), _rewrite),
     # the default policy's never-slower check: needs the whole models measured, and measured planning
     "guard": (lambda c: c.config.verify and c.config.measure and c.config.default_policy, guard_step),
-    "calibrate": (_has_samples, _calibrate),
+    "calibrate": (lambda c: _has_samples(c) and not searching(c), _calibrate),
     "finetune": (lambda c: c.config.recover == "finetune", _finetune),
     "save": (_always, _save),
     "verify": (lambda c: c.config.verify, verify_step),
@@ -288,6 +289,7 @@ def convert(
     eval: str | Path | None = None,
     progress: ProgressCallback | None = None,
     checkpoint_dir: str | Path | None = None,
+    sandbox: bool | None = None,
     **options: Any,
 ) -> ConversionResult:
     """Convert a CNN's eligible convolutions into depthwise-separable pairs and report on the result.
@@ -308,6 +310,11 @@ def convert(
             detail)`` if it takes a third parameter); see ``converter._stages``.
         checkpoint_dir: where a fine-tune (``recover="finetune"``) keeps its checkpoint; run again with the same
             folder and inputs, an interrupted fine-tune resumes instead of starting over.
+        sandbox: where a model whose format carries code (TorchScript, ``.pt2``) is loaded and converted. None
+            (the default): unless ``trust_model``, in the service's confined child process (Landlock, socket
+            filter, PID namespace, memory/time limits; ``service.jobs.local``), as the CLI does; refused on a
+            kernel without Landlock unless ``SEPCONV_ALLOW_UNCONFINED_CODE=1``. False: in this process (for a
+            caller that confines itself, like the service's sandbox). Formats without code always run here.
         **options: any ``ConversionConfig`` field, e.g. ``rank=2``, ``order="dw-pw"``, ``device="cuda"``.
 
     Returns:
@@ -319,7 +326,7 @@ def convert(
         ConversionError: a layer could not be rewritten or the result not saved.
         VerificationError: a model would not run on the verification inputs.
     """
-    cfg = ConversionConfig.from_options(config, **options)
+    cfg, search_default = resolve_policy(ConversionConfig.from_options(config, **options), data is not None)
     with tempfile.TemporaryDirectory(prefix="sepconv-") as tmp:
         work = Path(tmp)
         if isinstance(model, bytes | bytearray | memoryview):
@@ -332,11 +339,34 @@ def convert(
         dest = Path(output) if output is not None else None
         if dest is not None and dest.resolve() == src.resolve():
             raise InvalidOptionsError("the output path is the input model; choose another")
+        if (SANDBOX_BY_DEFAULT if sandbox is None else sandbox) and not cfg.trust_model and _carries_code(src):
+            from service.jobs.local import convert_confined  # the same distribution; loaded only for such models
+
+            return convert_confined(src, dest, config=cfg, inputs=_path(inputs), data=_path(data),
+                                    eval=_path(eval), checkpoint_dir=_path(checkpoint_dir), progress=progress)
         conversion = Conversion(cfg, src, dest, Path(inputs) if inputs is not None else None, work,
                                 data_path=Path(data) if data is not None else None,
                                 eval_path=Path(eval) if eval is not None else None,
-                                checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None)
-        return _run(conversion, progress)
+                                checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
+                                search_default=search_default)
+        with trusting(cfg.trust_model):  # every load of the user's file, verification's and timing's included
+            return _run(conversion, progress)
+
+
+#: Whether ``convert(sandbox=None)`` confines code-carrying formats (the test suite turns it off for speed and
+#: runs the confined path in its own tests).
+SANDBOX_BY_DEFAULT = True
+
+
+def _carries_code(src: Path) -> bool:
+    try:
+        return format_info(detect_format(src).name).carries_code
+    except SepconvError:
+        return False  # undetected: the in-process load says what is wrong, and loads nothing
+
+
+def _path(p: str | Path | None) -> Path | None:
+    return Path(p) if p is not None else None
 
 
 def _run(c: Conversion, progress: ProgressCallback | None) -> ConversionResult:

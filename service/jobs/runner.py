@@ -12,7 +12,9 @@ conversion process crashed (signal 11, SIGSEGV)", or the converter's own error c
 
 A fine-tune (``recover="finetune"``) checkpoints into the job folder; the runner uploads each new checkpoint to
 storage, and a later attempt of the same job (after a restart, a lost worker, a stopped one) starts from it, so
-the fine-tune resumes instead of starting over. The checkpoint is deleted once the job has succeeded or failed.
+the fine-tune resumes instead of starting over. A ``max_accuracy_drop`` search keeps its journal of measured plans
+there too (``search.json``), uploaded and restored the same way, so a resumed search does not measure those plans
+again. Both are deleted once the job has succeeded or failed.
 
 It does not decide *which* job to run or when: the embedded worker loop and the Celery task do.
 """
@@ -51,9 +53,9 @@ from .confine import landlock_abi, seccomp_supported
 from .sandbox import EXIT_OOM
 
 # converter.recovery.finetune._checkpoint's name (not imported: the runner loads no torch)
-CHECKPOINT_NAME = "finetune.ckpt"
+CHECKPOINT_NAME = files.CHECKPOINT_NAMES[0]
 
-__all__ = ["JobRunner", "Outcome", "protect_worker_process", "scrub_paths", "sweep_stale_workdirs",
+__all__ = ["EventBudget", "JobRunner", "Outcome", "protect_worker_process", "scrub_paths", "sweep_stale_workdirs",
            "warn_if_unconfined", "worker_name"]
 
 log = logging.getLogger("sepconv.runner")
@@ -63,9 +65,14 @@ CANCEL_POLL_S = 0.5
 _TICK_S = 0.1
 _MAX_REPORT_BYTES = 64 * 1024 * 1024
 _WORKDIR_PREFIX = "sepconv-job-"
-# Bounds on what the (untrusted) child can make the runner hold or write.
-_MAX_EVENT_BYTES = 1024 * 1024
+# Bounds on what the (untrusted) child can make the runner hold or write: a longer line is dropped unread, past
+# the total the pipe is no longer read (the child blocks on it and meets its time limit), and past the rate
+# further events of the second are dropped. ``done`` and ``error`` are kept once each (the first done, the last
+# error), never appended without end.
+_MAX_EVENT_BYTES = 64 * 1024
 _MAX_EVENTS = 1000
+_MAX_EVENT_TOTAL_BYTES = 16 * 1024 * 1024
+_MAX_EVENTS_PER_S = 200
 _PROGRESS_EVERY_S = 0.25
 _MAX_DETAIL_ITEMS = 16
 #: How often a running job's fine-tune checkpoint is looked at (and uploaded when new), and its largest size.
@@ -103,6 +110,63 @@ class Outcome:
     output: Path | None = None
     report: Path | None = None
     events: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+
+class EventBudget:
+    """What the runner keeps of the child's event lines: at most ``_MAX_EVENTS`` events, each line at most
+    ``_MAX_EVENT_BYTES``, ``_MAX_EVENT_TOTAL_BYTES`` read in all, ``_MAX_EVENTS_PER_S`` a second; of ``done`` and
+    ``error`` one each. Feed it the bytes read from the pipe; ``events`` is what was kept."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.total = 0
+        self.dropped = 0
+        self._buf = b""
+        self._skipping = False  # inside a line that was too long
+        self._second = 0.0
+        self._in_second = 0
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether the child has sent all it may: stop reading the pipe."""
+        return self.total >= _MAX_EVENT_TOTAL_BYTES
+
+    def feed(self, data: bytes, now: float) -> list[dict[str, Any]]:
+        """Take bytes read from the pipe; returns the events newly kept."""
+        self.total += len(data)
+        kept = []
+        *lines, rest = (self._buf + data).split(b"\n")
+        for line in lines:
+            if self._skipping:
+                self._skipping = False
+                continue
+            if len(line) > _MAX_EVENT_BYTES:
+                self.dropped += 1
+                continue
+            event = _parse_event(line)
+            if event is not None and self._keep(event, now):
+                kept.append(event)
+        if len(rest) > _MAX_EVENT_BYTES:  # a line without end: not ours to keep
+            rest, self._skipping = b"", True
+        self._buf = rest
+        return kept
+
+    def _keep(self, event: dict[str, Any], now: float) -> bool:
+        kind = event["event"]
+        if kind == "done":
+            if any(e["event"] == "done" for e in self.events):
+                return False
+        elif kind == "error":
+            self.events = [e for e in self.events if e["event"] != "error"]
+        else:
+            if int(now) != self._second:
+                self._second, self._in_second = int(now), 0
+            self._in_second += 1
+            if self._in_second > _MAX_EVENTS_PER_S or len(self.events) >= _MAX_EVENTS:
+                self.dropped += 1
+                return False
+        self.events.append(event)
+        return True
 
 
 class JobRunner:
@@ -189,8 +253,9 @@ class JobRunner:
         # A stopped job, or one another worker took over, resumes from its checkpoint; a finished or deleted one
         # needs it no more (a deleted job's upload may have raced its deletion).
         if outcome.status in ("done", "failed") or crud.get_job(self.engine, claim.job_id) is None:
-            with contextlib.suppress(Exception):
-                self.storage.delete(files.checkpoint_key(claim.job_id))
+            for name in files.CHECKPOINT_NAMES:
+                with contextlib.suppress(Exception):
+                    self.storage.delete(files.checkpoint_key(claim.job_id, name))
         if outcome.status == "stopped":
             crud.release(self.engine, claim)
         elif outcome.status == "failed":
@@ -244,14 +309,16 @@ class JobRunner:
         """The job's checkpoint folder, holding the checkpoint of an earlier attempt where one was stored."""
         folder = work / "checkpoint"
         folder.mkdir()
-        with contextlib.suppress(ObjectNotFoundError):
-            self.storage.download(files.checkpoint_key(job_id), folder / CHECKPOINT_NAME)
-            log.info("job %s: resuming the fine-tune from the checkpoint of an earlier attempt", job_id)
+        for name in files.CHECKPOINT_NAMES:
+            with contextlib.suppress(ObjectNotFoundError):
+                self.storage.download(files.checkpoint_key(job_id, name), folder / name)
+                log.info("job %s: resuming from the %s of an earlier attempt", job_id, name)
         return str(folder)
 
-    def _sync_checkpoint(self, job_id: str, work: Path, seen: float) -> float:
-        """Upload the fine-tune's checkpoint when the child has written a new one; returns its mtime."""
-        path = work / "checkpoint" / CHECKPOINT_NAME
+    def _sync_checkpoint(self, job_id: str, work: Path, seen: float, name: str = CHECKPOINT_NAME) -> float:
+        """Upload the checkpoint file ``name`` (the fine-tune's, or the search's journal) when the child has
+        written a new one; returns its mtime."""
+        path = work / "checkpoint" / name
         try:
             info = path.lstat()
         except OSError:
@@ -260,7 +327,7 @@ class JobRunner:
             return seen
         try:
             with open(path, "rb") as f:
-                self.storage.put(files.checkpoint_key(job_id), f)
+                self.storage.put(files.checkpoint_key(job_id, name), f)
         except Exception as e:  # a failed upload costs only resumability
             log.warning("job %s: could not store the fine-tune checkpoint: %s", job_id, e)
         return info.st_mtime
@@ -310,10 +377,10 @@ class JobRunner:
         deadline = started + s.job_timeout_s
         beat_every = s.heartbeat_interval_s
         next_beat = next_check = next_flush = next_sync = 0.0
-        checkpoint_seen = 0.0
+        checkpoint_seen = dict.fromkeys(files.CHECKPOINT_NAMES, 0.0)
         pending: dict[str, Any] = {}
-        events: list[dict[str, Any]] = []
-        buf = b""
+        budget = EventBudget()
+        events = budget.events
         eof = False
         peak_vms = 0
         limit_bytes = s.job_memory_mb * 1024 * 1024
@@ -322,26 +389,21 @@ class JobRunner:
         while True:
             if not eof:
                 ready, _, _ = select.select([fd], [], [], _TICK_S)
-                if ready:
+                if ready and not budget.exhausted:
                     data = os.read(fd, 65536)
                     if data:
-                        buf += data
-                        *lines, buf = buf.split(b"\n")
-                        if len(buf) > _MAX_EVENT_BYTES:  # a line without end: not ours to keep
-                            buf = b""
-                        for line in lines:
-                            event = _parse_event(line)
-                            if event is not None:
-                                if len(events) < _MAX_EVENTS or event["event"] in ("done", "error"):
-                                    events.append(event)
-                                pending.update(_job_fields(event))
+                        for event in budget.feed(data, time.monotonic()):
+                            pending.update(_job_fields(event))
+                        events = budget.events
                     else:
                         eof = True
+                elif ready:  # it has sent all it may: its further lines stay unread in the pipe
+                    time.sleep(_TICK_S)
             else:
                 time.sleep(_TICK_S)
-            if proc.poll() is not None and eof:
+            if proc.poll() is not None and (eof or budget.exhausted):
                 break
-            peak_vms = max(peak_vms, _vms(proc.pid))
+            peak_vms = max(peak_vms, _tree_vms(proc.pid))
             now = time.monotonic()
             if now > deadline:
                 ended = Outcome("failed", "timeout", f"exceeded the time limit of {s.job_timeout_s:g} s")
@@ -356,7 +418,8 @@ class JobRunner:
                     break
             if now >= next_sync:
                 next_sync = now + CHECKPOINT_SYNC_S
-                checkpoint_seen = self._sync_checkpoint(claim.job_id, work, checkpoint_seen)
+                for name in files.CHECKPOINT_NAMES:
+                    checkpoint_seen[name] = self._sync_checkpoint(claim.job_id, work, checkpoint_seen[name], name)
             if now >= next_beat or (pending and now >= next_flush):
                 if not crud.heartbeat(self.engine, claim, s.job_lease_s, **pending):
                     ended = Outcome("cancelled")
@@ -365,6 +428,7 @@ class JobRunner:
                 next_beat, next_flush = now + beat_every, now + _PROGRESS_EVERY_S
 
         _kill_group(proc)
+        events = budget.events
         if ended is not None:
             ended.events = events
             return ended
@@ -519,6 +583,20 @@ def _log_tail(path: Path, n: int = 4096) -> str:
         return ""
 
 
+def _tree_vms(pid: int) -> int:
+    """The larger address space of the sandbox process and of its children (the conversion runs in a forked
+    child); read from ``/proc`` directly: this runs ten times a second."""
+    peak = _vms(pid)
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = f.read().split()
+    except OSError:
+        return peak
+    for child in children:
+        peak = max(peak, _vms(int(child)))
+    return peak
+
+
 def _vms(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/statm") as f:
@@ -528,9 +606,17 @@ def _vms(pid: int) -> int:
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """Kill the child's whole process group (it is the group leader) and reap it."""
+    """Kill the child's whole process group (it is the group leader) and every descendant of it (one that left
+    the group with ``setsid``; in a PID namespace they die with its first process anyway), and reap it."""
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+    except psutil.Error:
+        descendants = []
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+    for p in descendants:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
     with contextlib.suppress(ProcessLookupError):
         proc.kill()
     try:
