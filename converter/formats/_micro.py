@@ -15,7 +15,9 @@ produced from it by the format's own ``find_convs`` + ``apply``, so the timed gr
 conversion would emit. Weights are random: speed does not depend on them.
 
 Stride and padding are not recorded on ``ConvLayer``: they are chosen to reproduce its input and output spatial
-sizes (dilation 1), which fixes the work done; a dilated conv is timed as its undilated equivalent.
+sizes (dilation 1), which fixes the work done; a dilated conv is timed as its undilated equivalent. A transposed
+layer is timed as a transposed conv (``transposed_geometry``: stride, padding and output padding that map its
+input size to its output size).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 
 from ._base import ConvLayer
 
-__all__ = ["INPUT", "LAYER", "LayerShape", "geometry", "micro_weights"]
+__all__ = ["INPUT", "LAYER", "LayerShape", "geometry", "micro_weights", "transposed_geometry"]
 
 #: The name of the layer inside a micro-model (ONNX node name; TorchScript module path).
 LAYER = "layer"
@@ -45,19 +47,38 @@ class LayerShape:
     groups: int
     in_spatial: tuple[int, ...]
     out_spatial: tuple[int, ...]
+    #: a transposed conv (its stride upsamples: see ``transposed_geometry``)
+    transposed: bool = False
 
     @classmethod
     def of(cls, layer: ConvLayer) -> LayerShape | None:
         """The shape of ``layer``, or None when its spatial sizes are unknown (it cannot be timed)."""
-        if layer.in_spatial is None or layer.out_spatial is None or layer.transposed:
+        if layer.in_spatial is None or layer.out_spatial is None:
             return None
         return cls(tuple(layer.kernel), layer.in_channels, layer.out_channels, layer.groups,
-                   tuple(layer.in_spatial), tuple(layer.out_spatial))
+                   tuple(layer.in_spatial), tuple(layer.out_spatial), layer.transposed)
 
     def key(self, batch: int) -> str:
         k = "x".join(map(str, self.kernel))
         sp = "x".join(map(str, self.in_spatial)) + ">" + "x".join(map(str, self.out_spatial))
-        return f"k{k}/c{self.in_channels}>{self.out_channels}/g{self.groups}/s{sp}/b{batch}"
+        return f"k{k}/c{self.in_channels}>{self.out_channels}/g{self.groups}/s{sp}/b{batch}" + (
+            "/t" if self.transposed else "")
+
+    def layer_weight_shape(self) -> tuple[int, ...]:
+        """The layer's weight shape as its format stores it: ``[out, in/g, *k]``, or ``[in, out/g, *k]``
+        when transposed."""
+        if self.transposed:
+            return (self.in_channels, self.out_channels // self.groups, *self.kernel)
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel)
+
+
+def transposed_geometry(in_size: int, out_size: int, kernel: int) -> tuple[int, int, int, int]:
+    """``(stride, pad_begin, pad_end, output_padding)`` of a dilation-1 transposed conv mapping ``in_size`` to
+    ``out_size`` with this kernel: the conv mapping ``out_size`` back to ``in_size`` (``geometry``), and the
+    output padding that makes up for what its floor division dropped (the closest reachable size if none)."""
+    stride, pb, pe = geometry(out_size, in_size, kernel)
+    pad_out = out_size - ((in_size - 1) * stride - pb - pe + kernel)
+    return stride, pb, pe, min(max(pad_out, 0), stride - 1)
 
 
 def geometry(in_size: int, out_size: int, kernel: int) -> tuple[int, int, int]:
@@ -81,7 +102,7 @@ def geometry(in_size: int, out_size: int, kernel: int) -> tuple[int, int, int]:
 
 def micro_weights(shape: LayerShape, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    m, n, g = shape.in_channels, shape.out_channels, shape.groups
+    m, n = shape.in_channels, shape.out_channels
     ones = (1,) * len(shape.kernel)
 
     def w(*dims: int) -> np.ndarray:
@@ -89,6 +110,6 @@ def micro_weights(shape: LayerShape, seed: int) -> dict[str, np.ndarray]:
 
     return {
         "pre_w": w(m, m, *ones), "pre_b": np.zeros(m, np.float32),
-        "layer_w": w(n, m // g, *shape.kernel), "layer_b": np.zeros(n, np.float32),
+        "layer_w": w(*shape.layer_weight_shape()), "layer_b": np.zeros(n, np.float32),
         "post_w": w(n, n, *ones), "post_b": np.zeros(n, np.float32),
     }

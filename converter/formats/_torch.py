@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import InvalidOptionsError
-from ._micro import LayerShape, geometry, micro_weights
+from ._micro import LayerShape, geometry, micro_weights, transposed_geometry
 
 __all__ = ["micro_module", "timed_call", "write_pt2_micro", "write_torchscript_micro"]
 
@@ -27,18 +27,31 @@ def micro_module(shape: LayerShape, batch: int, seed: int) -> tuple[Any, Any]:
     dims = len(shape.kernel)
     # Typed loosely on purpose: each class takes a kernel of its rank, which its stubs spell per class.
     conv: Callable[..., nn.Module] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
-    geo = [geometry(i, o, k) for i, o, k in zip(shape.in_spatial, shape.out_spatial, shape.kernel, strict=True)]
+    convt: Callable[..., nn.Module] = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[dims]
+    spatial = list(zip(shape.in_spatial, shape.out_spatial, shape.kernel, strict=True))
+    if shape.transposed:
+        tgeo = [transposed_geometry(i, o, k) for i, o, k in spatial]
+        geo = [g[:3] for g in tgeo]
+    else:
+        geo = [geometry(i, o, k) for i, o, k in spatial]
     symmetric = all(g[1] == g[2] for g in geo)
     # F.pad takes (last dim begin, last dim end, second-to-last…)
     extra = [p for g in reversed(geo) for p in (g[1], g[2])]
+    # A transposed conv's padding crops its output: asymmetric crops are taken by slicing.
+    crop = (slice(None), slice(None), *(slice(g[1], -g[2] or None) for g in geo))
 
     class Micro(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             m, n = shape.in_channels, shape.out_channels
             self.pre = conv(m, m, 1)
-            self.layer = conv(m, n, shape.kernel, stride=tuple(g[0] for g in geo),
-                              padding=tuple(g[1] for g in geo) if symmetric else 0, groups=shape.groups)
+            if shape.transposed:
+                self.layer = convt(m, n, shape.kernel, stride=tuple(g[0] for g in tgeo),
+                                   padding=tuple(g[1] for g in tgeo) if symmetric else 0,
+                                   output_padding=tuple(g[3] for g in tgeo), groups=shape.groups)
+            else:
+                self.layer = conv(m, n, shape.kernel, stride=tuple(g[0] for g in geo),
+                                  padding=tuple(g[1] for g in geo) if symmetric else 0, groups=shape.groups)
             self.post = conv(n, n, 1)
             with torch.no_grad():
                 for name in ("pre", "layer", "post"):
@@ -47,6 +60,9 @@ def micro_module(shape: LayerShape, batch: int, seed: int) -> tuple[Any, Any]:
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = torch.relu(self.pre(x))
+            if shape.transposed:
+                y = self.layer(x)
+                return self.post(torch.relu(y if symmetric else y[crop]))
             if not symmetric:
                 x = F.pad(x, extra)
             return self.post(torch.relu(self.layer(x)))

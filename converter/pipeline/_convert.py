@@ -95,9 +95,26 @@ def _load(c: Conversion, _: StageProgress) -> None:
     c.user_inputs = load_user_inputs(c.inputs_path, c.specs) if c.inputs_path is not None else None
     _load_samples(c)
     c.shapes, c.problems = resolve_input_shapes(c.specs, c.config, c.user_inputs)
+    c.shapes_from_data = _shapes_from_samples(c)
     if c.problems and (c.config.verify or c.config.target_macs is not None):
         need = "verification" if c.config.verify else "a MAC budget"
         raise InvalidOptionsError(f"{need} needs concrete input shapes: {c.problems[0]}")
+
+
+def _shapes_from_samples(c: Conversion) -> list[str]:
+    """Inputs whose shapes neither the model, ``--inputs`` nor ``--input-shape`` fix (symbolic dims) take the
+    shape of the first sample of ``--data`` (or ``--eval``), batch 1, so that MACs are counted (and the model
+    verified) at the shapes it will really see; returns those inputs' names (the report says so)."""
+    samples = c.samples if c.samples is not None else c.eval_samples
+    missing = [s.name for s in c.specs if s.name not in c.shapes]
+    if samples is None or not missing or samples.count == 0:
+        return []
+    first, _ = next(iter(samples.batches(1)))
+    taken = {name: first[name] for name in missing if name in first}
+    if not taken:
+        return []
+    c.shapes, c.problems = resolve_input_shapes(c.specs, c.config, {**(c.user_inputs or {}), **taken})
+    return sorted(taken)
 
 
 def _load_samples(c: Conversion) -> None:
@@ -376,7 +393,8 @@ def _run(c: Conversion, progress: ProgressCallback | None) -> ConversionResult:
 def _report(c: Conversion, seconds: dict[str, float]) -> Report:
     return build_report(
         format=c.adapter.name, before=c.before, after=c.after or c.before,
-        file_bytes=(c.src.stat().st_size, c.saved.stat().st_size if c.saved is not None else 0), policy=c.plan.policy,
+        file_bytes=(c.src.stat().st_size, c.saved.stat().st_size if c.saved is not None else 0),
+        policy={**c.plan.policy, **({"input_shapes_from_data": c.shapes_from_data} if c.shapes_from_data else {})},
         decisions=c.plan.decisions, factors=c.factors, shapes=c.shapes, problems=c.problems,
         fidelity=c.fidelity, latency=c.latency, seconds=seconds, extra=c.report_extra, warnings=c.warnings,
         layer_extra=c.layer_extra)

@@ -111,6 +111,8 @@ class Conversion:
     user_inputs = Slot[dict[str, np.ndarray] | None]("load")
     shapes = Slot[dict[str, tuple[int, ...]]]("load")
     problems = Slot[list[str]]("load")
+    #: inputs whose symbolic dims were fixed by the first sample of the data (the report's policy says so)
+    shapes_from_data = Slot[list[str]]("load")
     samples = Slot[Samples | None]("load")
     eval_samples = Slot[Samples | None]("load")
     device = Slot[str]("load")

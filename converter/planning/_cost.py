@@ -87,12 +87,23 @@ def params_of(layer: ConvLayer, order: Order | None, rank: int | None) -> int:
 
 
 def macs_of(layer: ConvLayer, order: Order | None, rank: int | None) -> int | None:
-    """MACs of the layer (batch 1) as it is or decomposed, or None without inferred spatial sizes."""
+    """MACs of the layer (batch 1) as it is or decomposed, or None without inferred spatial sizes. A transposed
+    conv's spatial steps do their work per *input* position (each feeds ``N/g·k`` outputs)."""
     if layer.out_spatial is None:
         return None
     n, m, g, k = layer.out_channels, layer.in_channels, layer.groups, layer.taps
     c = m // g
     p_out = int(math.prod(layer.out_spatial))
+    if layer.transposed:
+        if layer.in_spatial is None:
+            return None
+        p_in = int(math.prod(layer.in_spatial))
+        if order is None:
+            return n * c * k * p_in
+        assert rank is not None
+        if order == "dw-pw":  # depthwise transposed (M·K·k per input position), pointwise at the output
+            return rank * (m * k * p_in + n * c * p_out)
+        return rank * (n * c + n * k) * p_in  # pointwise and grouped transposed, both at the input positions
     if order is None:
         return n * c * k * p_out
     assert rank is not None

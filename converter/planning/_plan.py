@@ -76,8 +76,6 @@ class Plan:
 
 def eligibility(layer: ConvLayer, config: ConversionConfig) -> str | None:
     """Why the layer cannot be converted at all, or None if it can."""
-    if layer.transposed:
-        return "ConvTranspose: not supported yet"
     if layer.weight is None:
         return layer.note or "weight is not a constant"
     if layer.taps == 1:

@@ -62,6 +62,14 @@ def build_report(
     )
 
 
+def _op(layer: Any) -> str:
+    """The layer's op as its format spells it; a transposed conv behind a generic op (``aten::_convolution``
+    with ``transposed=True``) says so."""
+    if layer.transposed and "transpose" not in layer.op.lower():
+        return f"{layer.op} (ConvTranspose)"
+    return layer.op
+
+
 def _layer_report(d: LayerDecision, f: Factors | None, extra: Mapping[str, Any]) -> LayerReport:
     layer = d.layer
     energy, error = d.energy, d.rel_weight_error
@@ -69,7 +77,7 @@ def _layer_report(d: LayerDecision, f: Factors | None, extra: Mapping[str, Any])
         energy, error = f.decomposition.energy, f.decomposition.rel_error
     return LayerReport(
         name=layer.name,
-        op=layer.op,
+        op=_op(layer),
         kernel=list(layer.kernel),
         in_channels=layer.in_channels,
         out_channels=layer.out_channels,

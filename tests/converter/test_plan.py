@@ -35,7 +35,7 @@ def test_eligibility_reasons():
     c = cfg(exclude=["head*"])
     assert eligibility(layer("a", kernel=(1, 1)), c) == "1×1 conv: already pointwise"
     assert "already depthwise" in eligibility(layer("a", groups=16), c)
-    assert "ConvTranspose" in eligibility(layer("a", transposed=True), c)
+    assert eligibility(layer("a", transposed=True), c) is None  # transposed convs are converted too
     assert eligibility(layer("a", weight=False, note="weight is a graph input"), c) == "weight is a graph input"
     assert eligibility(layer("a", weight=False), c) == "weight is not a constant"
     assert eligibility(layer("head.conv"), c) == "excluded by pattern 'head*'"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import re
 
 import pytest
@@ -26,6 +27,15 @@ async def test_page_and_assets_are_served(api):
         assert r.content == (WEB_DIR / name).read_bytes()
     missing = await api.get("/web/index.html")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+async def test_file_hint_lists_the_registered_formats(api):
+    from converter.formats import formats
+
+    page = (await api.get("/")).text
+    hint = re.search(r'<span class="hint" id="model-hint">([^<]*)</span>', page).group(1)
+    assert "{{" not in page
+    assert [html.unescape(t) for t in hint.split("; ")] == [info.title for info in formats()]
 
 
 async def test_policy_allows_the_reports_script_by_hash_only(api):

@@ -7,6 +7,7 @@ The adapter and its parts import onnx and onnx-ir, on first use:
     _io         reading files (parse, external data checks) and writing them (streaming writer, .zip)
     _nodes      small helpers on onnx-ir nodes (attributes, the ONNX domain)
     _shapes     shape inference with stubbed weights, and ``ShapeCache`` (owned by ``OnnxModel``)
+    _functions  inlining the model-local functions that hold convs, so that their convs are found
     _convs      finding convolutions and their constant weights
     _passes     the rewrite as onnx-ir passes (``DecomposeConvsPass`` and the cleanup)
     _stats      parameter and MAC counts

@@ -28,6 +28,7 @@ from .._micro import LayerShape
 from . import _io, _shapes, _wire
 from ._context import layer_context
 from ._convs import describe, named_convs
+from ._functions import InlineConvFunctionsPass
 from ._passes import decompose_convs
 from ._runner import make_runner
 from ._stats import count_macs, count_params
@@ -56,6 +57,7 @@ class OnnxModel:
         """Wrap a ``ModelProto`` that has no external data (for models built in memory)."""
         model = _io.deserialize(proto)
         _io.materialize(model)
+        InlineConvFunctionsPass()(model)
         return cls(model)
 
 
@@ -111,10 +113,12 @@ class OnnxAdapter:
 
         Raises:
             UnsupportedModelError: the file is empty, corrupt, truncated or not ONNX, the archive is unsafe,
-                or external data is missing or points outside the model's folder.
+                external data is missing or points outside the model's folder, or model-local functions that
+                hold convs cannot be inlined (``_functions``).
         """
         onnx_path, model, external = _io.open_model(Path(path), Path(workdir))
         _io.materialize(model)
+        InlineConvFunctionsPass()(model)  # convs inside model-local functions become ordinary convs
         return OnnxModel(model, base_dir=onnx_path.parent, external_data=external)
 
     def input_specs(self, model: Any) -> list[InputSpec]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .._micro import INPUT, LAYER, LayerShape, geometry, micro_weights
+from .._micro import INPUT, LAYER, LayerShape, geometry, micro_weights, transposed_geometry
 
 __all__ = ["write_micro"]
 
@@ -14,13 +14,20 @@ def write_micro(shape: LayerShape, batch: int, dest: Path, seed: int) -> Path:
     from onnx import TensorProto, helper, numpy_helper
 
     w = micro_weights(shape, seed)
-    geo = [geometry(i, o, k) for i, o, k in zip(shape.in_spatial, shape.out_spatial, shape.kernel, strict=True)]
+    spatial = list(zip(shape.in_spatial, shape.out_spatial, shape.kernel, strict=True))
+    if shape.transposed:
+        geo = [transposed_geometry(i, o, k) for i, o, k in spatial]
+        extra = {"output_padding": [g[3] for g in geo]}
+    else:
+        geo = [(*geometry(i, o, k), 0) for i, o, k in spatial]
+        extra = {}
     pads = [g[1] for g in geo] + [g[2] for g in geo]
     nodes = [
         helper.make_node("Conv", [INPUT, "pre_w", "pre_b"], ["a"], name="pre"),
         helper.make_node("Relu", ["a"], ["b"], name="pre_relu"),
-        helper.make_node("Conv", ["b", "layer_w", "layer_b"], ["c"], name=LAYER, kernel_shape=list(shape.kernel),
-                         strides=[g[0] for g in geo], pads=pads, group=shape.groups),
+        helper.make_node("ConvTranspose" if shape.transposed else "Conv", ["b", "layer_w", "layer_b"], ["c"],
+                         name=LAYER, kernel_shape=list(shape.kernel), strides=[g[0] for g in geo], pads=pads,
+                         group=shape.groups, **extra),
         helper.make_node("Relu", ["c"], ["d"], name="post_relu"),
         helper.make_node("Conv", ["d", "post_w", "post_b"], ["y"], name="post"),
     ]

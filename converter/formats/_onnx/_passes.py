@@ -7,8 +7,10 @@
 
 ``decompose_convs`` runs the cleanup only when the first pass changed something, so "no rewrites" leaves the
 model untouched. New nodes follow the adapters' one naming convention (``formats._base.node_name``,
-``UniqueNames``). ConvTranspose and convs inside model-local functions are not rewritten; the model's IR
-version and opset imports are never changed (onnxruntime reads only the IR versions it knows).
+``UniqueNames``). A ConvTranspose becomes a ConvTranspose (its spatial step, with the original strides, pads,
+dilations, output padding and output shape) and Convs (its 1×1 steps), see ``algebra._transposed``. Convs inside
+model-local functions are reached by inlining the functions first (``_adapter``). The model's IR version and
+opset imports are never changed (onnxruntime reads only the IR versions it knows).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
 
 from ..._errors import ConversionError, one_line
-from ...algebra import ConvStep, Lowered
+from ...algebra import ConvStep, Lowered, to_transposed
 from .._base import Rewrite, UniqueNames, node_name
 from ._convs import constant_weight, named_convs
 from ._nodes import int_attr, ints
@@ -28,12 +30,14 @@ from ._nodes import int_attr, ints
 __all__ = ["DecomposeConvsPass", "RemoveUnusedInitializersPass", "decompose_convs"]
 
 _SPATIAL_ATTRS = ("strides", "pads", "auto_pad", "dilations")
+#: A ConvTranspose's spatial step also takes where its output is cut (every channel alike).
+_TRANSPOSED_ATTRS = (*_SPATIAL_ATTRS, "output_padding", "output_shape")
 
 
 def _check_lowered(model: ir.Model, name: str, node: ir.Node, lowered: Lowered) -> None:
     """Refuse a conv whose weight is not a constant, or a program whose shapes cannot replace it, naming the
     layer and step. Shapes are taken from the node itself, not from the ``ConvLayer`` record."""
-    if node.op_type != "Conv":
+    if node.op_type not in ("Conv", "ConvTranspose"):
         raise ConversionError(f"layer {name!r}: {node.op_type} cannot be rewritten (not supported yet)")
     if not node.inputs or node.inputs[0] is None:
         raise ConversionError(f"layer {name!r}: cannot be rewritten: the conv has no data input")
@@ -43,7 +47,10 @@ def _check_lowered(model: ir.Model, name: str, node: ir.Node, lowered: Lowered) 
     wdims = tuple(tensor.shape.numpy())
     groups = int_attr(node, "group", 1)
     kernel = tuple(ints(node, "kernel_shape", wdims[2:]))
-    in_channels, out_channels = wdims[1] * groups, wdims[0]
+    if node.op_type == "ConvTranspose":
+        in_channels, out_channels = wdims[0], wdims[1] * groups
+    else:
+        in_channels, out_channels = wdims[1] * groups, wdims[0]
     try:
         lowered.check(in_channels, out_channels, kernel)
     except ValueError as e:
@@ -83,7 +90,9 @@ def _replace(model: ir.Model, name: str, node: ir.Node, lowered: Lowered, names:
     assert tensor is not None  # checked by _check_lowered
     dtype = tensor.dtype
     kernel = list(ints(node, "kernel_shape", tuple(tensor.shape.numpy())[2:]))
-    spatial_attrs = [node.attributes[k] for k in _SPATIAL_ATTRS if k in node.attributes]
+    transposed = node.op_type == "ConvTranspose"
+    spatial_attrs = [node.attributes[k] for k in (_TRANSPOSED_ATTRS if transposed else _SPATIAL_ATTRS)
+                     if k in node.attributes]
     legacy = model.ir_version < 4  # IR < 4: every initializer must be a main-graph input
     new_nodes: list[ir.Node] = []
 
@@ -99,7 +108,11 @@ def _replace(model: ir.Model, name: str, node: ir.Node, lowered: Lowered, names:
         return value
 
     def conv(step: ConvStep, inp: ir.Value) -> ir.Value:
-        inputs: list[ir.Value | None] = [inp, add_weight(step)]
+        # The spatial step of a ConvTranspose is a ConvTranspose (its weight regrouped to [in, out/g, *k]);
+        # 1×1 steps are Convs (``algebra._transposed``).
+        op = "ConvTranspose" if transposed and step.spatial else "Conv"
+        weight = to_transposed(step.weight, step.groups) if op == "ConvTranspose" else None
+        inputs: list[ir.Value | None] = [inp, add_weight(step, weight)]
         if step.bias and new_bias is not None:
             inputs.append(add_weight(step, new_bias, ".bias"))
         elif step.bias and bias is not None:
@@ -109,7 +122,7 @@ def _replace(model: ir.Model, name: str, node: ir.Node, lowered: Lowered, names:
         if step.spatial:
             attrs += [ir.Attr(a.name, a.type, a.value) for a in spatial_attrs]
         out = ir.Value(name=names.value(node_name(name, step.name) + "_output"))
-        new_nodes.append(ir.Node("", "Conv", inputs, attrs, outputs=[out], name=names.node(node_name(name, step.name))))
+        new_nodes.append(ir.Node("", op, inputs, attrs, outputs=[out], name=names.node(node_name(name, step.name))))
         return out
 
     def join(kind: str, values: list[ir.Value]) -> ir.Value:
@@ -124,7 +137,7 @@ def _replace(model: ir.Model, name: str, node: ir.Node, lowered: Lowered, names:
 
 
 class DecomposeConvsPass(ir.passes.InPlacePass):
-    """Replace listed Conv nodes by the depthwise-separable convs of their ``Lowered`` programs.
+    """Replace listed Conv/ConvTranspose nodes by the depthwise-separable convs of their ``Lowered`` programs.
 
     Layers are found by name (the names ``find_convs`` gives), so the rewrites may come from another copy of
     the model. Every rewrite is checked before the graph is touched. New nodes are named

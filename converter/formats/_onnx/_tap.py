@@ -1,20 +1,24 @@
 """The calibration tap for ONNX (see ``_taps``): a copy of the model whose tapped convs take their weight and
 bias as extra graph inputs and whose graph also outputs each tapped conv's input, run on onnxruntime.
 
+A ConvTranspose is tapped in its regular-conv view (``algebra.regular_view``): the captured input is mapped to
+the input of the regular conv that computes the same outputs, and its weight overrides (regular layout, like
+``ConvLayer.weight``) are regrouped to the ConvTranspose layout when fed.
+
 The copy is written once (the adapter's own save), so the model held in memory is edited only for the moment of
 writing and then restored exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
-from ...algebra import Geometry
+from ...algebra import Geometry, regular_view, to_transposed
 from .._taps import TapPoint
 from ._adapter import _unwrap
 from ._convs import constant_weight
@@ -37,15 +41,39 @@ def _geometry(node: ir.Node, rank: int) -> Geometry | str:
     return Geometry(strides, dilations, tuple((pads[i], pads[i + rank]) for i in range(rank)))
 
 
+def _transposed_view(node: ir.Node, rank: int) -> Callable[[np.ndarray], np.ndarray] | str:
+    """For a ConvTranspose: the map from its input to the input of the regular conv calibration fits
+    (``algebra.regular_view``), or why there is none."""
+    if auto_pad(node) not in ("NOTSET", ""):
+        return f"ConvTranspose with auto_pad {auto_pad(node)!r} (the tap reads explicit pads only)"
+    if "output_shape" in node.attributes:
+        return "ConvTranspose with output_shape (the tap reads explicit pads only)"
+    kernel = tuple(ints(node, "kernel_shape", []))
+    if len(kernel) != rank:
+        weight = node.inputs[1].shape if len(node.inputs) > 1 and node.inputs[1] is not None else None
+        kernel = tuple(int(d) for d in weight[2:]) if weight is not None else ()
+    strides = tuple(ints(node, "strides", [1] * rank))
+    dilations = tuple(ints(node, "dilations", [1] * rank))
+    pads = ints(node, "pads", [0] * (2 * rank))
+    out_pad = tuple(ints(node, "output_padding", [0] * rank))
+    pairs = tuple((pads[i], pads[i + rank]) for i in range(rank))
+    if len(kernel) != rank:
+        return "the ConvTranspose's kernel shape is unknown"
+    return lambda x: regular_view(x, kernel, strides, dilations, pairs, out_pad)[0]
+
+
 class OnnxTap:
     """An onnxruntime session on the tapped copy of a model (see ``build_tap``)."""
 
     def __init__(self, run: Any, n_outputs: int, points: dict[str, TapPoint], skipped: dict[str, str],
                  feeds: dict[str, tuple[str, str, np.dtype]], defaults: dict[str, tuple[np.ndarray, np.ndarray]],
-                 captured: dict[str, tuple[str, int | None]], names: list[str]) -> None:
+                 captured: dict[str, tuple[str, int | None]], names: list[str],
+                 views: dict[str, tuple[Callable[[np.ndarray], np.ndarray], int]] | None = None) -> None:
         self.points, self.skipped = points, skipped
         self._names = names  # the tapped copy's output names, by index
         self._run, self._n, self._feeds, self._defaults, self._captured = run, n_outputs, feeds, defaults, captured
+        # ConvTranspose layers: the regular-conv view of the captured input, and the groups of the weight feed.
+        self._views = views or {}
 
     def __call__(
         self,
@@ -57,6 +85,8 @@ class OnnxTap:
         feeds = dict(inputs)
         for name, (w_in, b_in, dtype) in self._feeds.items():
             w, b = weights.get(name, self._defaults[name])
+            if name in self._views:
+                w = to_transposed(np.asarray(w), self._views[name][1])
             feeds[w_in] = np.ascontiguousarray(w, dtype=dtype)
             feeds[b_in] = np.ascontiguousarray(b, dtype=dtype)
         got = {}
@@ -69,6 +99,8 @@ class OnnxTap:
         for name in want:
             source, index = self._captured[name]
             got[name] = np.asarray(inputs[source] if index is None else outs[index])
+            if name in self._views:
+                got[name] = self._views[name][0](got[name])
         return (list(outs[:self._n]) if outputs else []), got
 
 
@@ -79,12 +111,13 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
     points: dict[str, TapPoint] = {}
     skipped: dict[str, str] = {}
     plan = []
+    views: dict[str, tuple[Callable[[np.ndarray], np.ndarray], int]] = {}
     for layer in layers:
         node = layer.handle
         reason = None
         dtype = None
-        if not isinstance(node, ir.Node) or node.op_type != "Conv":
-            reason = "not a Conv node"
+        if not isinstance(node, ir.Node) or node.op_type not in ("Conv", "ConvTranspose"):
+            reason = "not a Conv or ConvTranspose node"
         elif node.graph is not graph:
             reason = "inside a subgraph (If/Loop/Scan body)"
         elif layer.weight is None:
@@ -95,7 +128,17 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
                 reason = note or "weight is not a float tensor"
             else:
                 dtype = tensor.dtype
-        geo = _geometry(node, len(layer.kernel)) if reason is None else None
+        geo: Geometry | str | None = None
+        if reason is None and node.op_type == "ConvTranspose":
+            view = _transposed_view(node, len(layer.kernel))
+            if isinstance(view, str):
+                reason = view
+            else:
+                views[layer.name] = (view, layer.groups)
+                geo = Geometry((1,) * len(layer.kernel), tuple(ints(node, "dilations", [1] * len(layer.kernel))),
+                               tuple((0, 0) for _ in layer.kernel))
+        elif reason is None:
+            geo = _geometry(node, len(layer.kernel))
         if isinstance(geo, str):
             reason = geo
         bias = None
@@ -125,7 +168,9 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
     try:
         for i, (layer, node, dtype) in enumerate(plan):
             w_name, b_name = f"sepconv_tap_{i}_weight", f"sepconv_tap_{i}_bias"
-            w_val = ir.Value(name=w_name, type=ir.TensorType(dtype), shape=ir.Shape(layer.weight.shape))
+            tensor_shape = (to_transposed(layer.weight, layer.groups).shape if layer.name in views
+                            else layer.weight.shape)
+            w_val = ir.Value(name=w_name, type=ir.TensorType(dtype), shape=ir.Shape(tensor_shape))
             b_val = ir.Value(name=b_name, type=ir.TensorType(dtype),
                              shape=ir.Shape([layer.out_channels]))
             graph.inputs.extend([w_val, b_val])
@@ -169,4 +214,4 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
         for _ in added_inputs:
             graph.inputs.pop()
     run, _ = adapter.runner(path, workdir / "tap", threads)
-    return OnnxTap(run, n_outputs, points, skipped, feeds, defaults, captured, names)
+    return OnnxTap(run, n_outputs, points, skipped, feeds, defaults, captured, names, views)

@@ -186,7 +186,7 @@ def onnx_view(path: Path, workdir: Path, original: Iterable[str], device: str = 
     known = set(original)
     factors: list[str] = []
     for node in module.nodes:
-        if node.op_type != "Conv":
+        if node.op_type not in ("Conv", "ConvTranspose"):
             continue
         w = _conv_weight_name(node, 1)
         if w in learnable and digest(learnable[w].detach().cpu().numpy()) not in known:

@@ -15,9 +15,9 @@ are ``node_name(layer, step)`` spelled with ``_`` (FX names are identifiers), ne
 the program's outputs and signature, do not change). Declared dynamic dims are kept: the rewrite leaves the
 user inputs and range constraints as they are, and the new nodes' shapes are symbolic where the conv's were.
 
-Not done: convs inside control-flow subgraphs (``torch.cond`` branches, ``map`` bodies) are not seen;
-transposed convs are reported but not rewritten; ``.pt2`` files of torch before 2.6 (no ``archive_format``)
-are not read.
+Not done: convs inside control-flow bodies (``torch.cond`` branches, ``map`` bodies) are found and reported
+(skipped, with the reason) but not converted: their weights are operands of the body; ``.pt2`` files of torch
+before 2.6 (no ``archive_format``) are not read.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
 from ..._errors import InvalidOptionsError, one_line
+from ...algebra import from_transposed
 from .._base import ConvLayer, InputSpec, UniqueNames
 
 __all__ = ["CONV_OPS", "ConvArgs", "Pt2Model", "conv_args", "conv_nodes", "find_layers", "input_specs", "macs",
@@ -61,6 +62,8 @@ class ConvArgs:
     dilation: list[int]
     groups: int
     transposed: bool
+    #: a transposed conv's output padding (zeros otherwise)
+    output_padding: list[int] = field(default_factory=list)
 
 
 def _arg(node: torch.fx.Node, index: int, name: str, default: Any) -> Any:
@@ -88,8 +91,10 @@ def conv_args(node: torch.fx.Node, rank: int) -> ConvArgs:
     padding = _arg(node, i_padding, "padding", [0])
     if i_transposed is not None:
         transposed = bool(_arg(node, i_transposed, "transposed", False))
+        out_pad = _arg(node, 7, "output_padding", [0])
     else:
         transposed = node.target in _TRANSPOSED
+        out_pad = _arg(node, 5, "output_padding", [0]) if transposed else [0]
     return ConvArgs(
         input=_arg(node, 0, "input", None),
         weight=_arg(node, 1, "weight", None),
@@ -99,6 +104,7 @@ def conv_args(node: torch.fx.Node, rank: int) -> ConvArgs:
         dilation=_expand(_arg(node, i_dilation, "dilation", [1]), rank),
         groups=int(_arg(node, i_groups, "groups", 1)),
         transposed=transposed,
+        output_padding=_expand(out_pad, rank),
     )
 
 
@@ -157,9 +163,86 @@ def _shape(node: Any) -> tuple[int, ...] | None:
         return None
 
 
+#: What a conv inside a control-flow body is skipped for (``torch.cond`` branches, ``map`` bodies…).
+NOTE_CONTROL_FLOW = ("inside a {what} of the .pt2 program ({body}): convs in control-flow bodies are found but "
+                     "not converted (their weights are operands of the body, not the program's own nodes)")
+
+
+def _bodies(node: torch.fx.Node, root: torch.nn.Module) -> tuple[list[tuple[str, torch.fx.GraphModule]], list[Any]]:
+    """The graph modules a higher-order op (``torch.cond``, ``map``, ``while_loop``…) runs, by attribute name,
+    and the operands it passes them (the flattened arguments after the last body: each body's placeholders in
+    order)."""
+    bodies, operands = [], []
+    for arg in node.args:
+        if isinstance(arg, torch.fx.Node) and arg.op == "get_attr":
+            sub = getattr(root, str(arg.target), None)
+            if isinstance(sub, torch.fx.GraphModule):
+                bodies.append((str(arg.target), sub))
+                operands = []
+                continue
+        if bodies:
+            operands.extend(arg if isinstance(arg, list | tuple) else [arg])
+    return bodies, operands
+
+
+def _control_flow_layer(node: torch.fx.Node, what: str, body: str, names: UniqueNames,
+                        target: str | None) -> ConvLayer:
+    """A conv inside a control-flow body: reported with its shape (from the traced metadata) and skipped."""
+    wshape = _shape(node.args[1]) if len(node.args) > 1 else None
+    rank = len(wshape) - 2 if wshape is not None and len(wshape) >= 3 else 0
+    args = conv_args(node, rank)
+    if wshape is None or rank == 0:
+        kernel, cin, cout = (), 0, 0
+    elif args.transposed:
+        kernel, cin, cout = wshape[2:], wshape[0], wshape[1] * args.groups
+    else:
+        kernel, cin, cout = wshape[2:], wshape[1] * args.groups, wshape[0]
+    x, y = _shape(args.input), _shape(node)
+    return ConvLayer(
+        name=names(_layer_name(node, target)), op=f"aten.{node.target.__name__}", kernel=tuple(kernel),
+        in_channels=int(cin), out_channels=int(cout), groups=args.groups, weight=None, transposed=args.transposed,
+        note=NOTE_CONTROL_FLOW.format(what=what, body=body),
+        in_spatial=x[-rank:] if x is not None and rank else None,
+        out_spatial=y[-rank:] if y is not None and rank else None,
+        handle=f"{body}/{node.name}",  # no node of the program's own graph: the tap and the rewrite refuse it
+    )
+
+
+def _what(node: torch.fx.Node) -> str:
+    """How a higher-order op's bodies are called in the report: ``torch.cond branch``, ``torch.map body``…"""
+    name = getattr(node.target, "__name__", str(node.target)).split(".")[-1]
+    return {"cond": "torch.cond branch", "map_impl": "torch.map body"}.get(name, f"{name} body")
+
+
+def _nested(program: ExportedProgram, graph_module: torch.fx.GraphModule, names: UniqueNames, prefix: str = "",
+            outer: Mapping[str, Any] | None = None, what: str = "") -> list[ConvLayer]:
+    """The convs of the control-flow bodies the graph's higher-order ops run, in graph order (nested bodies
+    too). ``outer`` maps a body's placeholder names to the program's own nodes they are fed from (weights are
+    named after the parameter they come from)."""
+    out = []
+    outer = outer or {}
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if prefix and node.target in CONV_OPS:
+            w = node.args[1] if len(node.args) > 1 else None
+            source = outer.get(w.name) if isinstance(w, torch.fx.Node) else None
+            _, target = weight_of(program, source)
+            out.append(_control_flow_layer(node, what, prefix, names, target))
+            continue
+        bodies, operands = _bodies(node, graph_module)
+        for attr, sub in bodies:
+            holders = [n for n in sub.graph.nodes if n.op == "placeholder"]
+            fed = {h.name: (outer.get(o.name, o) if prefix else o) if isinstance(o, torch.fx.Node) else None
+                   for h, o in zip(holders, operands, strict=False)}
+            out.extend(_nested(program, sub, names, f"{prefix}/{attr}" if prefix else attr, fed, _what(node)))
+    return out
+
+
 def find_layers(model: Pt2Model, input_shapes: Mapping[str, tuple[int, ...]]) -> list[ConvLayer]:
     """Every conv node of the program's graph in graph order, as ``ConvLayer``s (``handle`` is the node's
-    name)."""
+    name), then the convs inside control-flow bodies (``torch.cond`` branches, ``map`` bodies), skipped with
+    ``NOTE_CONTROL_FLOW``."""
     program = model.program
     sizes = _probe(model, input_shapes) if input_shapes else {}
     names = UniqueNames()
@@ -183,6 +266,8 @@ def find_layers(model: Pt2Model, input_shapes: Mapping[str, tuple[int, ...]]) ->
         weight = None
         if not notes and tensor is not None:
             weight = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
+            if args.transposed:  # [in, out/g, *k] -> the regular layout ConvLayer documents
+                weight = from_transposed(weight, args.groups)
         layers.append(ConvLayer(
             name=names(_layer_name(node, target)), op=f"aten.{_target_name(node)}", kernel=tuple(kernel),
             in_channels=int(cin), out_channels=int(cout), groups=args.groups, weight=weight,
@@ -191,7 +276,7 @@ def find_layers(model: Pt2Model, input_shapes: Mapping[str, tuple[int, ...]]) ->
             out_spatial=rec["out"][-rank:] if "out" in rec and rank else None,
             handle=node.name,  # node names survive save and load: a rewrite may come from another copy
         ))
-    return layers
+    return layers + _nested(program, program.graph_module, names)
 
 
 def _user_inputs(program: ExportedProgram) -> list[torch.fx.Node]:

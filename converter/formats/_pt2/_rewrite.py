@@ -1,15 +1,14 @@
-"""The ``.pt2`` rewrite: replace conv nodes of an ``ExportedProgram``'s FX graph by the convs of their
-``Lowered`` programs and build a new ``ExportedProgram`` around the edited graph.
-
-For each rewritten conv, every step's weight becomes a new parameter (placeholder after the program's last
-parameter, an ``InputSpec`` of kind PARAMETER at the same place, the tensor in the state dict under
-``<layer>.<step>.weight``), every step a new conv node in front of the old one (same overload family: a
-``convolution`` stays a ``convolution``, a string padding keeps its ``.padding`` overload), joined by
-``aten.cat``/``aten.add``. The old conv node then becomes the last node of the replacement (it takes the final
-step's target and operands), so its name, and with it the program's output names and signature, stay. Weights
-nothing reads any more are dropped from the graph, the signature and the state dict. Each new node's
-``meta["val"]`` is computed under the program's own fake mode, so shapes stay symbolic where they were
-(dynamic dims) and ``torch.export.save`` can serialise them.
+"""The ``.pt2`` rewrite: replace conv nodes of an ``ExportedProgram``'s FX graph by the convs of their ``Lowered``
+programs and build a new ``ExportedProgram`` around the edited graph. For each rewritten conv, every step's weight
+becomes a new parameter (placeholder after the program's last parameter, an ``InputSpec`` of kind PARAMETER at the
+same place, the tensor in the state dict under ``<layer>.<step>.weight``), every step a new conv node in front of
+the old one (same overload family: a ``convolution`` stays a ``convolution``, a string padding keeps its
+``.padding`` overload), joined by ``aten.cat``/``aten.add``; a transposed conv's spatial step stays transposed
+(its weight regrouped, its output padding kept; ``algebra._transposed``), its 1×1 steps are regular convs. The old
+conv node then becomes the last node of the replacement (it takes the final step's target and operands), so its
+name, and with it the program's output names and signature, stay. Weights nothing reads any more are dropped from
+the graph, the signature and the state dict. Each new node's ``meta["val"]`` is computed under the program's own
+fake mode, so shapes stay symbolic where they were (dynamic dims) and ``torch.export.save`` can serialise them.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import ExportGraphSignature, InputKind, InputSpec, TensorArgument
 
 from ..._errors import ConversionError, one_line
-from ...algebra import ConvStep, Lowered
+from ...algebra import ConvStep, Lowered, to_transposed
 from .._base import Rewrite, UniqueNames, node_name
 from ._graph import conv_args, conv_nodes, weight_of
 
@@ -51,16 +50,17 @@ def _checked(program: ExportedProgram, rewrites: Sequence[Rewrite]) -> _Todo:
         weight, _ = weight_of(program, node.args[1])
         if weight is None:
             raise ConversionError(f"layer {name}: the weight is computed at run time; cannot be rewritten")
-        if rw.layer.weight is not None and tuple(weight.shape) != rw.layer.weight.shape:
-            raise ConversionError(f"layer {name}: the program does not match the layer list")
         args = conv_args(node, weight.dim() - 2)
-        if args.transposed:
-            raise ConversionError(f"layer {name}: transposed convolutions cannot be rewritten")
+        cin, cout = ((weight.shape[0], weight.shape[1] * args.groups) if args.transposed
+                     else (weight.shape[1] * args.groups, weight.shape[0]))
+        regular = (cout, cin // args.groups, *weight.shape[2:])  # the layout ConvLayer.weight has
+        if rw.layer.weight is not None and regular != rw.layer.weight.shape:
+            raise ConversionError(f"layer {name}: the program does not match the layer list")
         try:
-            rw.lowered.check(weight.shape[1] * args.groups, weight.shape[0], tuple(weight.shape[2:]))
+            rw.lowered.check(cin, cout, tuple(weight.shape[2:]))
         except ValueError as e:
             raise ConversionError(f"layer {name}: {one_line(e, 200)}") from e
-        if rw.bias is not None and tuple(np.shape(rw.bias)) != (weight.shape[0],):
+        if rw.bias is not None and tuple(np.shape(rw.bias)) != (cout,):
             raise ConversionError(f"layer {name}: the replacement bias has shape {np.shape(rw.bias)}")
         used.add(handle)
         todo.append((node, rw, weight))
@@ -153,6 +153,12 @@ def _replace(edit: _Editor, node: torch.fx.Node, layer: str, lowered: Lowered, w
 
     def emit(x: Any, w: torch.fx.Node, bias: Any, spatial: bool, groups: int, name: str) -> torch.fx.Node:
         stride, padding, dilation = (args.stride, args.padding, args.dilation) if spatial else (ones, zeros, ones)
+        if args.transposed and spatial:  # the spatial step of a transposed conv stays transposed
+            if generic:
+                return edit.call(_aten.convolution.default, (x, w, bias, stride, padding, dilation, True,
+                                                             args.output_padding, groups), name, node)
+            op = _aten.conv_transpose1d.default if rank == 1 else getattr(_aten, f"conv_transpose{rank}d").input
+            return edit.call(op, (x, w, bias, stride, padding, args.output_padding, groups, dilation), name, node)
         if generic:
             return edit.call(_aten.convolution.default, (x, w, bias, stride, padding, dilation, False, zeros, groups),
                              name, node)
@@ -161,7 +167,9 @@ def _replace(edit: _Editor, node: torch.fx.Node, layer: str, lowered: Lowered, w
         return edit.call(op, (x, w, bias, stride, padding, dilation, groups), name, node)
 
     def conv(step: ConvStep, x: Any) -> torch.fx.Node:
-        w = torch.from_numpy(np.array(step.weight, copy=True)).to(dtype=weight.dtype, device=weight.device)
+        array = (to_transposed(step.weight, step.groups) if args.transposed and step.spatial
+                 else np.array(step.weight, copy=True))
+        w = torch.from_numpy(array).to(dtype=weight.dtype, device=weight.device)
         name = node_name(layer, step.name)
         w_node = edit.parameter(name.replace("/", ".") + ".weight", w)
         return emit(x, w_node, bias if step.bias else None, step.spatial, int(step.groups), name)

@@ -1,10 +1,11 @@
 """The calibration tap for ``.pt2`` (see ``formats._taps``): the program's module (``ExportedProgram.module()``)
 run node by node by an ``torch.fx.Interpreter`` that hands each tapped conv its replacement weight and bias and
-keeps the conv's input. The program itself is not edited."""
+keeps the conv's input. The program itself is not edited. A transposed conv is tapped in its regular-conv view
+(``algebra.regular_view``), its weight overrides regrouped to ``[in, out/g, *k]`` when fed."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from ..._errors import InvalidOptionsError, VerificationError, one_line
-from ...algebra import Geometry
+from ...algebra import Geometry, regular_view, to_transposed
 from .._taps import TapPoint
 from ._graph import conv_args, conv_nodes, input_specs, weight_of
 
@@ -33,6 +34,22 @@ def _geometry(args: Any, kernel: tuple[int, ...]) -> Geometry | str:
     if len(args.stride) != r or len(args.dilation) != r or len(pads) != r:
         return "stride, padding or dilation does not fit the kernel"
     return Geometry(tuple(args.stride), tuple(args.dilation), pads)
+
+
+def _transposed_view(args: Any, kernel: tuple[int, ...]) -> tuple[Callable[[np.ndarray], np.ndarray], Geometry] | str:
+    """For a transposed conv: the map from its input to the input of the regular conv calibration fits
+    (``algebra.regular_view``) and that conv's geometry, or why there is none."""
+    geo = _geometry(args, kernel)
+    if isinstance(geo, str):
+        return geo
+    if isinstance(geo.pads, str) or len(args.output_padding) != len(kernel):
+        return "a transposed conv whose padding is not understood"
+    out_pad = tuple(args.output_padding)
+
+    def view(x: np.ndarray) -> np.ndarray:
+        return regular_view(x, kernel, geo.stride, geo.dilation, geo.pads, out_pad)[0]
+
+    return view, Geometry((1,) * len(kernel), geo.dilation, tuple((0, 0) for _ in kernel))
 
 
 class _Captured(Exception):
@@ -72,9 +89,12 @@ class Pt2Tap:
     """The interpreter-run module of a program (see ``build_tap``)."""
 
     def __init__(self, module: torch.fx.GraphModule, names: list[str], points: dict[str, TapPoint],
-                 skipped: dict[str, str], nodes: dict[str, str]) -> None:
+                 skipped: dict[str, str], nodes: dict[str, str],
+                 views: dict[str, tuple[Callable[[np.ndarray], np.ndarray], int]] | None = None) -> None:
         self.points, self.skipped = points, skipped
         self._module, self._names, self._nodes = module, names, nodes
+        # Transposed convs: the regular-conv view of the captured input, and the groups of the weight feed.
+        self._views = views or {}
 
     def __call__(
         self,
@@ -87,6 +107,8 @@ class Pt2Tap:
         if missing:
             raise InvalidOptionsError(f"missing model inputs: {', '.join(missing)}")
         tensors = [torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in self._names]
+        weights = {name: (to_transposed(np.asarray(w), self._views[name][1]) if name in self._views else w, b)
+                   for name, (w, b) in weights.items()}
         swap = {self._nodes[name]: (torch.from_numpy(np.ascontiguousarray(w, np.float32)),
                                     torch.from_numpy(np.ascontiguousarray(b, np.float32)))
                 for name, (w, b) in weights.items() if name in self._nodes}
@@ -100,7 +122,10 @@ class Pt2Tap:
         except Exception as e:
             raise VerificationError(f"the .pt2 program did not run: {one_line(e, 200)}") from e
         outs = [] if out is None else [t.detach().cpu().numpy() for t in torch.utils._pytree.tree_leaves(out)]
-        return outs, {name: run.captured[self._nodes[name]].detach().cpu().numpy() for name in want}
+        got = {name: run.captured[self._nodes[name]].detach().cpu().numpy() for name in want}
+        for name in set(want) & set(self._views):
+            got[name] = self._views[name][0](got[name])
+        return outs, got
 
 
 def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, threads: int | None = None) -> Pt2Tap:
@@ -114,22 +139,30 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
     points: dict[str, TapPoint] = {}
     skipped: dict[str, str] = {}
     nodes: dict[str, str] = {}
+    views: dict[str, tuple[Callable[[np.ndarray], np.ndarray], int]] = {}
     for layer in layers:
         node = graph_nodes.get(layer.handle) if isinstance(layer.handle, str) else None
         if node is None or layer.handle not in module_nodes or layer.weight is None:
             skipped[layer.name] = layer.note or "not a conv node of the program's module"
             continue
         args = conv_args(node, len(layer.kernel))
-        geo = _geometry(args, tuple(layer.kernel)) if not args.transposed else "a transposed convolution"
+        geo: Geometry | str
+        if args.transposed:
+            got = _transposed_view(args, tuple(layer.kernel))
+            if isinstance(got, str):
+                geo = got
+            else:
+                views[layer.name] = (got[0], layer.groups)
+                geo = got[1]
+        else:
+            geo = _geometry(args, tuple(layer.kernel))
         bias, _ = weight_of(program, args.bias) if args.bias is not None else (None, None)
-        if isinstance(geo, str):
-            skipped[layer.name] = geo
-            continue
-        if args.bias is not None and bias is None:
-            skipped[layer.name] = "bias is not a constant"
+        if isinstance(geo, str) or (args.bias is not None and bias is None):
+            skipped[layer.name] = geo if isinstance(geo, str) else "bias is not a constant"
+            views.pop(layer.name, None)
             continue
         b = bias.detach().to("cpu", torch.float32).numpy() if bias is not None else None
         points[layer.name] = TapPoint(geo, b)
         nodes[layer.name] = layer.handle
     names = [s.name for s in input_specs(program)]
-    return Pt2Tap(module, names, points, skipped, nodes)
+    return Pt2Tap(module, names, points, skipped, nodes, views)

@@ -24,7 +24,8 @@ from .._trainable import TrainableView, digest
 
 __all__ = ["pt2_view"]
 
-_CONVS = ("conv1d", "conv2d", "conv3d", "convolution", "_convolution")
+_CONVS = ("conv1d", "conv2d", "conv3d", "convolution", "_convolution", "conv_transpose1d", "conv_transpose2d",
+          "conv_transpose3d")
 
 
 def _load(path: Path) -> Any:

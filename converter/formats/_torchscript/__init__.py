@@ -19,12 +19,12 @@ of every conv's and matrix product's operands to a list it returns, is run once 
 shapes. Ops in a branch that the zeros do not take get no sizes (``None``); ops in a loop count per iteration.
 
 Deliberately not done here: decomposition math (``_decompose``), choosing layers or ranks (``_plan``), and
-verification. Transposed convs are reported but never rewritten. A TorchScript file can carry code, so it is
-treated as untrusted: every load goes through ``_graphcheck.load_torchscript`` (the archive and every compiled
-function checked), nothing runs beyond that, ``torch.jit.freeze``, the probe run and the runner, and by default
-``converter.convert`` does all of it in the confined child process (``service.jobs.local``). Convs in calls
-that freezing cannot inline (module interfaces) are not seen. The probe executes ``forward`` once, so a module
-that mutates its own attributes in ``forward`` sees that mutation.
+verification. Transposed convs are rewritten like convs (``algebra._transposed``). A TorchScript file can
+carry code, so it is treated as untrusted: every load goes through ``_graphcheck.load_torchscript`` (the archive
+and every compiled function checked), nothing runs beyond that, ``torch.jit.freeze``, the probe run and the
+runner, and by default ``converter.convert`` does all of it in the confined child process
+(``service.jobs.local``). Convs in calls that freezing cannot inline (module interfaces) are not seen. The
+probe executes ``forward`` once, so a module that mutates its own attributes in ``forward`` sees that mutation.
 """
 
 from __future__ import annotations

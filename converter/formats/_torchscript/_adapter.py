@@ -21,7 +21,7 @@ from ..._errors import (
     one_line,
 )
 from ..._files import atomic_path
-from ...algebra import ConvStep, Lowered
+from ...algebra import ConvStep, Lowered, to_transposed
 from .._archive import member_names
 from .._base import ConvLayer, InputSpec, ModelStats, Rewrite, Runner, UniqueNames, node_name
 from .._graphcheck import load_torchscript
@@ -86,14 +86,23 @@ class _Emitter:
         return out
 
 
+def _channels(weight: torch.Tensor, groups: int | None, transposed: bool | None) -> tuple[int, int]:
+    """``(in, out)`` channels of a conv weight: ``[out, in/g, *k]``, or ``[in, out/g, *k]`` when transposed."""
+    if transposed:
+        return int(weight.shape[0]), int(weight.shape[1]) * (groups or 1)
+    return int(weight.shape[1]) * (groups or 1), int(weight.shape[0])
+
+
 def _replace(graph: torch._C.Graph, node: torch._C.Node, layer: ConvLayer, lowered: Lowered,
              new_bias: np.ndarray | None = None) -> None:
-    """Replace one conv node by the convs of ``lowered`` (the node's weight is a constant, not transposed);
-    ``new_bias`` replaces the conv's bias."""
+    """Replace one conv node by the convs of ``lowered`` (the node's weight is a constant); ``new_bias``
+    replaces the conv's bias. A transposed conv's spatial step is an ``aten::conv_transpose{1,2,3}d`` with the
+    original stride, padding, output padding and dilation, its weight regrouped to ``[in, out/g, *k]``; the
+    1×1 steps are regular convs (``algebra._transposed``)."""
     args = conv_args(node)
     weight = const(args.weight)
     rank = weight.dim() - 2
-    lowered.check(weight.shape[1] * (args.groups or 1), weight.shape[0], tuple(weight.shape[2:]))
+    lowered.check(*_channels(weight, args.groups, args.transposed), tuple(weight.shape[2:]))
     emit = _Emitter(graph, node)
     tensor_t = torch._C.TensorType.get()
     none = emit.constant(None)
@@ -104,13 +113,20 @@ def _replace(graph: torch._C.Graph, node: torch._C.Node, layer: ConvLayer, lower
         replacement = emit.constant(b, node_name(layer.name, "bias"))
 
     def conv(step: ConvStep, x: torch._C.Value) -> torch._C.Value:
-        w = torch.from_numpy(np.array(step.weight, copy=True)).to(dtype=weight.dtype, device=weight.device)
+        transposed = bool(args.transposed) and step.spatial
+        array = to_transposed(step.weight, step.groups) if transposed else np.array(step.weight, copy=True)
+        w = torch.from_numpy(array).to(dtype=weight.dtype, device=weight.device)
         wv = emit.constant(w, node_name(layer.name, step.name) + ".weight")
         # Only the spatial conv takes the original stride/padding/dilation (a str padding picks the
         # ``.padding`` overload); 1×1 convs run with stride 1, no padding.
         stride, padding, dilation = (args.stride, args.padding, args.dilation) if step.spatial else pointwise
         bias = (replacement if new_bias is not None else args.bias) if step.bias else none
-        return emit.node(kind, [x, wv, bias, stride, padding, dilation, emit.constant(int(step.groups))],
+        groups = emit.constant(int(step.groups))
+        if transposed:
+            return emit.node(f"aten::conv_transpose{rank}d", [x, wv, bias, stride, padding, args.output_padding,
+                                                              groups, dilation],
+                             tensor_t, node_name(layer.name, step.name))
+        return emit.node(kind, [x, wv, bias, stride, padding, dilation, groups],
                          tensor_t, node_name(layer.name, step.name))
 
     def join(kind: str, outs: list[torch._C.Value]) -> torch._C.Value:
@@ -300,14 +316,15 @@ class TorchScriptAdapter:
                 raise ConversionError(f"layer {layer.name}: {NOT_CONSTANT}")
             if tuple(weight.shape) != ref.weight_shape:
                 raise ConversionError(f"layer {layer.name}: the model does not match the layer list")
-            if args.transposed is not False:
-                raise ConversionError(f"layer {layer.name}: transposed convolutions cannot be rewritten")
+            if args.transposed is None or (args.transposed and args.output_padding is None):
+                raise ConversionError(f"layer {layer.name}: the transposed flag is not a constant")
+            channels = _channels(weight, args.groups, args.transposed)
             try:  # the same check _replace makes, before anything is edited
-                rw.lowered.check(weight.shape[1] * (args.groups or 1), weight.shape[0], tuple(weight.shape[2:]))
+                rw.lowered.check(*channels, tuple(weight.shape[2:]))
             except ValueError as e:
                 raise ConversionError(f"layer {layer.name}: could not rewrite the TorchScript graph: "
                                       f"{one_line(e, 200)}") from e
-            if rw.bias is not None and tuple(np.shape(rw.bias)) != (weight.shape[0],):
+            if rw.bias is not None and tuple(np.shape(rw.bias)) != (channels[1],):
                 raise ConversionError(f"layer {layer.name}: the replacement bias has shape {np.shape(rw.bias)}")
             used.add(ref.index)
             targets.append((node, layer, rw.lowered, rw.bias))

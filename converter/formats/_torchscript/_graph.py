@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..._errors import InvalidOptionsError, one_line
+from ...algebra import from_transposed
 from .._base import ConvLayer, InputSpec, UniqueNames
 
 __all__ = ["CONV_KINDS", "IN", "MATMUL_K", "NOT_CONSTANT", "OUT", "WEIGHT", "ConvRef", "Probe", "TorchScriptModel",
@@ -91,27 +92,30 @@ class _ConvArgs:
     dilation: torch._C.Value
     groups: int | None
     transposed: bool | None
+    #: a transposed conv's ``output_padding`` (None for a regular conv's schema)
+    output_padding: torch._C.Value | None = None
 
 
 def conv_args(node: torch._C.Node) -> _ConvArgs:
     ins = list(node.inputs())
     kind = node.kind()
     transposed: bool | None
+    out_pad = None
     if kind in _SPATIAL_CONV:
         # conv{1,2,3}d (padding int[] or str) and _convolution_mode share one layout.
         x, w, b, stride, padding, dilation, groups = ins[:7]
         transposed = False
     elif kind in _TRANSPOSED_CONV:
         # input, weight, bias, stride, padding, output_padding, groups, dilation
-        x, w, b, stride, padding, _, groups, dilation = ins[:8]
+        x, w, b, stride, padding, out_pad, groups, dilation = ins[:8]
         transposed = True
     else:
         # input, weight, bias, stride, padding, dilation, transposed, output_padding, groups, …
-        x, w, b, stride, padding, dilation, tr, _, groups = ins[:9]
+        x, w, b, stride, padding, dilation, tr, out_pad, groups = ins[:9]
         flag = const(tr)
         transposed = flag if isinstance(flag, bool) else None
     g = const(groups)
-    return _ConvArgs(x, w, b, stride, padding, dilation, g if isinstance(g, int) else None, transposed)
+    return _ConvArgs(x, w, b, stride, padding, dilation, g if isinstance(g, int) else None, transposed, out_pad)
 
 
 def const(value: torch._C.Value) -> Any:
@@ -199,6 +203,8 @@ def layer_of(node: torch._C.Node, index: int, recorded: dict[int, list[tuple[int
         kernel, cin, cout = shape[2:], shape[0], shape[1] * groups
     else:
         kernel, cin, cout = shape[2:], shape[1] * groups, shape[0]
+    if array is not None and args.transposed and args.groups is not None:
+        array = from_transposed(array, groups)  # [in, out/g, *k] -> the regular layout ConvLayer documents
     base = _base_name(node, args)
     r = len(kernel)
     ins, outs = recorded.get(IN), recorded.get(OUT)

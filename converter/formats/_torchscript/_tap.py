@@ -1,11 +1,12 @@
 """The calibration tap for TorchScript (see ``_taps``): a copy of the frozen forward graph whose tapped convs
 take their weight and bias as extra graph inputs and which also returns each tapped conv's input, run as a
-TorchScript function on the module. The model itself is not edited."""
+TorchScript function on the module. The model itself is not edited. A transposed conv is tapped in its
+regular-conv view (``algebra.regular_view``), its weight overrides regrouped to ``[in, out/g, *k]`` when fed."""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from ..._errors import InvalidOptionsError, VerificationError, one_line
-from ...algebra import Geometry
+from ...algebra import Geometry, regular_view, to_transposed
 from .._taps import TapPoint
 from ._adapter import _flatten
 from ._graph import ConvRef, const, conv_args, conv_nodes, forward_args
@@ -43,6 +44,25 @@ def _geometry(args: Any, kernel: tuple[int, ...]) -> Geometry | str:
     return Geometry(tuple(int(s) for s in stride), tuple(int(d) for d in dilation), pads)
 
 
+def _transposed_view(args: Any, kernel: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray] | str:
+    """For a transposed conv: the map from its input to the input of the regular conv calibration fits
+    (``algebra.regular_view``), or why there is none."""
+    geo = _geometry(args, kernel)
+    if isinstance(geo, str):
+        return geo
+    if isinstance(geo.pads, str):
+        return "a transposed conv with a string padding"
+    out_pad = const(args.output_padding) if args.output_padding is not None else None
+    if not isinstance(out_pad, list | tuple):
+        return "output_padding is not a constant"
+    r = len(kernel)
+    out_pad = tuple(int(v) for v in out_pad) * r if len(out_pad) == 1 else tuple(int(v) for v in out_pad)
+    if len(out_pad) != r:
+        return "output_padding does not fit the kernel"
+    stride, dilation, pads = geo.stride, geo.dilation, geo.pads
+    return lambda x: regular_view(x, kernel, stride, dilation, pads, out_pad)[0]
+
+
 def _top_level(node: torch._C.Node) -> bool:
     return node.owningBlock().owningNode() is None
 
@@ -52,8 +72,11 @@ class TorchScriptTap:
 
     def __init__(self, fn: Any, module: Any, points: dict[str, TapPoint], skipped: dict[str, str],
                  args: list[Any], slots: dict[str, tuple[str, str, int]],
-                 defaults: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+                 defaults: dict[str, tuple[np.ndarray, np.ndarray]],
+                 views: dict[str, tuple[Callable[[np.ndarray], np.ndarray], int]] | None = None) -> None:
         self.points, self.skipped = points, skipped
+        # Transposed convs: the regular-conv view of the captured input, and the groups of the weight feed.
+        self._views = views or {}
         self._fn, self._module, self._args, self._slots, self._defaults = fn, module, args, slots, defaults
 
     def __call__(
@@ -73,6 +96,8 @@ class TorchScriptTap:
                 raise InvalidOptionsError(f"missing model input {arg.name!r}")
         for name, (w_in, b_in, _) in self._slots.items():
             w, b = weights.get(name, self._defaults[name])
+            if name in self._views:
+                w = to_transposed(np.asarray(w), self._views[name][1])
             kwargs[w_in] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
             kwargs[b_in] = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32))
         try:
@@ -83,7 +108,10 @@ class TorchScriptTap:
             raise VerificationError(f"the TorchScript model did not run: {one_line(e, 200)}") from e
         original, *taps = result
         outs = [t.detach().cpu().numpy() for t in _flatten(original)]
-        return outs, {name: taps[self._slots[name][2]].detach().cpu().numpy() for name in want}
+        got = {name: taps[self._slots[name][2]].detach().cpu().numpy() for name in want}
+        for name in set(want) & set(self._views):
+            got[name] = self._views[name][0](got[name])
+        return outs, got
 
 
 def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path,
@@ -100,6 +128,7 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path,
     slots: dict[str, tuple[str, str, int]] = {}
     defaults: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     taps: list[torch._C.Value] = []
+    views: dict[str, tuple[Callable[[np.ndarray], np.ndarray], int]] = {}
     for layer in layers:
         ref = layer.handle
         if not isinstance(ref, ConvRef) or not 0 <= ref.index < len(nodes) or layer.weight is None:
@@ -108,7 +137,17 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path,
         node = nodes[ref.index]
         args = conv_args(node)
         bias = const(args.bias)
-        geo = _geometry(args, tuple(layer.kernel)) if args.transposed is False else "a transposed convolution"
+        kernel = tuple(layer.kernel)
+        if args.transposed:
+            view = _transposed_view(args, kernel)
+            geo = view if isinstance(view, str) else _geometry(args, kernel)
+            if not isinstance(geo, str):
+                geo = Geometry((1,) * len(kernel), geo.dilation, tuple((0, 0) for _ in kernel))
+                views[layer.name] = (view, layer.groups)
+        elif args.transposed is False:
+            geo = _geometry(args, kernel)
+        else:
+            geo = "the transposed flag is not a constant"
         reason = geo if isinstance(geo, str) else None
         if reason is None and not _top_level(node):
             reason = "inside a loop or branch of the TorchScript graph"
@@ -118,6 +157,7 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path,
             reason = "weight is not a constant"
         if reason is not None:
             skipped[layer.name] = reason
+            views.pop(layer.name, None)
             continue
         assert isinstance(geo, Geometry)
         b = bias.detach().to("cpu", torch.float32).numpy() if isinstance(bias, torch.Tensor) else None
@@ -141,4 +181,4 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path,
     torch._C._jit_pass_dce(graph)
     graph.lint()
     fn = torch._C._create_function_from_graph("sepconv_tap", graph)
-    return TorchScriptTap(fn, module, points, skipped, forward_args(module), slots, defaults)
+    return TorchScriptTap(fn, module, points, skipped, forward_args(module), slots, defaults, views)

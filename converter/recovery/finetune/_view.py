@@ -10,16 +10,24 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..._errors import UnsupportedModelError
+from ...algebra import to_transposed
 from ...formats import Trainable, TrainableView, adapter_for, digest
 
 __all__ = ["TrainableView", "digest", "original_digests", "trainable_view"]
 
 
 def original_digests(fmt: str, path: Path, workdir: Path) -> set[str]:
-    """Digests of every constant conv weight of the original model file."""
+    """Digests of every constant conv weight of the original model file (a transposed conv's in the layout its
+    file stores, ``[in, out/g, *k]``, too: ``ConvLayer.weight`` is regrouped)."""
     adapter = adapter_for(fmt)
     model = adapter.load(Path(path), Path(workdir))
-    return {digest(layer.weight) for layer in adapter.find_convs(model, {}) if layer.weight is not None}
+    out = set()
+    for layer in adapter.find_convs(model, {}):
+        if layer.weight is not None:
+            out.add(digest(layer.weight))
+            if layer.transposed:
+                out.add(digest(to_transposed(layer.weight, layer.groups)))
+    return out
 
 
 def trainable_view(fmt: str, path: Path, workdir: Path, original: Iterable[str], device: str = "cpu") -> TrainableView:

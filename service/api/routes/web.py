@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 from pathlib import Path
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, HTMLResponse
 
 # The report's own script, to allow it by hash (converter's private module: this page and the report ship together).
 from converter import REPORT_SCRIPT
+from converter.formats import formats
 
 __all__ = ["WEB_DIR", "router"]
 
@@ -28,10 +30,20 @@ _HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
 router = APIRouter(include_in_schema=False)
 
 
+def _page() -> str:
+    """``index.html`` with its file hint listing the registered formats (``converter.formats``: each one's
+    title), so that a format added to the registry shows up here without editing the page."""
+    hint = "; ".join(html.escape(f"{info.title}") for info in formats())
+    return (WEB_DIR / "index.html").read_text(encoding="utf-8").replace("{{formats}}", hint)
+
+
+_PAGE = _page()
+
+
 @router.get("/")
-async def index() -> FileResponse:
+async def index() -> HTMLResponse:
     """The web page."""
-    return FileResponse(WEB_DIR / "index.html", media_type="text/html; charset=utf-8", headers=_HEADERS)
+    return HTMLResponse(_PAGE, headers=_HEADERS)
 
 
 @router.get("/web/app.js")
