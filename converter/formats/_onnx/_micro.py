@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .._micro import INPUT, LAYER, LayerShape, geometry, micro_weights, transposed_geometry
 
@@ -17,7 +18,7 @@ def write_micro(shape: LayerShape, batch: int, dest: Path, seed: int) -> Path:
     spatial = list(zip(shape.in_spatial, shape.out_spatial, shape.kernel, strict=True))
     if shape.transposed:
         geo = [transposed_geometry(i, o, k) for i, o, k in spatial]
-        extra = {"output_padding": [g[3] for g in geo]}
+        extra: dict[str, Any] = {"output_padding": [g[3] for g in geo]}
     else:
         geo = [(*geometry(i, o, k), 0) for i, o, k in spatial]
         extra = {}

@@ -51,7 +51,10 @@ def _transposed_view(node: ir.Node, rank: int) -> Callable[[np.ndarray], np.ndar
     kernel = tuple(ints(node, "kernel_shape", []))
     if len(kernel) != rank:
         weight = node.inputs[1].shape if len(node.inputs) > 1 and node.inputs[1] is not None else None
-        kernel = tuple(int(d) for d in weight[2:]) if weight is not None else ()
+        dims = list(weight)[2:] if weight is not None else []
+        if not all(isinstance(d, int) for d in dims):
+            return "ConvTranspose whose kernel size is symbolic"
+        kernel = tuple(int(d) for d in dims if isinstance(d, int))
     strides = tuple(ints(node, "strides", [1] * rank))
     dilations = tuple(ints(node, "dilations", [1] * rank))
     pads = ints(node, "pads", [0] * (2 * rank))

@@ -172,7 +172,8 @@ def _bodies(node: torch.fx.Node, root: torch.nn.Module) -> tuple[list[tuple[str,
     """The graph modules a higher-order op (``torch.cond``, ``map``, ``while_loop``…) runs, by attribute name,
     and the operands it passes them (the flattened arguments after the last body: each body's placeholders in
     order)."""
-    bodies, operands = [], []
+    bodies: list[tuple[str, torch.fx.GraphModule]] = []
+    operands: list[Any] = []
     for arg in node.args:
         if isinstance(arg, torch.fx.Node) and arg.op == "get_attr":
             sub = getattr(root, str(arg.target), None)
@@ -191,6 +192,7 @@ def _control_flow_layer(node: torch.fx.Node, what: str, body: str, names: Unique
     wshape = _shape(node.args[1]) if len(node.args) > 1 else None
     rank = len(wshape) - 2 if wshape is not None and len(wshape) >= 3 else 0
     args = conv_args(node, rank)
+    kernel: tuple[int, ...]
     if wshape is None or rank == 0:
         kernel, cin, cout = (), 0, 0
     elif args.transposed:
@@ -199,7 +201,8 @@ def _control_flow_layer(node: torch.fx.Node, what: str, body: str, names: Unique
         kernel, cin, cout = wshape[2:], wshape[1] * args.groups, wshape[0]
     x, y = _shape(args.input), _shape(node)
     return ConvLayer(
-        name=names(_layer_name(node, target)), op=f"aten.{node.target.__name__}", kernel=tuple(kernel),
+        name=names(_layer_name(node, target)), op=f"aten.{getattr(node.target, '__name__', node.target)}",
+        kernel=tuple(kernel),
         in_channels=int(cin), out_channels=int(cout), groups=args.groups, weight=None, transposed=args.transposed,
         note=NOTE_CONTROL_FLOW.format(what=what, body=body),
         in_spatial=x[-rank:] if x is not None and rank else None,

@@ -42,12 +42,13 @@ def _transposed_view(args: Any, kernel: tuple[int, ...]) -> tuple[Callable[[np.n
     geo = _geometry(args, kernel)
     if isinstance(geo, str):
         return geo
-    if isinstance(geo.pads, str) or len(args.output_padding) != len(kernel):
+    pads = geo.pads
+    if isinstance(pads, str) or len(args.output_padding) != len(kernel):
         return "a transposed conv whose padding is not understood"
     out_pad = tuple(args.output_padding)
 
     def view(x: np.ndarray) -> np.ndarray:
-        return regular_view(x, kernel, geo.stride, geo.dilation, geo.pads, out_pad)[0]
+        return regular_view(x, kernel, geo.stride, geo.dilation, pads, out_pad)[0]
 
     return view, Geometry((1,) * len(kernel), geo.dilation, tuple((0, 0) for _ in kernel))
 

@@ -123,6 +123,8 @@ def _replace(graph: torch._C.Graph, node: torch._C.Node, layer: ConvLayer, lower
         bias = (replacement if new_bias is not None else args.bias) if step.bias else none
         groups = emit.constant(int(step.groups))
         if transposed:
+            if args.output_padding is None:  # _check refuses a transposed conv without one before any edit
+                raise ConversionError(f"layer {layer.name}: transposed conv without an output_padding")
             return emit.node(f"aten::conv_transpose{rank}d", [x, wv, bias, stride, padding, args.output_padding,
                                                               groups, dilation],
                              tensor_t, node_name(layer.name, step.name))

@@ -141,7 +141,7 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path,
         if args.transposed:
             view = _transposed_view(args, kernel)
             geo = view if isinstance(view, str) else _geometry(args, kernel)
-            if not isinstance(geo, str):
+            if not isinstance(geo, str) and not isinstance(view, str):
                 geo = Geometry((1,) * len(kernel), geo.dilation, tuple((0, 0) for _ in kernel))
                 views[layer.name] = (view, layer.groups)
         elif args.transposed is False:
