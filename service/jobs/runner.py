@@ -584,11 +584,16 @@ def _log_tail(path: Path, n: int = 4096) -> str:
 
 
 def _tree_vms(pid: int) -> int:
-    """The largest address space of the process and its descendants (the conversion runs in a forked child)."""
+    """The larger address space of the sandbox process and of its children (the conversion runs in a forked
+    child); read from ``/proc`` directly: this runs ten times a second."""
     peak = _vms(pid)
-    with contextlib.suppress(psutil.Error):
-        for child in psutil.Process(pid).children(recursive=True):
-            peak = max(peak, _vms(child.pid))
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = f.read().split()
+    except OSError:
+        return peak
+    for child in children:
+        peak = max(peak, _vms(int(child)))
     return peak
 
 
