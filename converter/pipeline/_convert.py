@@ -326,7 +326,8 @@ def convert(
         ConversionError: a layer could not be rewritten or the result not saved.
         VerificationError: a model would not run on the verification inputs.
     """
-    cfg, search_default = resolve_policy(ConversionConfig.from_options(config, **options), data is not None)
+    asked = ConversionConfig.from_options(config, **options)
+    cfg, search_default = resolve_policy(asked, data is not None)
     with tempfile.TemporaryDirectory(prefix="sepconv-") as tmp:
         work = Path(tmp)
         if isinstance(model, bytes | bytearray | memoryview):
@@ -342,7 +343,8 @@ def convert(
         if (SANDBOX_BY_DEFAULT if sandbox is None else sandbox) and not cfg.trust_model and _carries_code(src):
             from service.jobs.local import convert_confined  # the same distribution; loaded only for such models
 
-            return convert_confined(src, dest, config=cfg, inputs=_path(inputs), data=_path(data),
+            # the options as asked: the confined conversion resolves the default policy itself
+            return convert_confined(src, dest, config=asked, inputs=_path(inputs), data=_path(data),
                                     eval=_path(eval), checkpoint_dir=_path(checkpoint_dir), progress=progress)
         conversion = Conversion(cfg, src, dest, Path(inputs) if inputs is not None else None, work,
                                 data_path=Path(data) if data is not None else None,

@@ -51,7 +51,7 @@ from .._report import Search, SearchPlanReport
 from .._stages import StageProgress
 from ..data import Samples
 from ..evaluation import Scorer
-from ..formats import Tappable, trusting
+from ..formats import Tappable
 from ..latency import Comparison, compare_files
 from ..planning import (
     Choice,
@@ -139,9 +139,8 @@ def search_step(c: Conversion, progress: StageProgress) -> None:
             "plan": count, "speedup": round(trial.outcome.speedup, 3), "metric": round(trial.outcome.metric, 6),
             "best": None if best is None else round(best.outcome.speedup, 3)})
 
-    with trusting(cfg.trust_model):
-        result = search(chain, evaluator, drop, cfg.search_budget_s, anchors=uniform_plans(menus), progress=report)
-        evaluator.finish(result)
+    result = search(chain, evaluator, drop, cfg.search_budget_s, anchors=uniform_plans(menus), progress=report)
+    evaluator.finish(result)
     _apply(c, menus, result, evaluator, drop, sens, time.monotonic() - t_start)
 
 
@@ -188,7 +187,7 @@ def _sensitivities(c: Conversion, menus: list[LayerMenu], spectra: Spectra, samp
     if not probes:
         return {}
     layers = [p.layer for p in probes]
-    with trusting(c.config.trust_model), map_errors("measuring the layers' sensitivities failed", ConversionError):
+    with map_errors("measuring the layers' sensitivities failed", ConversionError):
         tap = c.adapter.tap(c.model, layers, c.workdir("search-tap"), c.config.threads)
         got = measure_sensitivities(tap, probes, samples, spectra, batch_size=c.config.batch_size)
     return got.values

@@ -18,12 +18,14 @@ the budget policies' ``allocate``, stopped at every step instead of at a budget)
 
 **The search** measures plans (the caller calibrates, assembles, scores and times each) in two passes:
 
-0. **Uniform ranks first** (``uniform_plans``: what ``--rank K`` would give, for every ``K``), by bisection over
-   ``K`` from rank 1 up. The predicted frontier rests on a first-order model — each layer's *data-free* error,
-   weighted by a sensitivity measured with one perturbation, added over layers — while calibration shrinks the
+0. **Uniform ranks first** (``uniform_plans``: what ``--rank K`` would give, for every ``K``): rank 1, then 2, 4,
+   8… until one meets ``D``, then bisection between it and the last that did not. The predicted frontier rests on
+   a first-order model — each layer's *data-free* error, weighted by a sensitivity measured with one
+   perturbation, added over layers — while calibration shrinks the
    layers' errors by different factors and the metric is not additive; on the digits CNN the predicted frontier
    alone stopped at 1.4× where ``--rank 2`` measured 1.9× within the same drop. Measuring the uniform scale
-   first costs ``log₂`` of the largest rank in plans and makes the answer at least the best uniform rank's.
+   first costs about ``2·log₂`` of the answer's rank in plans and makes the answer at least the best uniform
+   rank's.
 1. **Then the predicted frontier**, keeping the interval ``[lo, hi)`` between the last plan known to meet ``D``
    (``P_0`` does) and the first known not to, to find a plan faster than that:
 
@@ -294,9 +296,14 @@ class _Run:
         drop_lo, drop_hi = 0.0, math.nan
         bisect_next = False
         first = True
+        stride = 1
         while (first or hi - lo > 1) and not self.spent():
             if first:
                 i, step = n, "fastest" if kind == "frontier" else "uniform"
+            elif kind != "frontier" and lo == 0:
+                # uniform ranks 1, 2, 4, 8… until one meets D (the fast end is where the answer is), then bisection
+                i, step = max(lo + 1, hi - stride), "uniform"
+                stride *= 2
             elif bisect_next or not math.isfinite(drop_hi) or kind != "frontier":
                 i, step = (lo + hi) // 2, "bisect" if kind == "frontier" else "uniform"
             else:

@@ -165,3 +165,19 @@ def test_uniform_plans_are_what_rank_k_gives_and_are_measured_first():
     best_uniform = max((fake.outcome(p).speedup for p in meeting), default=1.0)
     assert result.chosen is not None and result.chosen.outcome.speedup >= best_uniform
     assert len({t.plan.key for t in result.trials}) == len(result.trials)  # each plan measured once
+
+
+def test_uniform_ranks_are_tried_from_rank_1_up_by_doubling():
+    menus = _menus()
+    anchors = uniform_plans(menus)
+    fake = FakeModel(menus)
+    rank_ok = 3  # ranks 3 and above meet D
+    def outcome(p: SearchPlan) -> Outcome:
+        speedup = 4.0 / (p.uniform_rank or 4)  # lower ranks are faster
+        return Outcome(0.0, 0.0 if (p.uniform_rank or 99) >= rank_ok else 0.5, speedup, speedup - 0.1, speedup + 0.1,
+                       True)
+
+    fake.outcome = outcome  # type: ignore[method-assign]
+    result = search([], fake, 0.01, budget_s=1e9, anchors=anchors, clock=fake.clock)
+    assert [t.plan.uniform_rank for t in result.trials] == [1, 2, 4, 3]
+    assert result.chosen is not None and result.chosen.plan.uniform_rank == 3
