@@ -1,6 +1,7 @@
 """The maths of the conversion, as pure functions over numpy arrays: the data-free decomposition of a kernel into
 a depthwise-separable pair (``_decompose``: SVD per slice, both orders, lowering of grouped factors) and the
-calibration maths (``_refit``: streamed layer statistics, closed-form refits, conv geometry and patches).
+calibration maths (``_refit``: streamed layer statistics, closed-form refits, conv geometry and patches) and the
+quantization maths of int8 models (``_quant``: requantizing weights, activation ranges of new tensors).
 
 It knows no file, format, runtime or graph; everything above it (formats, planning, recovery) calls into it.
 """
@@ -19,6 +20,20 @@ from ._decompose import (
     max_rank,
     spectrum,
 )
+from ._quant import (
+    activation_params,
+    bias_int32,
+    conv_interval,
+    conv_spread,
+    dequantize,
+    intermediate_intervals,
+    intermediate_values,
+    merge_ranges,
+    quantize,
+    scaled_ranges,
+    symmetric_weight,
+    type_range,
+)
 from ._refit import Geometry, LayerStats, calibrate_layer, dense, out_shape, patches_at
 
 __all__ = [
@@ -29,13 +44,25 @@ __all__ = [
     "Lowered",
     "Order",
     "Spectrum",
+    "activation_params",
+    "bias_int32",
     "calibrate_layer",
+    "conv_interval",
+    "conv_spread",
     "decompose",
     "dense",
+    "dequantize",
     "energy_curve",
+    "intermediate_intervals",
+    "intermediate_values",
     "lower",
     "max_rank",
+    "merge_ranges",
     "out_shape",
     "patches_at",
+    "quantize",
+    "scaled_ranges",
     "spectrum",
+    "symmetric_weight",
+    "type_range",
 ]

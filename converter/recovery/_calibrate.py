@@ -25,6 +25,7 @@ from ..algebra import Decomposition, LayerStats, calibrate_layer, dense
 from ..data import Samples
 from ..evaluation import Scorer, better
 from ..formats import ConvLayer, Rewrite, Tap, Tappable
+from ._ranges import activation_ranges
 
 __all__ = ["Calibration", "LayerOutcome", "Recovery", "calibrate", "evaluate", "held_out", "overrides", "recover"]
 
@@ -146,7 +147,8 @@ class Recovery:
     """What the calibrate stage hands back to the pipeline.
 
     Attributes:
-        model: the original model rewritten with the calibrated factors, or None to keep the data-free one.
+        model: the original model rewritten with the calibrated factors, or None to keep the data-free one (a
+            quantized model is rewritten again even then: its new tensors' ranges are calibrated).
         factors: the calibrated factors (as ``Factors``), or None.
         accuracy: the report's ``accuracy`` section.
         layers: per layer name, report fields (``calibration``, ``output_error``).
@@ -240,7 +242,11 @@ def recover(
         for name, reason in result.skipped.items():
             layers[name] = {"calibration": f"skipped: {reason}"}
     if not keep:
-        return Recovery(None, None, accuracy, layers, warnings)
+        if not any(f.layer.quantized for f in factors) or result is None:
+            return Recovery(None, None, accuracy, layers, warnings)
+        new = list(factors)  # data-free factors, but the quantized layers' ranges are calibrated below
+        return Recovery(_rewritten(adapter, fresh, tap, by_name, new, calib, config), new, accuracy, layers,
+                        warnings)
     new = []
     for f in factors:
         if f.layer.name in result.factors:
@@ -248,10 +254,18 @@ def recover(
             f = f.with_weights(dec.first if dec.order == "dw-pw" else dec.second,
                                dec.second if dec.order == "dw-pw" else dec.first, bias)
         new.append(f)
-    # The rewrite goes onto the freshly loaded original (the tap left it as it was), with that model's layers.
-    rewrites = [Rewrite(by_name.get(f.layer.name, f.layer), f.lowered(), f.bias) for f in new]
-    model = adapter.apply(fresh, rewrites)
-    return Recovery(model, new, accuracy, layers, warnings)
+    return Recovery(_rewritten(adapter, fresh, tap, by_name, new, calib, config), new, accuracy, layers, warnings)
+
+
+def _rewritten(adapter: Any, fresh: Any, tap: Tap, by_name: dict[str, ConvLayer], factors: list[Any],
+               calib: Samples, config: ConversionConfig) -> Any:
+    """The freshly loaded original (the tap left it as it was) rewritten with ``factors`` and that model's layers;
+    quantized layers get their new tensors' ranges observed on the calibration samples (``_ranges``)."""
+    ranges = activation_ranges(tap, factors, overrides(tap, {f.layer.name: (f.decomposition, f.bias)
+                                                            for f in factors}), calib, config.batch_size)
+    rewrites = [Rewrite(by_name.get(f.layer.name, f.layer), f.lowered(), f.bias, ranges.get(f.layer.name))
+                for f in factors]
+    return adapter.apply(fresh, rewrites)
 
 
 def _mkdir(p: Path) -> Path:

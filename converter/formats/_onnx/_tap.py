@@ -1,13 +1,16 @@
 """The calibration tap for ONNX (see ``_taps``): a copy of the model whose tapped convs take their weight and
 bias as extra graph inputs and whose graph also outputs each tapped conv's input, run on onnxruntime.
 
+A quantized conv is tapped as the float conv of its dequantized weight with the model's quantization around it
+(``_quant.floatify``): its captured input is the dequantized activation the integer kernel sees.
+
 The copy is written once (the adapter's own save), so the model held in memory is edited only for the moment of
 writing and then restored exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ import onnx_ir as ir
 
 from ...algebra import Geometry
 from .._taps import TapPoint
+from . import _quant
 from ._adapter import _unwrap
 from ._convs import constant_weight
 from ._nodes import auto_pad, ints
@@ -75,13 +79,17 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
     for layer in layers:
         node = layer.handle
         reason = None
-        if not isinstance(node, ir.Node) or node.op_type != "Conv":
+        quant = _quant.read(node) if isinstance(node, ir.Node) else None
+        if isinstance(quant, str):
+            reason = quant
+        elif not isinstance(node, ir.Node) or (node.op_type != "Conv" and quant is None):
             reason = "not a Conv node"
         elif node.graph is not graph:
             reason = "inside a subgraph (If/Loop/Scan body)"
         elif layer.weight is None:
             reason = layer.note or "weight is not a constant"
-        if reason is None:
+        tensor = None
+        if reason is None and quant is None:
             tensor, note = constant_weight(m, node.inputs[1])
             if tensor is None or tensor.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE):
                 reason = note or "weight is not a float tensor"
@@ -89,7 +97,10 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
         if isinstance(geo, str):
             reason = geo
         bias = None
-        if reason is None and len(node.inputs) > 2 and node.inputs[2] is not None:
+        if reason is None and quant is not None:
+            # a quantized conv is tapped as the float conv of its dequantized weight, its quantization around it
+            bias = quant.bias
+        elif reason is None and len(node.inputs) > 2 and node.inputs[2] is not None:
             b_tensor, note = constant_weight(m, node.inputs[2])
             if b_tensor is None:
                 reason = f"bias: {note}"
@@ -100,7 +111,8 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
             continue
         assert isinstance(geo, Geometry)
         points[layer.name] = TapPoint(geo, bias)
-        plan.append((layer, node, tensor.dtype))
+        dtype = ir.DataType.FLOAT if tensor is None else tensor.dtype
+        plan.append((layer, quant if quant is not None else node, dtype))
 
     added_inputs: list[ir.Value] = []
     added_outputs: list[ir.Value] = []
@@ -112,8 +124,12 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
     graph_inputs = {v.name for v in graph.inputs}
     out_index: dict[int, int] = {}
     initializers: list[ir.Value] = []
+    undo: list[Callable[[], None]] = []
     try:
         for i, (layer, node, dtype) in enumerate(plan):
+            if isinstance(node, _quant.QuantConv):
+                node, back = _quant.floatify(node, layer.name)
+                undo.append(back)
             w_val = ir.Value(name=f"sepconv_tap_{i}_weight", type=ir.TensorType(dtype),
                              shape=ir.Shape(layer.weight.shape))
             b_val = ir.Value(name=f"sepconv_tap_{i}_bias", type=ir.TensorType(dtype),
@@ -157,5 +173,7 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
                 node.replace_input_with(j, v)
         for _ in added_inputs:
             graph.inputs.pop()
+        for back in reversed(undo):
+            back()
     run, _ = adapter.runner(path, workdir / "tap", threads)
     return OnnxTap(run, n_outputs, points, skipped, feeds, defaults, captured)
