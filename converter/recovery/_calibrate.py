@@ -181,10 +181,15 @@ def recover(
     eval_: Samples | None,
     config: ConversionConfig,
     progress: Progress | None = None,
+    calibration_data: bool = True,
 ) -> Recovery:
     """Calibrate the converted layers on ``data`` (unless ``recover="none"``), score the original, data-free and
     calibrated models on the held-out samples, and keep the calibrated factors only if they are at least as
-    good there. ``factors`` are the data-free ``Factors`` of the converted layers (the pipeline's)."""
+    good there. ``factors`` are the data-free ``Factors`` of the converted layers (the pipeline's).
+
+    Quantized layers get their new tensors' ranges from the calibration samples whenever ``data`` are
+    calibration samples (``calibration_data``; not when only ``--eval`` samples were given), also with
+    ``recover="none"``: observing ranges does not change the factors."""
     notify = progress or (lambda _: None)
     if not isinstance(adapter, Tappable):
         raise InvalidOptionsError(f"calibration and accuracy on samples are not available for {adapter.name} models "
@@ -242,7 +247,7 @@ def recover(
         for name, reason in result.skipped.items():
             layers[name] = {"calibration": f"skipped: {reason}"}
     if not keep:
-        if not any(f.layer.quantized for f in factors) or result is None:
+        if not calibration_data or not any(f.layer.quantized for f in factors):
             return Recovery(None, None, accuracy, layers, warnings)
         new = list(factors)  # data-free factors, but the quantized layers' ranges are calibrated below
         return Recovery(_rewritten(adapter, fresh, tap, by_name, new, calib, config), new, accuracy, layers,

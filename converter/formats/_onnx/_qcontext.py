@@ -27,8 +27,8 @@ from onnx import helper, numpy_helper
 
 from .._base import LayerContext, UniqueNames
 from ._context import _key, _write
-from ._nodes import ONNX_DOMAINS, Dims, is_onnx_op
-from ._quant import QuantConv, _const
+from ._nodes import ONNX_DOMAINS, Dims
+from ._quant import MS_DOMAIN, QuantConv, _const
 from ._shapes import value_dims
 
 __all__ = ["quant_context"]
@@ -40,7 +40,8 @@ def _nodes(qc: QuantConv) -> list[ir.Node] | str:
         x = node.inputs[0]
         out = [p for p in (v.producer() if v is not None else None for v in node.inputs) if p is not None]
         out.append(node)
-        out += [u.node for u in node.outputs[0].uses() if is_onnx_op(u.node, frozenset({"QuantizeLinear"}))][:1]
+        out += [u.node for u in node.outputs[0].uses()
+                if u.node.op_type == "QuantizeLinear" and u.node.domain in (*ONNX_DOMAINS, MS_DOMAIN)][:1]
         return out if x is not None else "no input"
     if qc.style == "QLinearConv":
         return [node]
@@ -111,7 +112,7 @@ def quant_context(model: ir.Model, layer_name: str, qc: QuantConv,
         [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(dt), list(d))
          for k, (d, dt) in inputs.items()],
         out_infos, inits)
-    opsets = [helper.make_opsetid(d, v) for d, v in model.opset_imports.items() if d in ONNX_DOMAINS]
+    opsets = [helper.make_opsetid(d, v) for d, v in model.opset_imports.items() if d in (*ONNX_DOMAINS, MS_DOMAIN)]
     proto = helper.make_model(graph, opset_imports=opsets, ir_version=model.ir_version)
     return LayerContext(key=_key(proto, layer_name, consts), layer=layer_name, inputs=inputs,
                         ops=tuple(p.op_type for p in protos), write=lambda folder: _write(proto, folder))

@@ -44,10 +44,11 @@ from ...algebra import (
     type_range,
 )
 from .._base import node_name
-from ._nodes import int_attr, is_onnx_op
+from ._nodes import ONNX_DOMAINS, int_attr, is_onnx_op
 
 __all__ = ["QParams", "QuantConv", "is_quantized", "read", "replace"]
 
+MS_DOMAIN = "com.microsoft"
 _DQ = frozenset({"DequantizeLinear"})
 _Q = frozenset({"QuantizeLinear"})
 _INT_TYPES = {
@@ -93,6 +94,7 @@ class QuantConv:
         output: the value the replacement must produce (the conv's output; the rescaled output of a ConvInteger).
         nodes: the nodes the replacement removes.
         dynamic_input: the ``DynamicQuantizeLinear`` outputs the first new ConvInteger reuses.
+        q_domain: the domain of the weight's ``DequantizeLinear`` (QDQ), which the new Q/DQ nodes take.
     """
 
     style: str
@@ -105,6 +107,7 @@ class QuantConv:
     nodes: list[ir.Node]
     y: QParams | None = None
     dynamic_input: tuple[ir.Value, ir.Value, ir.Value] | None = field(default=None, repr=False)
+    q_domain: str = ""
 
 
 def _const(value: ir.Value | None) -> np.ndarray | None:
@@ -131,6 +134,12 @@ def _const(value: ir.Value | None) -> np.ndarray | None:
             return None if a is None or shape is None else a.reshape([int(d) for d in shape])
         return None
     return None
+
+
+def _is_q(node: ir.Node, ops: frozenset[str]) -> bool:
+    """``QuantizeLinear``/``DequantizeLinear`` of ONNX, or onnxruntime's own (``com.microsoft``: int4, int16
+    before opset 21), which the rewrite writes in the same domain."""
+    return node.op_type in ops and node.domain in (*ONNX_DOMAINS, MS_DOMAIN)
 
 
 def _dq_params(node: ir.Node) -> QParams | str:
@@ -161,7 +170,7 @@ def _qdq(node: ir.Node) -> QuantConv | str | None:
     """A ``Conv`` whose weight is a constant ``DequantizeLinear``: the QDQ pattern (None: not quantized)."""
     w = node.inputs[1] if len(node.inputs) > 1 else None
     wp = w.producer() if w is not None else None
-    if wp is None or not is_onnx_op(wp, _DQ):
+    if wp is None or not _is_q(wp, _DQ):
         return None
     wq = _const(wp.inputs[0])
     params = _dq_params(wp)
@@ -176,7 +185,7 @@ def _qdq(node: ir.Node) -> QuantConv | str | None:
     weight = dequantize(wq, params.scale, params.zero, 0 if params.axis is not None else None)
     x = node.inputs[0]
     xp = x.producer() if x is not None else None
-    if xp is None or not is_onnx_op(xp, _DQ):
+    if xp is None or not _is_q(xp, _DQ):
         return "QDQ conv whose input is float (weight-only quantization): its int8 kernel needs a quantized input"
     xparams = _dq_params(xp)
     if isinstance(xparams, str):
@@ -187,7 +196,7 @@ def _qdq(node: ir.Node) -> QuantConv | str | None:
     if len(node.inputs) > 2 and node.inputs[2] is not None:
         b = node.inputs[2]
         bp = b.producer()
-        if bp is not None and is_onnx_op(bp, _DQ):
+        if bp is not None and _is_q(bp, _DQ):
             bq, bparams = _const(bp.inputs[0]), _dq_params(bp)
             if bq is None or isinstance(bparams, str):
                 return "QDQ conv whose bias is not a constant"
@@ -198,11 +207,12 @@ def _qdq(node: ir.Node) -> QuantConv | str | None:
                 return "QDQ conv whose bias is not a constant"
             bias = bias.astype(np.float32)
     yparams = None
-    qs = [u.node for u in node.outputs[0].uses() if is_onnx_op(u.node, _Q)]
+    qs = [u.node for u in node.outputs[0].uses() if _is_q(u.node, _Q)]
     if qs:
         got = _dq_params(qs[0])
         yparams = got if isinstance(got, QParams) and got.axis is None else None
-    return QuantConv("QDQ", node, weight, bias, params.dtype, xparams, node.outputs[0], [node], y=yparams)
+    return QuantConv("QDQ", node, weight, bias, params.dtype, xparams, node.outputs[0], [node], y=yparams,
+                     q_domain=wp.domain)
 
 
 def _qlinear(node: ir.Node) -> QuantConv | str:
@@ -339,12 +349,12 @@ class _Writer:
         return value
 
     def node(self, op: str, step: str, inputs: list[ir.Value | None], attrs: list[ir.Attr] | None = None,
-             outputs: int = 1, out: ir.Value | None = None) -> list[ir.Value]:
+             outputs: int = 1, out: ir.Value | None = None, domain: str = "") -> list[ir.Value]:
         nm = self.names.node(node_name(self.layer, step))  # type: ignore[attr-defined]
         vals = [out] if out is not None else [
             ir.Value(name=self.names.value(nm + ("_output" if i == 0 else f"_output_{i}")))  # type: ignore
             for i in range(outputs)]
-        self.nodes.append(ir.Node("", op, inputs, attrs or [], outputs=vals, name=nm))
+        self.nodes.append(ir.Node(domain, op, inputs, attrs or [], outputs=vals, name=nm))
         return vals
 
 
@@ -433,20 +443,22 @@ def _qdq_program(w: _Writer, qc: QuantConv, lowered: Lowered, bias: np.ndarray |
 
     def requant(key: str, v: ir.Value) -> tuple[ir.Value, float]:
         sv, zv, s = _act(w, key, table, qc.x)  # type: ignore[arg-type]
-        (q,) = w.node("QuantizeLinear", f"{key}_quantize", [v, sv, zv])
-        (dq,) = w.node("DequantizeLinear", f"{key}_dequantize", [q, sv, zv])
+        (q,) = w.node("QuantizeLinear", f"{key}_quantize", [v, sv, zv], domain=qc.q_domain)
+        (dq,) = w.node("DequantizeLinear", f"{key}_dequantize", [q, sv, zv], domain=qc.q_domain)
         return dq, s
 
     def step(s: ConvStep, v: tuple[ir.Value, float]) -> tuple[ir.Value, float]:
         qv, sv, zv, scale = _weight(w, s, qc.w_type)
-        (wdq,) = w.node("DequantizeLinear", f"{s.name}_weight", [qv, sv, zv], [ir.AttrInt64("axis", 0)])
+        (wdq,) = w.node("DequantizeLinear", f"{s.name}_weight", [qv, sv, zv], [ir.AttrInt64("axis", 0)],
+                        domain=qc.q_domain)
         inputs: list[ir.Value | None] = [v[0], wdq]
         if s.bias and bias is not None:
             bq, bs = bias_int32(bias, v[1], scale)
             bqv = w.const(s.name, ".bias_quantized", bq, ir.DataType.INT32)
             bsv = w.const(s.name, ".bias_scale", bs, ir.DataType.FLOAT)
             bzv = w.const(s.name, ".bias_zero_point", np.zeros(bq.shape, np.int32), ir.DataType.INT32)
-            (bdq,) = w.node("DequantizeLinear", f"{s.name}_bias", [bqv, bsv, bzv], [ir.AttrInt64("axis", 0)])
+            (bdq,) = w.node("DequantizeLinear", f"{s.name}_bias", [bqv, bsv, bzv], [ir.AttrInt64("axis", 0)],
+                            domain=qc.q_domain)
             inputs.append(bdq)
         (out,) = w.node("Conv", s.name, inputs, attrs(s))
         return (out, 0.0) if s is final else requant(s.name, out)
