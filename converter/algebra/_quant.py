@@ -17,13 +17,17 @@ first widened to contain 0 (so that zero padding is exact), then ``s = (hi − l
 ``z = round(q_min − lo / s)`` clipped into the type's range.
 
 **The data-free range of a new intermediate tensor** (between the depthwise and pointwise convs, or at a join of
-branches) is estimated by *interval propagation*: if every input element lies in ``[lo_c, hi_c]`` (its channel's
+branches) starts from *interval propagation*: if every input element lies in ``[lo_c, hi_c]`` (its channel's
 range; the dequantized range of the layer's input), a conv output channel ``n`` lies in
 ``[Σ min(w·lo, w·hi) + b_n, Σ max(w·lo, w·hi) + b_n]`` (the sum over the channel's weights and taps; zero padding
-stays inside because ``lo ≤ 0 ≤ hi``), and a sum of branches in the sum of their intervals. This bound is never
-exceeded, so nothing clips, but it is loose: it assumes every tap at its worst extreme at once, so the int8 grid
-is coarser than the values need. With calibration samples the observed ``[min, max]`` of the tensor is used
-instead (``intermediate_values``); ``benchmarks/quantized.py`` measures the difference.
+stays inside because ``lo ≤ 0 ≤ hi``), and a sum of branches in the sum of their intervals
+(``intermediate_intervals``). This bound is never exceeded, but it is loose (every tap at its worst extreme at
+once), so the int8 grid would be coarser than the values need. Where the model carries the original layer's
+*output* range (its output quantization: QDQ, QOperator), ``scaled_ranges`` narrows it: the tensor's spread
+relative to the output's, propagated through the weights as if inputs were independent
+(``σ_out² = Σ w² σ_in²``, ``conv_spread``), times the output's observed peak, clipped to the bound. With
+calibration samples the observed ``[min, max]`` of the tensor is used instead (``intermediate_values``);
+``benchmarks/quantized.py`` and the tests measure the difference.
 """
 
 from __future__ import annotations
