@@ -26,7 +26,7 @@ from ._errors import (
 )
 from ._files import atomic_write
 from ._report import Accuracy, Counts, Fidelity, Latency, LayerReport, Report, StageValues, Timings
-from ._stages import JOB_STAGES
+from ._stages import JOB_STAGES, report_progress
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ __all__ = [
     "lower",
     "map_errors",
     "render_html",
+    "report_progress",
 ]
 
 _LAZY = {

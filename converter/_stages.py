@@ -27,6 +27,7 @@ __all__ = [
     "Stage",
     "StageClock",
     "StageProgress",
+    "report_progress",
     "timings_from",
 ]
 
@@ -89,6 +90,16 @@ def timings_from(seconds: Mapping[str, float]) -> dict[str, float | None]:
         if key not in out:
             out[key] = round(seconds[name], 4) if name in seconds else None
     return out
+
+
+def report_progress(callback: Callable[..., None], stage: str, fraction: float,
+                    detail: Mapping[str, Any] | None = None) -> None:
+    """Call a progress callback the way ``convert`` does: with the detail dict where it takes a third parameter
+    (``progress(stage, fraction, detail)``), else ``progress(stage, fraction)``."""
+    if _takes_detail(callback):
+        callback(stage, fraction, dict(detail) if detail is not None else None)
+    else:
+        callback(stage, fraction)
 
 
 def _takes_detail(callback: Callable[..., None]) -> bool:

@@ -37,12 +37,12 @@ from pathlib import Path
 from .._errors import InvalidOptionsError
 from ..formats import InputSpec
 from ._images import IMAGE_SUFFIXES, MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS, MAX_IMAGES, _load_images
-from ._npz import MAX_DATA_BYTES, MAX_MEMBERS, _load_npz
+from ._npz import MAX_DATA_BYTES, MAX_MEMBERS, _load_npz, read_npz
 from ._samples import ImageSpec, Samples, image_spec_from
 
 __all__ = [
     "IMAGE_SUFFIXES", "MAX_DATA_BYTES", "MAX_IMAGES", "MAX_IMAGE_FILE_BYTES", "MAX_IMAGE_PIXELS", "MAX_MEMBERS",
-    "ImageSpec", "Samples", "image_spec_from", "load_samples",
+    "ImageSpec", "Samples", "image_spec_from", "load_samples", "read_npz",
 ]
 
 

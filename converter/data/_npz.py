@@ -1,11 +1,15 @@
 """Reading a ``.npz`` of samples: every member checked (plain ``.npy`` names, numeric dtypes, sizes) and
 memory-mapped where it lies in the archive, or inflated once into a private temporary file and mapped from there;
-then matched to the model's inputs.
+then matched to the model's inputs. The sizes the members' headers declare are checked against the file and
+against the process's memory limit (``RLIMIT_AS``: the service's and the confined CLI's job memory) before
+anything is read or allocated, so a header declaring 2^40 rows or a zip bomb is a one-line refusal.
+``read_npz`` is the same reading for small files used whole (verification inputs).
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -24,6 +28,18 @@ from ._samples import Samples, _Source
 MAX_DATA_BYTES = 8 << 30
 #: Most members a ``.npz`` may have.
 MAX_MEMBERS = 64
+
+
+def memory_limit() -> int:
+    """The most bytes of arrays a data file may declare: ``MAX_DATA_BYTES``, or less where this process's address
+    space is limited (``RLIMIT_AS``)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return MAX_DATA_BYTES if soft == resource.RLIM_INFINITY else min(MAX_DATA_BYTES, int(soft))
+
+
+def _too_big(what: str, declared: int, limit: int) -> InvalidOptionsError:
+    return InvalidOptionsError(f"{what} declares {declared} bytes of arrays, more than the {limit} bytes this "
+                               "conversion may hold (give fewer samples)")
 
 
 @dataclass
@@ -75,6 +91,7 @@ def _open_npz(path: Path, tmpdir: Path, what: str) -> dict[str, _Member]:
             if len(infos) > MAX_MEMBERS:
                 raise InvalidOptionsError(f"{what} holds {len(infos)} members; at most {MAX_MEMBERS} are read")
             total = 0
+            limit = memory_limit()
             for info in infos:
                 if _bad_member_name(info.filename):
                     raise InvalidOptionsError(f"{what}: member {info.filename!r} is not a plain .npy name "
@@ -86,20 +103,25 @@ def _open_npz(path: Path, tmpdir: Path, what: str) -> dict[str, _Member]:
                 if info.file_size > MAX_DATA_BYTES or total > MAX_DATA_BYTES:
                     raise InvalidOptionsError(f"{what}: arrays of more than {MAX_DATA_BYTES >> 30} GiB are not read "
                                               "(give fewer samples)")
-                members[name] = _map_member(path, zf, info, tmpdir, f"{what}: array {name!r}")
+                if total > limit:
+                    raise _too_big(what, total, limit)
+                members[name] = _map_member(path, zf, info, tmpdir, f"{what}: array {name!r}", limit)
     except zipfile.BadZipFile as e:
         raise InvalidOptionsError(f"{what} is a damaged .npz archive: {one_line(e)}") from None
     return members
 
 
-def _map_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, tmpdir: Path, what: str) -> _Member:
+def _map_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, tmpdir: Path, what: str,
+                limit: int = MAX_DATA_BYTES) -> _Member:
     with zf.open(info) as stream:
         shape, fortran, dtype, header = _npy_header(stream, what)
         if dtype.hasobject:
             raise InvalidOptionsError(f"{what} holds Python objects (pickled); only numeric arrays are read")
         if dtype.kind not in "biuf":
-            raise InvalidOptionsError(f"{what} has dtype {dtype}; only numeric arrays are read")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            raise InvalidOptionsError(f"{what} has dtype {dtype}, not numeric; only numeric arrays are read")
+        nbytes = _prod(shape) * dtype.itemsize  # Python ints: a declared 2^40 × 2^40 cannot overflow
+        if nbytes > limit:
+            raise _too_big(what, nbytes, limit)
         if header + nbytes != info.file_size:
             raise InvalidOptionsError(f"{what} is truncated or padded ({info.file_size - header} bytes of data "
                                       f"for shape {shape} {dtype})")
@@ -126,6 +148,25 @@ def _map_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, tmpdir: 
                 raise InvalidOptionsError(f"{what} is truncated ({copied} of {nbytes} bytes)")
             arr = np.memmap(tmp, dtype=dtype, mode="r", shape=shape, order=order)
     return _Member(info.filename[:-4], shape, dtype, fortran, arr)
+
+
+def _prod(shape: Sequence[int]) -> int:
+    out = 1
+    for d in shape:
+        out *= int(d)
+    return out
+
+
+def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
+    """Every array of a ``.npz``, checked as ``_open_npz`` checks it, read into memory (for small files used
+    whole).
+
+    Raises:
+        InvalidOptionsError: the file is not a readable ``.npz``, or declares more than ``memory_limit()`` bytes.
+    """
+    with tempfile.TemporaryDirectory(prefix="sepconv-npz-") as tmp:
+        members = _open_npz(Path(path), Path(tmp), what)
+        return {name: np.array(m.array) for name, m in members.items()}
 
 
 def _copy_bounded(src: Any, dst: Any, limit: int) -> int:

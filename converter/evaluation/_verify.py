@@ -108,16 +108,18 @@ def load_user_inputs(path: Path, specs: Sequence[InputSpec]) -> dict[str, np.nda
     Raises:
         InvalidOptionsError: the file is not a readable ``.npz``, or its arrays fit no input.
     """
+    from ..data import read_npz
+
     try:
         with open(path, "rb") as f:
             if f.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):
                 raise InvalidOptionsError("the inputs file is not a .npz (numpy.savez) archive")
     except OSError as e:
         raise InvalidOptionsError(f"the inputs file could not be read: {e.strerror}") from None
-    # numpy raises many types for a bad file
-    with (map_errors("the inputs file is not a readable .npz", InvalidOptionsError, type_name=False),
-          np.load(path, allow_pickle=False) as npz):
-        arrays = {k: npz[k] for k in npz.files}
+    # Headers checked (sizes against the file and the memory limit) before any array is read; numpy raises many
+    # types for a bad file.
+    with map_errors("the inputs file is not a readable .npz", InvalidOptionsError, type_name=False):
+        arrays = read_npz(path, "the inputs file")
     names = [s.name for s in specs]
     out: dict[str, np.ndarray] = {}
     for spec in specs:

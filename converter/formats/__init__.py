@@ -30,6 +30,7 @@ from ._registry import (
     format_info,
     format_names,
     formats,
+    precheck,
     register,
     sniff_formats,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "format_names",
     "formats",
     "node_name",
+    "precheck",
     "register",
     "sniff_formats",
     "trusting",

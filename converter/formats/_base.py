@@ -56,6 +56,9 @@ class FormatInfo:
             torch.save checkpoint…``) when the file is a near miss of this format, else None. Never raises.
         carries_code: files of this format hold code that loading or running executes (TorchScript, ``.pt2``):
             the service converts them only inside its confinement.
+        precheck: optional ``"module:function"``, ``function(path)``: the format's static checks of an untrusted
+            file, which read it and run nothing of it (archive members, code files, JSON); raises
+            ``UnsupportedModelError``. Light to import (no torch).
     """
 
     name: str
@@ -65,6 +68,7 @@ class FormatInfo:
     adapter: str
     diagnose: Callable[[Path, bytes], str | None] | None = None
     carries_code: bool = False
+    precheck: str = ""
 
 
 def node_name(layer: str, step: str) -> str:

@@ -1,4 +1,4 @@
-"""Static check of untrusted model graphs: only tensor math may appear.
+r"""Static check of untrusted model graphs: only tensor math may appear.
 
 A TorchScript archive or a ``.pt2`` program is code. An ordinary op in its graph can reach the host:
 ``torch.from_file(path, shared=True, …)`` creates and writes files, opening a FIFO blocks forever, and custom or
@@ -9,13 +9,26 @@ where it appears (method, module, serialized code line).
 
 What is walked:
 
-* TorchScript: the archive's code files before loading (``torch.jit.load`` runs a scripted ``__setstate__``, so a
-  class defining one is refused up front); then, after loading, every method of every submodule (hooks
-  included) as written and again with every call inlined (functions and class methods it calls), every nested
-  block (``prim::If``/``prim::Loop``) and every subgraph attribute.
+* TorchScript: before loading, the archive (``formats._archive.check_archive``: no path tricks, the unpack cap)
+  and every code file in it, found the way torch's reader finds them (case-insensitively: ``CODE/__torch__.PY``
+  is read for ``code/__torch__.py``): ``torch.jit.load`` runs a scripted ``__setstate__``, so a code file that
+  names ``__setstate__`` anywhere, in any spelling (a ``def \`` line continuation included), is refused. Then,
+  after loading (``load_torchscript``, which keeps the compilation unit torch would drop), every function
+  torch compiled from the archive — every method of every class and module (so every implementation an
+  interface-typed attribute can hold), hooks and free functions — as parsed graphs, every nested block
+  (``prim::If``/``prim::Loop``) and every subgraph attribute; and again every method of every submodule with
+  its calls inlined. ``prim::CreateObject`` is allowed for the archive's own classes (their methods are all
+  checked), never for a C++ (TorchBind) class; ``prim::CallMethod`` on a TorchBind object only for the
+  quantized packed-parameter classes.
 * ``.pt2`` (``torch.export``): every node of every FX graph module of the program: ``call_function`` targets must
   be allowlisted ``aten``/``prim`` overloads or ``operator.getitem``; ``call_method``/``call_module`` and higher-
   order ops are refused.
+
+Ops that take raw strides or a storage offset (``aten::_reshape_alias``, ``aten::as_strided``) make a view
+without checking it against the storage: out-of-bounds arguments read and write outside the tensor. They are
+allowed only in a ``.pt2`` graph, and only where the arguments are plain integers and the recorded (fake)
+input shows that every element of the view lies inside its storage; in TorchScript nothing proves that before
+running, so they are refused.
 
 A user who trusts a model skips the check with ``ConversionConfig.trust_model`` (CLI ``--trust-model``); the
 service never does. This module is a filter, not a sandbox: an allowlisted op with a memory-safety bug is out of
@@ -36,7 +49,7 @@ from typing import Any
 from .._errors import UnsupportedModelError
 
 __all__ = ["ALLOWED_OPS", "check_fx_graph", "check_torchscript", "check_torchscript_archive", "is_allowed",
-           "trusting"]
+           "is_trusted", "load_torchscript", "trusting"]
 
 # Tensor math CNNs use (base names; an in-place ``name_`` is allowed when ``name`` is).
 _TENSOR_MATH = """
@@ -63,7 +76,7 @@ linalg_vector_norm logsumexp cumsum cumprod all any topk sort argsort kthvalue m
 add sub rsub mul div true_divide floor_divide multiply divide subtract eq ne lt le gt ge equal logical_and
 logical_or logical_xor logical_not bitwise_and bitwise_or bitwise_xor bitwise_not isnan isinf isfinite isclose
 allclose nan_to_num masked_fill masked_select
-view view_as reshape reshape_as _reshape_alias flatten unflatten squeeze unsqueeze permute transpose t
+view view_as reshape reshape_as flatten unflatten squeeze unsqueeze permute transpose t
 contiguous expand expand_as repeat repeat_interleave tile cat concat concatenate stack hstack vstack chunk split
 split_with_sizes tensor_split unbind slice select index_select narrow gather scatter scatter_add index index_put
 take flip roll pad constant_pad_nd reflection_pad1d reflection_pad2d reflection_pad3d replication_pad1d
@@ -99,7 +112,10 @@ _trusted: contextvars.ContextVar[bool] = contextvars.ContextVar("sepconv_trust_m
 
 _HINT = ("only tensor math may appear in an uploaded graph; if you trust this model, pass trust_model "
          "(CLI --trust-model)")
-_SETSTATE = re.compile(rb"^\s*def\s+__setstate__\s*\(", re.MULTILINE)
+_MAX_CODE_FILE_BYTES = 64 * 1024 * 1024
+# TorchBind (C++) classes whose methods an uploaded graph may call: the quantized layers' packed parameters.
+_TORCHBIND_OK = ("__torch__.torch.classes.quantized.", "__torch__.torch.classes.xnnpack.",
+                 "__torch__.torch.classes.rnn.")
 _SERIALIZED_AT = re.compile(r'File "(code/[^"]+)", line (\d+)')
 
 
@@ -111,6 +127,11 @@ def is_allowed(kind: str) -> bool:
     # In-place variants of allowed ops (``relu_``), but never an in-place-only name (``set_``).
     return namespace == "aten" and name.endswith("_") and not name.endswith("__") and f"aten::{name[:-1]}" in \
         ALLOWED_OPS
+
+
+def is_trusted() -> bool:
+    """Whether the model being loaded is trusted (inside ``trusting(True)``): its code checks are skipped."""
+    return _trusted.get()
 
 
 @contextlib.contextmanager
@@ -131,32 +152,68 @@ def _refuse(kind: str, where: str, fmt: str) -> UnsupportedModelError:
 
 
 def check_torchscript_archive(path: Path) -> None:
-    """Refuse, before loading, an archive whose code defines ``__setstate__`` (``torch.jit.load`` runs it).
+    """Refuse, before loading, an unsafe archive (``formats._archive.check_archive``, with the unpack cap) or one
+    whose code names ``__setstate__`` (``torch.jit.load`` runs it). Code files are found as torch's reader finds
+    them: ``<root>/code/…/*.py`` compared without case. Always checked, trusted or not (the archive checks are
+    caps, not a verdict on the model); only ``__setstate__`` is skipped for a trusted model.
 
     Raises:
-        UnsupportedModelError: a code file of the archive defines ``__setstate__``.
+        UnsupportedModelError: the archive is unsafe, or a code file names ``__setstate__``.
     """
+    from ._archive import check_archive, is_zip
+
+    if not is_zip(path):
+        return  # not an archive: torch's reader refuses it, and the adapter words that
+    try:
+        members = check_archive(path)
+    except UnsupportedModelError as e:
+        if str(e).startswith("the zip archive could not be read"):  # damaged, not hostile: say what failed
+            raise UnsupportedModelError(f"TorchScript file could not be loaded: {e}") from e
+        raise
     if _trusted.get():
         return
     try:
         with zipfile.ZipFile(path) as z:
-            for info in z.infolist():
-                parts = info.filename.split("/")
-                if len(parts) > 2 and parts[1] == "code" and info.filename.endswith(".py"):
-                    if info.file_size > 64 * 1024 * 1024:
-                        raise UnsupportedModelError(f"TorchScript code file {'/'.join(parts[1:])} is "
-                                                    f"{info.file_size} bytes; refusing to read it")
-                    with z.open(info) as f:
-                        if _SETSTATE.search(f.read()):
-                            raise UnsupportedModelError(
-                                f"TorchScript class with __setstate__ in {'/'.join(parts[1:])} is not allowed "
-                                f"(loading would run it); {_HINT}")
-    except zipfile.BadZipFile:
-        return  # not ours to judge: the loader says what is wrong with the file
+            for m in members:
+                if len(m.parts) > 2 and m.parts[1].lower() == "code" and m.parts[-1].lower().endswith(".py"):
+                    where = "/".join(m.parts[1:])
+                    if m.info.file_size > _MAX_CODE_FILE_BYTES:
+                        raise UnsupportedModelError(f"TorchScript code file {where} is {m.info.file_size} bytes; "
+                                                    "refusing to read it")
+                    with z.open(m.info) as f:
+                        code = f.read(_MAX_CODE_FILE_BYTES + 1)
+                    # Any mention, not only ``def __setstate__(``: the name cannot be spelled without these bytes,
+                    # however the definition is split (``def \\`` + newline) or laid out.
+                    if b"__setstate__" in code:
+                        raise UnsupportedModelError(
+                            f"TorchScript class with __setstate__ in {where} is not allowed (loading would run "
+                            f"it); {_HINT}")
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise UnsupportedModelError(f"the TorchScript archive could not be read: {e}") from e
 
 
-def check_torchscript(module: Any) -> None:
-    """Refuse a loaded (not yet frozen) TorchScript module with any op outside ``ALLOWED_OPS``.
+def load_torchscript(path: Path, map_location: Any = "cpu") -> Any:
+    """``torch.jit.load`` in two steps, so that the graph check sees every function torch compiled from the
+    archive: ``check_torchscript_archive``, then the import into a compilation unit of our own, then
+    ``check_torchscript`` of the module and that unit. Torch's own exceptions propagate (the adapter words them).
+
+    Raises:
+        UnsupportedModelError: the archive or a graph in it is refused.
+    """
+    import torch
+
+    check_torchscript_archive(path)
+    unit = torch._C.CompilationUnit()
+    cpp = torch._C.import_ir_module(unit, str(path), torch.device(map_location), {}, False)
+    module = torch.jit._recursive.wrap_cpp_module(cpp)
+    check_torchscript(module, unit)
+    return module
+
+
+def check_torchscript(module: Any, unit: Any = None) -> None:
+    """Refuse a loaded (not yet frozen) TorchScript module with any op outside ``ALLOWED_OPS``: every function of
+    its compilation ``unit`` (when given: ``load_torchscript`` passes it) and every method of every submodule,
+    as written and with calls inlined.
 
     Raises:
         UnsupportedModelError: names the op, the method and module it appears in, and its serialized code line.
@@ -165,17 +222,24 @@ def check_torchscript(module: Any) -> None:
         return
     import torch
 
+    unit_functions = list(unit.get_functions()) if unit is not None else []
+    own = {f.qualified_name.rsplit(".", 1)[0] for f in unit_functions}
     for path, sub in _named_modules(module):
         owner = f"module {path!r}" if path else "the top-level module"
-        functions: list[tuple[str, Any]] = [(m, sub._c._get_method(m)) for m in sub._c._method_names()]
+        functions = [(m, sub._c._get_method(m)) for m in sub._c._method_names()]
         functions += [(f"forward hook {h.name}", h) for h in sub._c._get_forward_hooks()]
         functions += [(f"forward pre-hook {h.name}", h) for h in sub._c._get_forward_pre_hooks()]
         for name, fn in functions:
             graph = fn.graph
-            _walk_ts(graph.block(), f"method {name} of {owner}", allow_calls=True)
+            _walk_ts(graph.block(), f"method {name} of {owner}", allow_calls=True, own=own)
             inlined = graph.copy()
             torch._C._jit_pass_inline(inlined)
-            _walk_ts(inlined.block(), f"a function called by method {name} of {owner}", allow_calls=False)
+            _walk_ts(inlined.block(), f"a function called by method {name} of {owner}", allow_calls=False,
+                     own=own)
+    # Then everything else torch compiled: methods of classes (whatever interface-typed attribute holds them),
+    # functions no module method calls.
+    for fn in unit_functions:
+        _walk_ts(fn.graph.block(), f"function {fn.qualified_name}", allow_calls=True, own=own)
 
 
 def _named_modules(module: Any) -> Iterator[tuple[str, Any]]:
@@ -185,16 +249,31 @@ def _named_modules(module: Any) -> Iterator[tuple[str, Any]]:
             yield path, sub
 
 
-def _walk_ts(block: Any, where: str, *, allow_calls: bool) -> None:
+def _type_name(value: Any) -> str:
+    ty = value.type()
+    name = getattr(ty, "qualified_name", None)
+    return name() if callable(name) else str(ty)
+
+
+def _walk_ts(block: Any, where: str, *, allow_calls: bool, own: set[str]) -> None:
     for node in block.nodes():
         kind = node.kind()
-        if not (is_allowed(kind) or (allow_calls and kind == "prim::CallFunction")):
+        if kind == "prim::CreateObject":
+            # An object of the archive's own class: every method of it is a function of the unit, checked.
+            if _type_name(node.output()) not in own:
+                raise _refuse(f"{kind} ({_type_name(node.output())})", f"in {where}{_code_line(node)}",
+                              "TorchScript")
+        elif kind == "prim::CallMethod":
+            receiver = _type_name(next(node.inputs())) if node.inputsSize() else ""
+            if receiver.startswith("__torch__.torch.classes.") and not receiver.startswith(_TORCHBIND_OK):
+                raise _refuse(f"{kind} on {receiver}", f"in {where}{_code_line(node)}", "TorchScript")
+        elif not (is_allowed(kind) or (allow_calls and kind == "prim::CallFunction")):
             raise _refuse(kind, f"in {where}{_code_line(node)}", "TorchScript")
         for sub in node.blocks():
-            _walk_ts(sub, where, allow_calls=allow_calls)
+            _walk_ts(sub, where, allow_calls=allow_calls, own=own)
         for attr in node.attributeNames():
             if node.kindOf(attr) == "g":
-                _walk_ts(node.g(attr).block(), where, allow_calls=allow_calls)
+                _walk_ts(node.g(attr).block(), where, allow_calls=allow_calls, own=own)
 
 
 def _code_line(node: Any) -> str:
@@ -209,6 +288,8 @@ def _code_line(node: Any) -> str:
 
 
 _FX_PYTHON_OK = {operator.getitem}
+#: Ops that view a tensor's storage through raw strides and offset (see the module docstring).
+STRIDED_OPS = frozenset({"aten::_reshape_alias", "aten::as_strided"})
 
 
 def check_fx_graph(graph_module: Any) -> None:
@@ -234,8 +315,47 @@ def check_fx_graph(graph_module: Any) -> None:
             if node.op == "call_function" and target in _FX_PYTHON_OK:
                 continue
             kind = _fx_kind(target) if node.op == "call_function" else f"{node.op} {target}"
+            if kind in STRIDED_OPS:
+                reason = _strided_out_of_bounds(node)
+                if reason:
+                    raise UnsupportedModelError(f".pt2 op {kind} (node {node.name} in {where}) takes raw strides "
+                                                f"and {reason}; refusing it")
+                continue
             if node.op != "call_function" or not is_allowed(kind):
                 raise _refuse(kind, f"node {node.name} in {where}", ".pt2")
+
+
+def _strided_out_of_bounds(node: Any) -> str | None:
+    """Why a strided view's arguments are not proven inside its input's storage (None: proven)."""
+    args = list(node.args) + [node.kwargs[k] for k in ("size", "stride", "storage_offset") if k in node.kwargs]
+    if len(args) < 3 or not hasattr(args[0], "meta"):
+        return "its arguments could not be read"
+    size, stride = args[1], args[2]
+    offset = args[3] if len(args) > 3 else None
+    val = args[0].meta.get("val")
+    ints = (list(size) if isinstance(size, list | tuple) else [None]) + \
+        (list(stride) if isinstance(stride, list | tuple) else [None]) + ([offset] if offset is not None else [])
+    if not all(type(v) is int for v in ints) or len(size) != len(stride):
+        return "its sizes, strides or offset are not plain integers"
+    try:
+        # The input's own extent, from its recorded sizes and strides (a fake storage's size is not evidence:
+        # tracing grows it to fit the very view being checked).
+        base = int(val.storage_offset())
+        extent = [(int(n), int(st)) for n, st in zip(val.shape, val.stride(), strict=True)]
+    except Exception:  # no recorded value, or a symbolic one
+        return "its input's sizes and strides are not recorded as integers"
+    start = base if offset is None else offset
+    if start < 0 or any(v < 0 for v in (*size, *stride)) or any(st < 0 for _, st in extent):
+        return "has a negative size, stride or offset"
+    if 0 in size:
+        return None
+    if any(n == 0 for n, _ in extent):
+        return "views an empty tensor"
+    last = start + sum((n - 1) * st for n, st in zip(size, stride, strict=True))
+    end = base + sum((n - 1) * st for n, st in extent)
+    if start < base or last > end:
+        return f"reaches elements {start}..{last} of a tensor spanning {base}..{end}"
+    return None
 
 
 def _fx_kind(target: Any) -> str:

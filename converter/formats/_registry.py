@@ -29,6 +29,7 @@ __all__ = [
     "format_info",
     "format_names",
     "formats",
+    "precheck",
     "register",
     "sniff_formats",
 ]
@@ -153,3 +154,17 @@ def describe_unknown(path: Path | None, head: bytes) -> str:
 register(_onnx.FORMAT)
 register(_torchscript.FORMAT)
 register(_pt2.FORMAT)
+
+
+def precheck(path: Path) -> str:
+    """Detect ``path``'s format and run its static checks (``FormatInfo.precheck``: they read the file and run
+    nothing of it); returns the format's name.
+
+    Raises:
+        UnsupportedModelError: no format reads the file, or its checks refuse it (one line naming why).
+    """
+    info = format_info(detect_format(path).name)
+    if info.precheck:
+        module, _, attr = info.precheck.partition(":")
+        getattr(importlib.import_module(module), attr)(Path(path))
+    return info.name

@@ -23,12 +23,12 @@ from typing import Any
 
 from .._config import ConversionConfig
 from .._device import resolve_device
-from .._errors import ConversionError, InvalidOptionsError, map_errors
+from .._errors import ConversionError, InvalidOptionsError, SepconvError, map_errors
 from .._report import FinetuneReport, Report
 from .._stages import STAGE_NAMES, ProgressCallback, StageClock, StageProgress
 from ..data import Samples, image_spec_from, load_samples
 from ..evaluation import load_user_inputs, resolve_input_shapes
-from ..formats import Tappable, Timeable, detect_format, trusting
+from ..formats import Tappable, Timeable, detect_format, format_info, trusting
 from ..planning import (
     CountingCostModel,
     OutputErrorCostModel,
@@ -89,8 +89,7 @@ def _load(c: Conversion, _: StageProgress) -> None:
     c.adapter = adapter = detect_format(c.src)
     runtime = adapter.runtime()[0] if isinstance(adapter, Timeable) else "onnxruntime"
     c.device = resolve_device(c.config.device, runtime)  # once, for every stage
-    with trusting(c.config.trust_model):
-        c.model = adapter.load(c.src, c.workdir("load"))
+    c.model = adapter.load(c.src, c.workdir("load"))
     c.specs = adapter.input_specs(c.model)
     c.user_inputs = load_user_inputs(c.inputs_path, c.specs) if c.inputs_path is not None else None
     _load_samples(c)
@@ -134,7 +133,7 @@ def _output_errors(c: Conversion, within: StageProgress) -> OutputErrors:
         raise StageOrderError("internal error: output errors measured without samples or a tap")
     calib = held_out(c.samples, c.eval_samples, cfg.holdout, cfg.seed)[0].head(cfg.calibration_samples)
     layers = [layer for layer in c.layers if eligibility(layer, cfg) is None]
-    with trusting(cfg.trust_model), map_errors("measuring the layers' output errors failed", ConversionError):
+    with map_errors("measuring the layers' output errors failed", ConversionError):
         tap = c.adapter.tap(c.model, layers, c.workdir("plan-tap"), cfg.threads)
         return measure_output_errors(tap, layers, calib, c.spectra, orders(cfg), batch_size=cfg.batch_size,
                                      seed=cfg.seed, progress=within.update)
@@ -154,7 +153,7 @@ def _calibrate(c: Conversion, within: StageProgress) -> None:
     if data is None:  # the step's condition (_has_samples) guarantees one
         raise StageOrderError("internal error: the calibrate stage ran without samples")
     cfg = c.config if c.samples is not None else c.config.model_copy(update={"recover": "none"})
-    with trusting(c.config.trust_model), map_errors("calibration failed", ConversionError):
+    with map_errors("calibration failed", ConversionError):
         out = recover(c.adapter, c.src, c.workdir("calibrate"), c.factors, c.per_sample, data,
                       c.eval_samples if c.samples is not None else None, cfg, within.update,
                       calibration_data=c.samples is not None)
@@ -176,9 +175,9 @@ def _save(c: Conversion, _: StageProgress) -> None:
 
 
 def _finetune(c: Conversion, within: StageProgress) -> None:
-    """Fine-tune the rewritten (and calibrated) model by distillation from the original (``converter._finetune``)
-    on the calibration split of the samples, early-stopping on the held-out one; the trained model replaces
-    ``c.model``, so the save stage writes it as any converted model."""
+    """Fine-tune the rewritten (and calibrated) model by distillation from the original
+    (``converter.recovery.finetune``) on the calibration split of the samples, early-stopping on the held-out one;
+    the trained model replaces ``c.model``, so the save stage writes it as any converted model."""
     from ..recovery.finetune import FinetuneOptions, finetune
 
     if c.samples is None:  # config validation makes recover=finetune need --data
@@ -190,13 +189,12 @@ def _finetune(c: Conversion, within: StageProgress) -> None:
     folder = c.workdir("finetune")
     with map_errors("saving the model for fine-tuning failed", ConversionError):
         student = c.adapter.save(c.model, folder / f"student{c.adapter.suffix}")
-    with trusting(c.config.trust_model):  # the views and runners load the user's model again
-        result = finetune(student, c.src, folder / f"tuned{student.suffix}", fmt=c.adapter.name, train=train,
-                          holdout=held, options=FinetuneOptions.from_config(c.config, c.device),
-                          workdir=c.workdir("finetune-work"), checkpoint_dir=c.checkpoint_dir,
-                          progress=within.update, threads=c.config.threads)
-        if result.improved:
-            c.model = c.adapter.load(result.path, c.workdir("finetune-load"))
+    result = finetune(student, c.src, folder / f"tuned{student.suffix}", fmt=c.adapter.name, train=train,
+                      holdout=held, options=FinetuneOptions.from_config(c.config, c.device),
+                      workdir=c.workdir("finetune-work"), checkpoint_dir=c.checkpoint_dir,
+                      progress=within.update, threads=c.config.threads)
+    if result.improved:
+        c.model = c.adapter.load(result.path, c.workdir("finetune-load"))
     c.report_extra["finetune"] = FinetuneReport(
         metric=result.metric, before=round(result.before, 6), after=round(result.after, 6), epochs=result.epochs,
         stopped=result.stopped, seconds=result.seconds, resumed=result.resumed, device=result.device,
@@ -224,7 +222,7 @@ def _score_file(c: Conversion, path: Path, samples: Samples) -> dict[str, float 
     model on its format's own runtime."""
     from ..evaluation import Scorer
 
-    with trusting(c.config.trust_model), map_errors("scoring the fine-tuned model failed", ConversionError):
+    with map_errors("scoring the fine-tuned model failed", ConversionError):
         original, _ = c.adapter.runner(c.src, c.workdir("score-original"), c.config.threads, c.device)
         tuned, _ = c.adapter.runner(path, c.workdir("score-finetuned"), c.config.threads, c.device)
         scorer = Scorer(num_classes=samples.num_classes if samples.has_labels else None)
@@ -272,6 +270,7 @@ def convert(
     eval: str | Path | None = None,
     progress: ProgressCallback | None = None,
     checkpoint_dir: str | Path | None = None,
+    sandbox: bool | None = None,
     **options: Any,
 ) -> ConversionResult:
     """Convert a CNN's eligible convolutions into depthwise-separable pairs and report on the result.
@@ -292,6 +291,11 @@ def convert(
             detail)`` if it takes a third parameter); see ``converter._stages``.
         checkpoint_dir: where a fine-tune (``recover="finetune"``) keeps its checkpoint; run again with the same
             folder and inputs, an interrupted fine-tune resumes instead of starting over.
+        sandbox: where a model whose format carries code (TorchScript, ``.pt2``) is loaded and converted. None
+            (the default): unless ``trust_model``, in the service's confined child process (Landlock, socket
+            filter, PID namespace, memory/time limits; ``service.jobs.local``), as the CLI does; refused on a
+            kernel without Landlock unless ``SEPCONV_ALLOW_UNCONFINED_CODE=1``. False: in this process (for a
+            caller that confines itself, like the service's sandbox). Formats without code always run here.
         **options: any ``ConversionConfig`` field, e.g. ``rank=2``, ``order="dw-pw"``, ``device="cuda"``.
 
     Returns:
@@ -316,11 +320,33 @@ def convert(
         dest = Path(output) if output is not None else None
         if dest is not None and dest.resolve() == src.resolve():
             raise InvalidOptionsError("the output path is the input model; choose another")
+        if (SANDBOX_BY_DEFAULT if sandbox is None else sandbox) and not cfg.trust_model and _carries_code(src):
+            from service.jobs.local import convert_confined  # the same distribution; loaded only for such models
+
+            return convert_confined(src, dest, config=cfg, inputs=_path(inputs), data=_path(data),
+                                    eval=_path(eval), checkpoint_dir=_path(checkpoint_dir), progress=progress)
         conversion = Conversion(cfg, src, dest, Path(inputs) if inputs is not None else None, work,
                                 data_path=Path(data) if data is not None else None,
                                 eval_path=Path(eval) if eval is not None else None,
                                 checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None)
-        return _run(conversion, progress)
+        with trusting(cfg.trust_model):  # every load of the user's file, verification's and timing's included
+            return _run(conversion, progress)
+
+
+#: Whether ``convert(sandbox=None)`` confines code-carrying formats (the test suite turns it off for speed and
+#: runs the confined path in its own tests).
+SANDBOX_BY_DEFAULT = True
+
+
+def _carries_code(src: Path) -> bool:
+    try:
+        return format_info(detect_format(src).name).carries_code
+    except SepconvError:
+        return False  # undetected: the in-process load says what is wrong, and loads nothing
+
+
+def _path(p: str | Path | None) -> Path | None:
+    return Path(p) if p is not None else None
 
 
 def _run(c: Conversion, progress: ProgressCallback | None) -> ConversionResult:

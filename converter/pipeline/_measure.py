@@ -17,7 +17,7 @@ from .._report import Latency
 from .._stages import StageProgress
 from ..data import Samples
 from ..evaluation import batches, random_inputs, verify
-from ..formats import Timeable, trusting
+from ..formats import Timeable
 from ..latency import (
     Backend,
     CandidateTimer,
@@ -221,8 +221,7 @@ def _reassemble(c: Conversion, names: list[str]) -> None:
         c.saved = c.staging / f"model-original{c.adapter.output_suffix(c.src)}"
         shutil.copyfile(c.src, c.saved)
     else:
-        with trusting(c.config.trust_model):
-            model = c.adapter.load(c.src, c.workdir(f"guard-load-{step}"))
+        model = c.adapter.load(c.src, c.workdir(f"guard-load-{step}"))
         layers = {lay.name: lay for lay in c.adapter.find_convs(model, c.per_sample)}
         try:
             keep = [replace(f, layer=layers[f.layer.name]) for f in keep]

@@ -128,7 +128,7 @@ class Settings(BaseSettings):
     requeue_after_s: float = Field(300.0, ge=1.0)
     sweep_interval_s: float = Field(600.0, ge=1.0)
     sweep_grace_s: float = Field(3600.0, ge=0.0)
-    test_hook: Literal["sleep", "allocate", "unchecked"] | None = None
+    test_hook: Literal["sleep", "allocate", "unchecked", "escape", "flood"] | None = None
 
     _warnings: list[str] = PrivateAttr(default_factory=list)
 

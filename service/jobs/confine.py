@@ -105,17 +105,17 @@ def seccomp_supported() -> bool:
     return sys.platform == "linux" and platform.machine() in _AUDIT_ARCH
 
 
-def confine(workdir: Path, read_only: Iterable[str | Path] = ()) -> Confinement:
-    """Confine this process (and what it starts) for good: ``workdir`` read-write, the paths Python needs and
-    ``read_only`` read-only, no sockets. ``PR_SET_NO_NEW_PRIVS`` must already be set. Applies what the kernel
-    offers and reports it; never raises for a missing feature.
+def confine(workdir: Path, read_only: Iterable[str | Path] = (), read_write: Iterable[str | Path] = ()) -> Confinement:
+    """Confine this process (and what it starts) for good: ``workdir`` and ``read_write`` read-write, the paths
+    Python needs and ``read_only`` read-only, no sockets. ``PR_SET_NO_NEW_PRIVS`` must already be set. Applies
+    what the kernel offers and reports it; never raises for a missing feature.
 
     Raises:
         OSError: the kernel offers Landlock but refused the ruleset (a bug, not a missing feature).
     """
     abi = landlock_abi()
     if abi:
-        _landlock(abi, Path(workdir), [*_python_paths(), *_READ_ONLY_SYSTEM, *read_only])
+        _landlock(abi, [Path(workdir), *map(Path, read_write)], [*_python_paths(), *_READ_ONLY_SYSTEM, *read_only])
     return Confinement(landlock_abi=abi, seccomp=_seccomp_no_sockets())
 
 
@@ -126,7 +126,7 @@ def _python_paths() -> list[str]:
     return sorted(paths)
 
 
-def _landlock(abi: int, workdir: Path, read_only: list[str | Path]) -> None:
+def _landlock(abi: int, workdirs: list[Path], read_only: list[str | Path]) -> None:
     libc = _libc()
     libc.syscall.restype = ctypes.c_long
     fs = _FS_BY_ABI[max(k for k in _FS_BY_ABI if k <= abi)]
@@ -143,7 +143,8 @@ def _landlock(abi: int, workdir: Path, read_only: list[str | Path]) -> None:
         raise _oserror("landlock_create_ruleset")
     try:
         # No device nodes, FIFOs or sockets made even in the job folder.
-        _allow(libc, ruleset, workdir, fs & ~(_MAKE_CHAR | _MAKE_BLOCK | _MAKE_FIFO | _MAKE_SOCK))
+        for workdir in workdirs:
+            _allow(libc, ruleset, workdir, fs & ~(_MAKE_CHAR | _MAKE_BLOCK | _MAKE_FIFO | _MAKE_SOCK))
         for path in read_only:
             _allow(libc, ruleset, path, _RO, optional=True)
         for path in _DEVICES:

@@ -53,7 +53,7 @@ from .sandbox import EXIT_OOM
 # converter.recovery.finetune._checkpoint's name (not imported: the runner loads no torch)
 CHECKPOINT_NAME = "finetune.ckpt"
 
-__all__ = ["JobRunner", "Outcome", "protect_worker_process", "scrub_paths", "sweep_stale_workdirs",
+__all__ = ["EventBudget", "JobRunner", "Outcome", "protect_worker_process", "scrub_paths", "sweep_stale_workdirs",
            "warn_if_unconfined", "worker_name"]
 
 log = logging.getLogger("sepconv.runner")
@@ -63,9 +63,14 @@ CANCEL_POLL_S = 0.5
 _TICK_S = 0.1
 _MAX_REPORT_BYTES = 64 * 1024 * 1024
 _WORKDIR_PREFIX = "sepconv-job-"
-# Bounds on what the (untrusted) child can make the runner hold or write.
-_MAX_EVENT_BYTES = 1024 * 1024
+# Bounds on what the (untrusted) child can make the runner hold or write: a longer line is dropped unread, past
+# the total the pipe is no longer read (the child blocks on it and meets its time limit), and past the rate
+# further events of the second are dropped. ``done`` and ``error`` are kept once each (the first done, the last
+# error), never appended without end.
+_MAX_EVENT_BYTES = 64 * 1024
 _MAX_EVENTS = 1000
+_MAX_EVENT_TOTAL_BYTES = 16 * 1024 * 1024
+_MAX_EVENTS_PER_S = 200
 _PROGRESS_EVERY_S = 0.25
 _MAX_DETAIL_ITEMS = 16
 #: How often a running job's fine-tune checkpoint is looked at (and uploaded when new), and its largest size.
@@ -103,6 +108,63 @@ class Outcome:
     output: Path | None = None
     report: Path | None = None
     events: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+
+class EventBudget:
+    """What the runner keeps of the child's event lines: at most ``_MAX_EVENTS`` events, each line at most
+    ``_MAX_EVENT_BYTES``, ``_MAX_EVENT_TOTAL_BYTES`` read in all, ``_MAX_EVENTS_PER_S`` a second; of ``done`` and
+    ``error`` one each. Feed it the bytes read from the pipe; ``events`` is what was kept."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.total = 0
+        self.dropped = 0
+        self._buf = b""
+        self._skipping = False  # inside a line that was too long
+        self._second = 0.0
+        self._in_second = 0
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether the child has sent all it may: stop reading the pipe."""
+        return self.total >= _MAX_EVENT_TOTAL_BYTES
+
+    def feed(self, data: bytes, now: float) -> list[dict[str, Any]]:
+        """Take bytes read from the pipe; returns the events newly kept."""
+        self.total += len(data)
+        kept = []
+        *lines, rest = (self._buf + data).split(b"\n")
+        for line in lines:
+            if self._skipping:
+                self._skipping = False
+                continue
+            if len(line) > _MAX_EVENT_BYTES:
+                self.dropped += 1
+                continue
+            event = _parse_event(line)
+            if event is not None and self._keep(event, now):
+                kept.append(event)
+        if len(rest) > _MAX_EVENT_BYTES:  # a line without end: not ours to keep
+            rest, self._skipping = b"", True
+        self._buf = rest
+        return kept
+
+    def _keep(self, event: dict[str, Any], now: float) -> bool:
+        kind = event["event"]
+        if kind == "done":
+            if any(e["event"] == "done" for e in self.events):
+                return False
+        elif kind == "error":
+            self.events = [e for e in self.events if e["event"] != "error"]
+        else:
+            if int(now) != self._second:
+                self._second, self._in_second = int(now), 0
+            self._in_second += 1
+            if self._in_second > _MAX_EVENTS_PER_S or len(self.events) >= _MAX_EVENTS:
+                self.dropped += 1
+                return False
+        self.events.append(event)
+        return True
 
 
 class JobRunner:
@@ -312,8 +374,8 @@ class JobRunner:
         next_beat = next_check = next_flush = next_sync = 0.0
         checkpoint_seen = 0.0
         pending: dict[str, Any] = {}
-        events: list[dict[str, Any]] = []
-        buf = b""
+        budget = EventBudget()
+        events = budget.events
         eof = False
         peak_vms = 0
         limit_bytes = s.job_memory_mb * 1024 * 1024
@@ -322,26 +384,21 @@ class JobRunner:
         while True:
             if not eof:
                 ready, _, _ = select.select([fd], [], [], _TICK_S)
-                if ready:
+                if ready and not budget.exhausted:
                     data = os.read(fd, 65536)
                     if data:
-                        buf += data
-                        *lines, buf = buf.split(b"\n")
-                        if len(buf) > _MAX_EVENT_BYTES:  # a line without end: not ours to keep
-                            buf = b""
-                        for line in lines:
-                            event = _parse_event(line)
-                            if event is not None:
-                                if len(events) < _MAX_EVENTS or event["event"] in ("done", "error"):
-                                    events.append(event)
-                                pending.update(_job_fields(event))
+                        for event in budget.feed(data, time.monotonic()):
+                            pending.update(_job_fields(event))
+                        events = budget.events
                     else:
                         eof = True
+                elif ready:  # it has sent all it may: its further lines stay unread in the pipe
+                    time.sleep(_TICK_S)
             else:
                 time.sleep(_TICK_S)
-            if proc.poll() is not None and eof:
+            if proc.poll() is not None and (eof or budget.exhausted):
                 break
-            peak_vms = max(peak_vms, _vms(proc.pid))
+            peak_vms = max(peak_vms, _tree_vms(proc.pid))
             now = time.monotonic()
             if now > deadline:
                 ended = Outcome("failed", "timeout", f"exceeded the time limit of {s.job_timeout_s:g} s")
@@ -365,6 +422,7 @@ class JobRunner:
                 next_beat, next_flush = now + beat_every, now + _PROGRESS_EVERY_S
 
         _kill_group(proc)
+        events = budget.events
         if ended is not None:
             ended.events = events
             return ended
@@ -519,6 +577,15 @@ def _log_tail(path: Path, n: int = 4096) -> str:
         return ""
 
 
+def _tree_vms(pid: int) -> int:
+    """The largest address space of the process and its descendants (the conversion runs in a forked child)."""
+    peak = _vms(pid)
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(pid).children(recursive=True):
+            peak = max(peak, _vms(child.pid))
+    return peak
+
+
 def _vms(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/statm") as f:
@@ -528,9 +595,17 @@ def _vms(pid: int) -> int:
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """Kill the child's whole process group (it is the group leader) and reap it."""
+    """Kill the child's whole process group (it is the group leader) and every descendant of it (one that left
+    the group with ``setsid``; in a PID namespace they die with its first process anyway), and reap it."""
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+    except psutil.Error:
+        descendants = []
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+    for p in descendants:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
     with contextlib.suppress(ProcessLookupError):
         proc.kill()
     try:

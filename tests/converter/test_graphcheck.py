@@ -1,5 +1,5 @@
-"""The op allowlist of untrusted graphs (converter/_graphcheck.py): hostile TorchScript models are refused before
-anything of them runs, naming the op and where it is; ordinary CNNs pass; ``trust_model`` bypasses the check."""
+"""The op allowlist of untrusted graphs (converter/formats/_graphcheck.py): hostile TorchScript models are refused
+before anything of them runs, naming the op and where it is; ordinary CNNs pass; ``trust_model`` bypasses the check."""
 
 from __future__ import annotations
 
@@ -126,3 +126,22 @@ def test_fx_graph_check() -> None:
     with pytest.raises(UnsupportedModelError, match=r"(posix|os)::system"):
         check_fx_graph(torch.fx.GraphModule(nn.Module(), graph))
 
+
+
+class _Strided(nn.Module):
+    def __init__(self, size: tuple[int, ...], stride: tuple[int, ...]) -> None:
+        super().__init__()
+        self.size, self.stride = size, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.as_strided(x, self.size, self.stride) * 2
+
+
+def test_strided_views_need_a_proof() -> None:
+    """``as_strided``/``_reshape_alias`` pass in a .pt2 graph only where the recorded input bounds the view."""
+    x = torch.randn(4, 4)
+    check_fx_graph(torch.export.export(_Strided((2, 8), (8, 1)), (x,)).graph_module)  # in bounds
+    program = torch.export.export(_Strided((1000,), (1000,)), (x,))  # tracing does not object
+    with pytest.raises(UnsupportedModelError, match="takes raw strides and reaches"):
+        check_fx_graph(program.graph_module)
+    assert not is_allowed("aten::_reshape_alias") and not is_allowed("aten::as_strided")

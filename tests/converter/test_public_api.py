@@ -13,7 +13,7 @@ EXPECTED = {
     "Fidelity", "InvalidOptionsError", "LayerReport", "Latency", "Report", "SepconvError", "Timings",
     "UnsupportedModelError", "VerificationError", "__version__", "convert", "decompose", "lower", "render_html",
     # what the service needs from the converter (it imports nothing private: tests/test_layering.py)
-    "JOB_STAGES", "REPEATABLE_FIELDS", "REPORT_SCRIPT", "atomic_write", "elide", "map_errors",
+    "JOB_STAGES", "REPEATABLE_FIELDS", "REPORT_SCRIPT", "atomic_write", "elide", "map_errors", "report_progress",
 }
 
 

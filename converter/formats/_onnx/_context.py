@@ -1,5 +1,5 @@
 """A conv's real neighbours cut out of an ONNX model as a small model of their own, for timing the conv's
-candidates in context (``_latency._candidates``).
+candidates in context (``latency._candidates``).
 
 What is cut out, around the layer ``L``:
 

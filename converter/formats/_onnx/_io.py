@@ -3,7 +3,10 @@
 Reading: an ``.onnx`` is parsed from its bytes (the content decides, never the file name); a ``.zip`` is
 unpacked by ``formats._archive`` (which refuses unsafe archives) and must hold exactly one ``.onnx``. Every
 external-data reference must be a relative path to a regular file inside the model's own folder, long enough
-for its tensor. Everything that goes wrong is an ``UnsupportedModelError`` with a one-line message.
+for its tensor; so must the external data of sparse initializers (which onnxruntime reads, and ``onnx_ir``
+does not see), read straight from the protobuf. A tensor whose declared shape does not fit the values it holds
+(2^40 declared elements, 432 given) is refused by name. Everything that goes wrong is an
+``UnsupportedModelError`` with a one-line message.
 
 Writing: ``write_model`` streams one ``.onnx`` from the wire format without a second copy of the weights;
 ``save_zip`` writes ``model.onnx`` and ``model.onnx.data`` as one ``.zip``. Both go through
@@ -75,7 +78,12 @@ def materialize(model: ir.Model) -> None:
 
     def own(t: Any) -> Any:
         if isinstance(t, ir.TensorProtoTensor) and t.dtype != ir.DataType.STRING:
-            return ir.Tensor(t.numpy(), dtype=t.dtype, name=t.name, doc_string=t.doc_string)
+            try:
+                values = t.numpy()
+            except (ValueError, TypeError, MemoryError) as e:  # numpy's reshape: the values do not fit the shape
+                raise UnsupportedModelError(f"tensor {t.name!r} declares shape {tuple(t.shape)}, which its values do "
+                                            f"not fill ({one_line(e, 120)})") from e
+            return ir.Tensor(values, dtype=t.dtype, name=t.name, doc_string=t.doc_string)
         return t
 
     for graph in (model.graph, *model.graph.subgraphs()):
@@ -185,13 +193,68 @@ def tensor_bytes(model: ir.Model) -> int:
     return sum(t.nbytes for _, t in all_tensors(model))
 
 
+def _graphs(proto: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
+    """Every graph of the model: the main one, those in node attributes (any depth), those of functions."""
+    pending = [proto.graph]
+    nodes = [n for f in proto.functions for n in f.node]
+    while pending or nodes:
+        if pending:
+            graph = pending.pop()
+            yield graph
+            nodes.extend(graph.node)
+            continue
+        node = nodes.pop()
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                pending.append(attr.g)
+            pending.extend(attr.graphs)
+
+
+def _check_sparse_external(proto: onnx.ModelProto, base_dir: Path, zipped: bool) -> bool:
+    """The checks ``_check_external_data`` makes, for sparse initializers' values and indices stored outside the
+    file (onnxruntime reads them; ``onnx_ir`` does not); returns whether there were any.
+
+    Raises:
+        UnsupportedModelError: a location is unsafe or missing, or too short for its tensor.
+    """
+    found = False
+    for graph in _graphs(proto):
+        for sparse in graph.sparse_initializer:
+            for part, t in (("values", sparse.values), ("indices", sparse.indices)):
+                if t.data_location != onnx.TensorProto.EXTERNAL:
+                    continue
+                found = True
+                info = {e.key: e.value for e in t.external_data}
+                location = info.get("location", "")
+                where = f"sparse initializer {t.name or sparse.values.name!r} ({part}) stores its data in {location!r}"
+                current = resolve_inside(base_dir, location, where, zipped=zipped, model=".onnx")
+                try:
+                    offset, length = int(info.get("offset", 0)), info.get("length")
+                    width = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+                except (ValueError, KeyError, TypeError) as e:
+                    raise UnsupportedModelError(f"{where}, with an unreadable offset, length or type") from e
+                need = math.prod(int(d) for d in t.dims) * width
+                size = current.stat().st_size
+                if length is not None and int(length) < need:
+                    raise UnsupportedModelError(f"{where} with length {length}, too short for the tensor "
+                                                f"({need} bytes)")
+                if offset < 0 or offset + need > size:
+                    raise UnsupportedModelError(f"{where} at offset {offset}, beyond the end of the file "
+                                                f"({size} bytes)")
+    return found
+
+
 def open_model(path: Path, workdir: Path) -> tuple[Path, ir.Model, bool]:
     """The ``.onnx`` to read (a ``.zip`` is unpacked safely into ``workdir``), the model parsed from it, and
-    whether it has external data, every reference of which has been checked to stay inside its folder."""
+    whether it has external data, every reference of which (sparse initializers' too) has been checked to stay
+    inside its folder."""
     zipped = is_zip(path)
     onnx_path = _unpack_zip(path, workdir) if zipped else path
-    model = deserialize(_read_proto(onnx_path))
-    return onnx_path, model, _check_external_data(model, onnx_path.parent, zipped)
+    proto = _read_proto(onnx_path)
+    sparse_external = _check_sparse_external(proto, onnx_path.parent, zipped)
+    model = deserialize(proto)
+    external = _check_external_data(model, onnx_path.parent, zipped)
+    return onnx_path, model, external or sparse_external
 
 
 # --- writing ---------------------------------------------------------------------------------------------------

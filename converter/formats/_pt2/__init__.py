@@ -69,6 +69,7 @@ FORMAT = FormatInfo(
     sniff=_sniff,
     adapter="converter.formats._pt2._adapter:Pt2Adapter",
     carries_code=True,
+    precheck="converter.formats._pt2._archive:check_pt2_archive",
 )
 
 

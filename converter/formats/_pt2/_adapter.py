@@ -40,7 +40,7 @@ def _load(path: Path) -> Any:
             program = torch.export.load(str(path))
     except Exception as e:  # torch raises RuntimeError, KeyError, JSON and zip errors alike
         raise UnsupportedModelError(f".pt2 file could not be loaded: {one_line(e, 200)}") from e
-    check_fx_graph(program.graph_module)  # the operator allowlist (converter/_graphcheck.py), before anything runs
+    check_fx_graph(program.graph_module)  # the operator allowlist (formats/_graphcheck.py), before anything runs
     return program
 
 

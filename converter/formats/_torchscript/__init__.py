@@ -20,10 +20,11 @@ shapes. Ops in a branch that the zeros do not take get no sizes (``None``); ops 
 
 Deliberately not done here: decomposition math (``_decompose``), choosing layers or ranks (``_plan``), and
 verification. Transposed convs are reported but never rewritten. A TorchScript file can carry code, so it is
-treated as untrusted: nothing runs beyond ``torch.jit.load``, ``torch.jit.freeze``, the probe run and the
-runner; sandboxing workers is the service's job. Convs in calls that freezing cannot inline (module
-interfaces) are not seen. The probe executes ``forward`` once, so a module that mutates its own attributes in
-``forward`` sees that mutation.
+treated as untrusted: every load goes through ``_graphcheck.load_torchscript`` (the archive and every compiled
+function checked), nothing runs beyond that, ``torch.jit.freeze``, the probe run and the runner, and by default
+``converter.convert`` does all of it in the confined child process (``service.jobs.local``). Convs in calls
+that freezing cannot inline (module interfaces) are not seen. The probe executes ``forward`` once, so a module
+that mutates its own attributes in ``forward`` sees that mutation.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ FORMAT = FormatInfo(
     adapter="converter.formats._torchscript._adapter:TorchScriptAdapter",
     diagnose=_diagnose,
     carries_code=True,
+    precheck="converter.formats._graphcheck:check_torchscript_archive",
 )
 
 

@@ -24,7 +24,7 @@ from ..._files import atomic_path
 from ...algebra import ConvStep, Lowered
 from .._archive import member_names
 from .._base import ConvLayer, InputSpec, ModelStats, Rewrite, Runner, UniqueNames, node_name
-from .._graphcheck import check_torchscript, check_torchscript_archive
+from .._graphcheck import load_torchscript
 from .._micro import LayerShape
 from . import is_torchscript_layout
 from ._graph import (
@@ -201,6 +201,19 @@ def _flatten(value: Any, refuse: Callable[[Any], Exception] = _not_tensors) -> l
     raise refuse(value)
 
 
+def _load(path: Path, device: str) -> torch.jit.ScriptModule:
+    """``_graphcheck.load_torchscript`` (archive and graph checks around ``torch.jit.load``'s two steps), in
+    eval mode; torch's errors as one line."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return load_torchscript(Path(path), device).eval()
+    except UnsupportedModelError:
+        raise
+    except Exception as e:  # torch raises RuntimeError, ValueError, pickle and zip errors alike
+        raise UnsupportedModelError(f"TorchScript file could not be loaded: {one_line(e, 200)}") from e
+
+
 # --- the adapter -----------------------------------------------------------------------------------------------
 
 
@@ -229,14 +242,7 @@ class TorchScriptAdapter:
             UnsupportedModelError: the file cannot be loaded or frozen (corrupt, truncated, not TorchScript), or
                 its graph holds an op outside the allowlist.
         """
-        check_torchscript_archive(path)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                loaded = torch.jit.load(str(path), map_location="cpu").eval()
-        except Exception as e:  # torch raises RuntimeError, ValueError, pickle and zip errors alike
-            raise UnsupportedModelError(f"TorchScript file could not be loaded: {one_line(e, 200)}") from e
-        check_torchscript(loaded)  # before freezing: its constant propagation runs ops
+        loaded = _load(path, "cpu")  # checked before freezing: its constant propagation runs ops
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -349,18 +355,13 @@ class TorchScriptAdapter:
         return build_tap(self, model, layers, workdir, threads)
 
     def runner(self, path: Path, workdir: Path, threads: int | None, device: str = "cpu") -> tuple[Runner, str]:
-        """Load a saved module with plain ``torch.jit.load`` and run it under ``torch.inference_mode``; inputs
+        """Load a saved module (checked, as ``load`` does) and run it under ``torch.inference_mode``; inputs
         go to ``forward`` in its argument order, tuple and list outputs are flattened.
 
         Raises:
             UnsupportedModelError: the file does not load.
         """
-        if threads:
-            torch.set_num_threads(threads)
-        try:
-            module = torch.jit.load(str(path), map_location=device).eval()
-        except Exception as e:  # as in load
-            raise UnsupportedModelError(f"TorchScript file could not be loaded: {one_line(e, 200)}") from e
+        module = _inference_module(path, threads, device)
         args = specs(module)
 
         def run(inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -403,12 +404,26 @@ class TorchScriptAdapter:
         """One synchronised inference of the saved module (``torch.jit.load``, ``forward``'s argument order)."""
         from .._torch import timed_call
 
-        if device == "cuda" and not torch.cuda.is_available():
-            raise InvalidOptionsError("device 'cuda' was asked, but torch sees no CUDA device")
-        module = torch.jit.load(str(path), map_location=device).eval()
+        module = _inference_module(path, threads, device)
         try:
             names = [a.name for a in module.forward.schema.arguments[1:]]
         except (AttributeError, RuntimeError):
             names = list(inputs)
         return timed_call(module, names, threads, device, inputs)
 
+
+def _inference_module(path: Path, threads: int | None, device: str) -> torch.jit.ScriptModule:
+    """The one way a saved module is loaded to run (the runner and the timed runner): checked as ``load`` is
+    (``_load``), onto ``device``, in eval mode, with torch's intra-op threads set.
+
+    Raises:
+        InvalidOptionsError: ``device`` is not ``cpu`` or ``cuda``, or ``cuda`` where torch sees no CUDA device.
+        UnsupportedModelError: the file does not load.
+    """
+    if device not in ("cpu", "cuda"):
+        raise InvalidOptionsError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InvalidOptionsError("device 'cuda' was asked, but torch sees no CUDA device")
+    if threads:
+        torch.set_num_threads(threads)
+    return _load(path, device)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..._errors import UnsupportedModelError, one_line
+from .._graphcheck import load_torchscript
 from .._registry import adapter_for
 from .._trainable import TrainableView, digest
 from ._adapter import _flatten
@@ -72,7 +73,9 @@ def _load(path: Path, device: str) -> torch.jit.ScriptModule:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.jit.freeze(torch.jit.load(str(path), map_location=device).eval())
+            return torch.jit.freeze(load_torchscript(Path(path), device).eval())
+    except UnsupportedModelError:
+        raise
     except Exception as e:  # torch raises RuntimeError, ValueError, pickle and zip errors alike
         raise UnsupportedModelError(f"TorchScript file could not be loaded: {one_line(e, 200)}") from e
 
