@@ -339,7 +339,7 @@ class _Writer:
 
     def const(self, step: str, suffix: str, array: np.ndarray, dtype: ir.DataType) -> ir.Value:
         name = self.names.value(node_name(self.layer, step) + suffix)  # type: ignore[attr-defined]
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")  # ascontiguousarray would make a per-tensor scale 1-D
         value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(dtype),
                          const_value=ir.Tensor(array, dtype=dtype, name=name))
         target = self.model.graph if self.legacy else self.graph
