@@ -28,6 +28,7 @@ from pydantic import (
 from ._errors import InvalidOptionsError
 
 __all__ = [
+    "DEFAULT_ACCURACY_DROP",
     "DEFAULT_ENERGY",
     "POLICY_FIELDS",
     "REPEATABLE_FIELDS",
@@ -42,12 +43,17 @@ __all__ = [
 DEFAULT_ENERGY = 0.9
 
 #: The fields that select a rank policy (at most one may be set); ``converter._policies`` has one entry each.
-POLICY_FIELDS = ("rank", "energy", "target_params", "target_macs", "target_latency")
+POLICY_FIELDS = ("rank", "energy", "target_params", "target_macs", "target_latency", "max_accuracy_drop")
+
+#: With samples (``--data``) and no rank option, the conversion searches for the fastest model whose held-out
+#: metric is within this of the original's (``max_accuracy_drop``; README "Accuracy-bounded search").
+DEFAULT_ACCURACY_DROP = 0.01
 
 Order = Literal["dw-pw", "pw-dw", "auto"]
 Lowering = Literal["split", "fused", "summed", "auto"]
 Device = Literal["cpu", "cuda", "auto"]
 Recover = Literal["calibrate", "finetune", "none"]
+SearchMetric = Literal["auto", "top1", "top1_agreement", "rel_l2"]
 
 _SHAPE_RE = re.compile(r"^\s*([^=\s]+)\s*=\s*(\d+(?:\s*[x×,]\s*\d+)*)\s*$")
 _LAYER_RANK_RE = re.compile(r"^\s*([^=]+?)\s*=\s*(\d+)\s*$")
@@ -82,7 +88,9 @@ def parse_layer_rank(text: str) -> tuple[str, int]:
 
 class ConversionConfig(BaseModel):
     """Options of one conversion. At most one rank policy (``rank``, ``energy``, ``target_params``,
-    ``target_macs``) may be set; with none, the default policy is ``energy=DEFAULT_ENERGY``.
+    ``target_macs``, ``target_latency``, ``max_accuracy_drop``) may be set; with none, the default policy is
+    ``energy=DEFAULT_ENERGY``, or with samples (``--data``) ``max_accuracy_drop=DEFAULT_ACCURACY_DROP`` (the
+    pipeline decides that, as the config does not know the data).
 
     Each field's description is its documentation everywhere: CLI ``--help``, the OpenAPI schema, the README.
     """
@@ -140,6 +148,18 @@ class ConversionConfig(BaseModel):
     target_latency: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
         None, description="Keep this share of the original model's measured latency (0.6 = 60 %), ranks "
                           "allocated across layers for the least total weight error.")
+    max_accuracy_drop: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
+        None, description="Needs --data: the fastest model found whose held-out metric is within this of the "
+                          "original's (absolute: 0.01 = one point of top-1), measured on the recovered file on "
+                          "this runtime, threads and batch; never slower than the original. The default with "
+                          f"--data and no rank option ({DEFAULT_ACCURACY_DROP}).")
+    search_metric: SearchMetric = Field(
+        "auto", description="The metric max_accuracy_drop bounds: auto (top1 with labels, else top1_agreement "
+                            "for class scores, else rel_l2), or one of them; with rel_l2 (outputs that are not "
+                            "classifications) the drop is its ceiling.")
+    search_budget_s: Annotated[float, Field(gt=0.0, le=86_400.0)] = Field(
+        120.0, description="Seconds at most for the max_accuracy_drop search's plans (each calibrated, scored "
+                           "and timed); the best plan found by then is kept.")
     throughput_batch: Annotated[int, Field(ge=2, le=4096)] | None = Field(
         None, description="Also measure throughput (inferences/s) of both models at this batch size.")
     seed: int = Field(0, description="Seed of the random verification inputs.")
@@ -244,6 +264,9 @@ class ConversionConfig(BaseModel):
         chosen = [k for k in POLICY_FIELDS if getattr(self, k) is not None]
         if len(chosen) > 1:
             raise ValueError(f"choose one rank policy, not {' and '.join(chosen)}")
+        if self.max_accuracy_drop is not None and self.layer_rank:
+            raise ValueError("max_accuracy_drop searches every layer's rank: drop layer_rank, or choose a rank "
+                             "policy")
         return self
 
     @property

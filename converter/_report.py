@@ -21,6 +21,8 @@ __all__ = [
     "Latency",
     "LayerReport",
     "Report",
+    "Search",
+    "SearchPlanReport",
     "StageValues",
     "Throughput",
     "Timings",
@@ -193,6 +195,70 @@ class FinetuneReport(_Model):
     history: list[dict[str, int | float]] = []
 
 
+class SearchPlanReport(_Model):
+    """One plan the ``max_accuracy_drop`` search measured (README "Accuracy-bounded search").
+
+    ``plan`` numbers the plans in the order measured; ``index`` is its place on the predicted frontier (0 is the
+    original, 1… ever faster and less accurate as predicted; null for a uniform-rank plan that is not on it);
+    ``uniform_rank`` the K of a plan that is ``--rank K`` for every layer; ``step`` how the search picked it
+    (``uniform``, ``fastest``, ``interpolate``, ``bisect``). ``speedup`` and its
+    interval are of the assembled, recovered file against the original (latency, like ``Latency``); ``metric`` is
+    the search's metric of that file on the held-out samples and ``drop`` its distance from the original's (for
+    ``rel_l2``, the value itself). ``meets``: ``drop ≤ max_drop``; ``faster``: the speed-up's interval lies above
+    1. ``layers``: each converted layer's form (``dw-pw rank 2 split``); ``options`` are the CLI options that plan
+    the same layers at the same ranks (``--layer-rank``, with ``--exclude`` for the layers it keeps; the form of
+    each layer is then the planner's, ``--order`` where all share one).
+    """
+
+    plan: int
+    index: int | None = None
+    uniform_rank: int | None = None
+    step: str
+    converted_layers: int
+    speedup: float
+    speedup_low: float
+    speedup_high: float
+    params: int
+    macs: int | None = None
+    metric: float
+    drop: float
+    meets: bool
+    faster: bool
+    chosen: bool
+    why: str
+    predicted_error: float
+    seconds: float
+    layers: dict[str, str] = {}
+    options: list[str] = []
+
+
+class Search(_Model):
+    """What the ``max_accuracy_drop`` search did (README "Accuracy-bounded search").
+
+    ``metric`` is the held-out metric bounded (``top1``, ``top1_agreement`` or ``rel_l2``), ``original`` its
+    value for the original model, ``max_drop`` the bound (``default``: set by the default policy with samples).
+    ``frontier_plans``: plans on the predicted frontier; ``plans``: every plan measured, in order; ``chosen``:
+    the ``plan`` number of the plan returned, or None when the original was returned (``reason`` says why).
+    ``sensitivity``: per layer, the share of a relative squared error at its output that reached the model's
+    output. ``stopped``: ``converged``, ``budget`` or ``nothing to convert``; ``resumed_plans``: outcomes replayed
+    from an earlier, interrupted run.
+    """
+
+    metric: str
+    max_drop: float
+    default: bool = False
+    original: float | None = None
+    budget_s: float
+    spent_s: float
+    stopped: str
+    frontier_plans: int
+    chosen: int | None = None
+    reason: str
+    sensitivity: dict[str, float] = {}
+    resumed_plans: int = 0
+    plans: list[SearchPlanReport] = []
+
+
 class Report(_Model):
     """The report of one conversion. See README, "The report", for every key."""
 
@@ -212,6 +278,7 @@ class Report(_Model):
     timings: Timings
     warnings: list[str] = []
     accuracy: Accuracy | None = None
+    search: Search | None = None
 
     @property
     def converted_layers(self) -> list[LayerReport]:

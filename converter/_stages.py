@@ -46,6 +46,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("load", 0.10),
     Stage("plan", 0.25),
     Stage("measure", 0.20),
+    Stage("search", 1.50),
     Stage("rewrite", 0.05),
     Stage("guard", 0.30),
     Stage("calibrate", 0.20),
@@ -61,7 +62,8 @@ JOB_STAGES: tuple[str, ...] = ("queued", *STAGE_NAMES, "done")
 
 # The report's coarse keys (kept from before stages were data): ``convert_s`` is everything between loading and
 # saving. Every stage also has its own ``<stage>_s``; load, save and verify are their own coarse keys.
-_COARSE = {"load_s": ("load",), "convert_s": ("plan", "measure", "rewrite", "guard", "calibrate", "finetune"),
+_COARSE = {"load_s": ("load",), "convert_s": ("plan", "measure", "search", "rewrite", "guard", "calibrate",
+                                                       "finetune"),
            "save_s": ("save",), "verify_s": ("verify",)}
 _REQUIRED = ("load_s", "convert_s", "save_s")
 

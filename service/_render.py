@@ -98,6 +98,14 @@ def render_report(report: Report, console: Console, *, title: str = "", max_laye
         stages = " → ".join(f"{name} {fmt(getattr(acc, name))}" for name in
                             ("original", "data_free", "calibrated", "finetuned") if getattr(acc, name) is not None)
         console.print(f"accuracy ({acc.metric}, {acc.samples} held-out samples) {stages}; kept [bold]{acc.kept}[/]")
+    search = getattr(report, "search", None)
+    if search is not None:
+        how = "the default with --data" if search.default else "asked"
+        console.print(f"search (max_accuracy_drop {search.max_drop:g} on {search.metric}, {how}): "
+                      f"{len(search.plans)} plan(s) measured in {search.spent_s:.0f} s; {search.reason}")
+        chosen = next((p for p in search.plans if p.chosen), None)
+        if chosen is not None:
+            console.print(f"  reproduce with: {' '.join(chosen.options)}")
     ft = getattr(report, "finetune", None)
     if ft is not None:
         fmt = "{:.4g}" if ft.metric == "rel_l2" else "{:.1%}"

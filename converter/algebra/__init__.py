@@ -1,7 +1,8 @@
 """The maths of the conversion, as pure functions over numpy arrays: the data-free decomposition of a kernel into
 a depthwise-separable pair (``_decompose``: SVD per slice, both orders, lowering of grouped factors) and the
-calibration maths (``_refit``: streamed layer statistics, closed-form refits, conv geometry and patches) and the
-quantization maths of int8 models (``_quant``: requantizing weights, activation ranges of new tensors).
+calibration maths (``_refit``: streamed layer statistics, closed-form refits, conv geometry and patches;
+``_factored``: the same for patches too large for a dense Gram matrix, in the first factor's output space) and
+the quantization maths of int8 models (``_quant``: requantizing weights, activation ranges of new tensors).
 
 It knows no file, format, runtime or graph; everything above it (formats, planning, recovery) calls into it.
 """
@@ -20,6 +21,7 @@ from ._decompose import (
     max_rank,
     spectrum,
 )
+from ._factored import FactoredStats, calibrate_stats, layer_stats
 from ._quant import (
     activation_params,
     bias_int32,
@@ -39,6 +41,7 @@ from ._refit import Geometry, LayerStats, calibrate_layer, dense, out_shape, pat
 __all__ = [
     "ConvStep",
     "Decomposition",
+    "FactoredStats",
     "Geometry",
     "LayerStats",
     "Lowered",
@@ -47,6 +50,7 @@ __all__ = [
     "activation_params",
     "bias_int32",
     "calibrate_layer",
+    "calibrate_stats",
     "conv_interval",
     "conv_spread",
     "decompose",
@@ -55,6 +59,7 @@ __all__ = [
     "energy_curve",
     "intermediate_intervals",
     "intermediate_values",
+    "layer_stats",
     "lower",
     "max_rank",
     "merge_ranges",

@@ -35,6 +35,10 @@ per output channel, features ``Σ_t Q[n,r,t] p[m,t]``; DW→PW: all depthwise fi
 **Choice.** ``calibrate_layer`` measures ``E`` for the data-free factors, the data-free factors refitted, the
 whitened factors refitted, and the better of those two after alternating least squares, on the same statistics,
 and keeps the smallest (the report says which).
+
+**Size.** ``G`` has ``(d + 1)²`` entries per group, so ``LayerStats`` takes patches up to ``MAX_PATCH_DIM − 1``
+values; wider ones are calibrated from statistics in the first factor's output space (``_factored``), and
+``_factored.layer_stats`` picks between the two.
 """
 
 from __future__ import annotations
@@ -120,21 +124,38 @@ def out_shape(spatial: tuple[int, ...], kernel: tuple[int, ...], geo: Geometry) 
 def patches_at(x: np.ndarray, kernel: tuple[int, ...], geo: Geometry, rows: np.ndarray) -> np.ndarray:
     """Only the rows ``rows`` of ``patches(x, kernel, geo)`` (``[len(rows), M, k]``, float32), gathered without
     forming the others: memory is that of the rows and one padded copy of ``x``."""
-    b, _, *spatial = x.shape
-    pads = _resolve_pads(geo, tuple(spatial), kernel)
-    out = out_shape(tuple(spatial), kernel, geo)
-    xp = np.pad(x.astype(np.float32, copy=False), [(0, 0), (0, 0), *pads])
-    batch, *pos = np.unravel_index(np.asarray(rows, dtype=np.int64), (b, *out))
-    taps = np.unravel_index(np.arange(int(np.prod(kernel))), kernel)
-    index = [p[:, None] * s + t[None, :] * d for p, t, s, d in zip(pos, taps, geo.stride, geo.dilation, strict=True)]
-    got = xp[(batch[:, None], slice(None), *index)]  # advanced indices split by a slice come first: [rows, k, M]
-    return np.ascontiguousarray(got.transpose(0, 2, 1))
+    return Padded(x, kernel, geo).rows(rows)
+
+
+class Padded:
+    """One padded copy of a layer's input, from which rows of its patch matrix are gathered a few at a time
+    (``rows``): the patch matrix itself (``C·k`` values per output position) is never formed whole."""
+
+    def __init__(self, x: np.ndarray, kernel: tuple[int, ...], geo: Geometry) -> None:
+        b, _, *spatial = x.shape
+        pads = _resolve_pads(geo, tuple(spatial), kernel)
+        self.out = out_shape(tuple(spatial), kernel, geo)
+        self.total = b * math.prod(self.out)
+        self._shape = (b, *self.out)
+        self._xp = np.pad(x.astype(np.float32, copy=False), [(0, 0), (0, 0), *pads])
+        self._taps = np.unravel_index(np.arange(int(np.prod(kernel))), kernel)
+        self._geo = geo
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` of the patch matrix, ``[len(rows), M, k]`` float32."""
+        batch, *pos = np.unravel_index(np.asarray(rows, dtype=np.int64), self._shape)
+        index = [p[:, None] * s + t[None, :] * d
+                 for p, t, s, d in zip(pos, self._taps, self._geo.stride, self._geo.dilation, strict=True)]
+        got = self._xp[(batch[:, None], slice(None), *index)]  # advanced indices split by a slice: [rows, k, M]
+        return np.ascontiguousarray(got.transpose(0, 2, 1))
 
 
 class LayerStats:
     """Running sums for one layer (see the module docstring): fed batches of its input in the converted network
     (``x_conv``) and in the original network (``x_orig``). Of each batch's output positions at most
     ``max_rows`` (a seeded random subset) are added."""
+
+    statistics = "full"
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray | None, groups: int, geometry: Geometry,
                  max_rows: int = 4096, seed: int = 0) -> None:
@@ -156,6 +177,15 @@ class LayerStats:
         self.n = 0
         self.max_rows = max_rows
         self._rng = np.random.default_rng(seed)
+
+    @property
+    def stats_bytes(self) -> int:
+        """Bytes the running sums hold (they grow with the patch, ``g·(C·k + 1)²``, not with the samples)."""
+        return self.G.nbytes + self.X.nbytes + self.S_co.nbytes
+
+    def next_pass(self) -> bool:
+        """Whether another pass over the same samples is wanted (never: one pass gives all the sums)."""
+        return False
 
     def update(self, x_conv: np.ndarray, x_orig: np.ndarray) -> None:
         """Add one batch: the layer's input in the converted and in the original network (same samples)."""
@@ -378,38 +408,54 @@ def _top_right(m: np.ndarray, rank: int) -> np.ndarray:
 def whitened(stats: LayerStats, dec: Decomposition) -> Decomposition:
     """Data-aware factors of the same order and rank as ``dec`` (see the module docstring); the last factor is
     a first guess, meant to be refitted."""
-    g, c, k, ng, kk = stats.groups, stats.c, stats.k, stats.ng, dec.rank
-    n = g * ng
-    w = stats.weight.reshape(n, c, k)
+    g, c, k = stats.groups, stats.c, stats.k
     gm = stats.G[:, :-1, :-1].reshape(g, c, k, c, k)
     if dec.order == "dw-pw":
         # per input channel: Σ_cc from the Gram's diagonal blocks, Σ_oc accumulated apart
         s_cc = np.stack([gm[gi, m, :, m, :] for gi in range(g) for m in range(c)])  # [M, k, k]
-        _, inv = _inv_sqrt(s_cc)
-        a = w.reshape(g, ng, c, k).transpose(0, 2, 1, 3).reshape(g * c, ng, k)  # A_c
-        target = a @ stats.S_co @ inv  # A_c Σ_oc Σ_cc^{-1/2} (the 1/n factors cancel in the direction)
-        v = _top_right(target, kk)  # [M, k, K]
-        filt = np.swapaxes(v, 1, 2) @ inv  # rows of V_Kᵀ Σ_cc^{-1/2}
-        filt /= np.maximum(np.linalg.norm(filt, axis=-1, keepdims=True), 1e-30)
-        us = a @ np.swapaxes(filt, 1, 2)  # a first guess, refitted afterwards
-        first = filt.reshape(g * c * kk, 1, *stats.kernel)
-        second = us.reshape(g, c, ng, kk).transpose(0, 2, 1, 3).reshape(n, c * kk, *(1,) * len(stats.kernel))
-    else:
-        s_chan = np.einsum("gmtlt->gml", gm)  # [g, C, C]
-        s_tap = np.einsum("gmtmu->gtu", gm)  # [g, k, k]
-        half_c, inv_c = _inv_sqrt(s_chan)
-        half_k, inv_k = _inv_sqrt(s_tap)
-        pw = np.zeros((n, c, kk))
-        dw = np.zeros((n, kk, k))
-        for gi in range(g):
-            rows = slice(gi * ng, (gi + 1) * ng)
-            m = half_c[gi] @ w[rows] @ half_k[gi]  # [N_g, C, k]
-            v = _top_right(m, kk)  # [N_g, k, K]
-            pw[rows] = inv_c[gi] @ (m @ v)  # Σ_C^{-1/2} U S
-            dw[rows] = np.swapaxes(v, 1, 2) @ inv_k[gi]
-        scale = np.maximum(np.linalg.norm(dw, axis=-1, keepdims=True), 1e-30)
-        first = (np.swapaxes(pw, 1, 2) * scale).reshape(n * kk, c, *(1,) * len(stats.kernel))
-        second = (dw / scale).reshape(n, kk, *stats.kernel)
+        return whiten_dw_pw(stats.weight, stats.kernel, dec, s_cc, stats.S_co)
+    return whiten_pw_dw(stats.weight, stats.kernel, dec, np.einsum("gmtlt->gml", gm), np.einsum("gmtmu->gtu", gm))
+
+
+def whiten_dw_pw(weight: np.ndarray, kernel: tuple[int, ...], dec: Decomposition, s_cc: np.ndarray,
+                 s_co: np.ndarray) -> Decomposition:
+    """DW→PW whitened factors from the per-input-channel tap moments ``Σ_cc``, ``Σ_oc`` ``[M, k, k]``."""
+    g, kk = dec.groups, dec.rank
+    n, c = weight.shape[:2]
+    k, ng = int(np.prod(kernel)), n // g
+    _, inv = _inv_sqrt(s_cc)
+    a = weight.reshape(g, ng, c, k).transpose(0, 2, 1, 3).reshape(g * c, ng, k)  # A_c
+    target = a @ s_co @ inv  # A_c Σ_oc Σ_cc^{-1/2} (the 1/n factors cancel in the direction)
+    v = _top_right(target, kk)  # [M, k, K]
+    filt = np.swapaxes(v, 1, 2) @ inv  # rows of V_Kᵀ Σ_cc^{-1/2}
+    filt /= np.maximum(np.linalg.norm(filt, axis=-1, keepdims=True), 1e-30)
+    us = a @ np.swapaxes(filt, 1, 2)  # a first guess, refitted afterwards
+    first = filt.reshape(g * c * kk, 1, *kernel)
+    second = us.reshape(g, c, ng, kk).transpose(0, 2, 1, 3).reshape(n, c * kk, *(1,) * len(kernel))
+    return Decomposition(dec.order, kk, g, np.ascontiguousarray(first, dtype=np.float32),
+                         np.ascontiguousarray(second, dtype=np.float32), dec.rel_error, dec.energy)
+
+
+def whiten_pw_dw(weight: np.ndarray, kernel: tuple[int, ...], dec: Decomposition, s_chan: np.ndarray,
+                 s_tap: np.ndarray) -> Decomposition:
+    """PW→DW whitened factors from the per-group channel ``[g, C, C]`` and tap ``[g, k, k]`` covariances."""
+    g, kk = dec.groups, dec.rank
+    n, c = weight.shape[:2]
+    k, ng = int(np.prod(kernel)), n // g
+    w = weight.reshape(n, c, k)
+    half_c, inv_c = _inv_sqrt(s_chan)
+    half_k, inv_k = _inv_sqrt(s_tap)
+    pw = np.zeros((n, c, kk))
+    dw = np.zeros((n, kk, k))
+    for gi in range(g):
+        rows = slice(gi * ng, (gi + 1) * ng)
+        m = half_c[gi] @ w[rows] @ half_k[gi]  # [N_g, C, k]
+        v = _top_right(m, kk)  # [N_g, k, K]
+        pw[rows] = inv_c[gi] @ (m @ v)  # Σ_C^{-1/2} U S
+        dw[rows] = np.swapaxes(v, 1, 2) @ inv_k[gi]
+    scale = np.maximum(np.linalg.norm(dw, axis=-1, keepdims=True), 1e-30)
+    first = (np.swapaxes(pw, 1, 2) * scale).reshape(n * kk, c, *(1,) * len(kernel))
+    second = (dw / scale).reshape(n, kk, *kernel)
     return Decomposition(dec.order, kk, g, np.ascontiguousarray(first, dtype=np.float32),
                          np.ascontiguousarray(second, dtype=np.float32), dec.rel_error, dec.energy)
 
@@ -424,12 +470,15 @@ class CalibratedLayer:
             factor and bias by least squares), ``whitened`` (data-aware first factor, then the refit) or
             ``alternating`` (the better of those, then alternating least squares on both factors).
         errors: relative output error on the calibration samples of each candidate, by method.
+        statistics: ``full`` (the dense patch Gram matrix, ``LayerStats``) or ``factored`` (statistics in the
+            first factor's output space and per input channel, ``_factored``, for patches too large for it).
     """
 
     decomposition: Decomposition
     bias: np.ndarray | None
     method: str
     errors: dict[str, float]
+    statistics: str = "full"
 
 
 def calibrate_layer(stats: LayerStats, dec: Decomposition, ridge: float = 1e-3) -> CalibratedLayer:

@@ -18,8 +18,9 @@ What is walked:
   interface-typed attribute can hold), hooks and free functions — as parsed graphs, every nested block
   (``prim::If``/``prim::Loop``) and every subgraph attribute; and again every method of every submodule with
   its calls inlined. ``prim::CreateObject`` is allowed for the archive's own classes (their methods are all
-  checked), never for a C++ (TorchBind) class; ``prim::CallMethod`` on a TorchBind object only for the
-  quantized packed-parameter classes.
+  checked), never for a C++ (TorchBind) class, and so are ``prim::Enter``/``prim::Exit`` (a ``with`` block
+  calling such an object's checked ``__enter__``/``__exit__``); ``prim::CallMethod`` on a TorchBind object only
+  for the quantized packed-parameter classes.
 * ``.pt2`` (``torch.export``): every node of every FX graph module of the program: ``call_function`` targets must
   be allowlisted ``aten``/``prim`` overloads or ``operator.getitem``; ``call_method``/``call_module`` and higher-
   order ops are refused.
@@ -91,7 +92,7 @@ __getitem__ __setitem__ __contains__ __is__ __isnot__ __not__ __and__ __or__ __x
 __derive_index __round_to_zero_floordiv _set_item len list append extend insert pop clear reverse keys
 values items get setdefault dict str format warn floordiv
 _assert_tensor_metadata _assert_scalar sym_size sym_numel sym_stride sym_storage_offset sym_constrain_range
-sym_constrain_range_for_size _assert_async _functional_assert_async device is_grad_enabled
+sym_constrain_range_for_size _assert_async _functional_assert_async device is_grad_enabled set_grad_enabled cpu
 scaled_dot_product_attention _native_multi_head_attention _transformer_encoder_layer_fwd embedding im2col col2im
 cosine_similarity pairwise_distance cdist lstm gru rnn_tanh rnn_relu lstm_cell gru_cell
 """
@@ -263,6 +264,12 @@ def _walk_ts(block: Any, where: str, *, allow_calls: bool, own: set[str]) -> Non
             if _type_name(node.output()) not in own:
                 raise _refuse(f"{kind} ({_type_name(node.output())})", f"in {where}{_code_line(node)}",
                               "TorchScript")
+        elif kind in ("prim::Enter", "prim::Exit"):
+            # ``with obj:`` calls obj's ``__enter__``/``__exit__``: allowed on the archive's own classes (those
+            # methods are functions of the unit, checked), as a method call on them is.
+            ctx = _type_name(next(node.inputs())) if node.inputsSize() else ""
+            if ctx not in own:
+                raise _refuse(f"{kind} ({ctx})", f"in {where}{_code_line(node)}", "TorchScript")
         elif kind == "prim::CallMethod":
             receiver = _type_name(next(node.inputs())) if node.inputsSize() else ""
             if receiver.startswith("__torch__.torch.classes.") and not receiver.startswith(_TORCHBIND_OK):

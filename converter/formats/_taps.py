@@ -45,8 +45,11 @@ class Tap(Protocol):
         inputs: Mapping[str, np.ndarray],
         weights: Mapping[str, tuple[np.ndarray, np.ndarray]],
         want: Sequence[str],
+        outputs: bool = True,
     ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
         """Run the model once. ``weights`` maps tapped layer names to a replacement ``(dense kernel, bias)``
         (the other tapped layers keep their own); returns the model's outputs and, for each name in ``want``,
-        that conv's input."""
+        that conv's input. ``outputs=False``: the model's outputs are not wanted (an empty list may come back),
+        so a runtime that can stops once the wanted inputs are computed (ONNX fetches only them, ``.pt2``
+        stops its interpreter; TorchScript runs the whole graph)."""
         ...

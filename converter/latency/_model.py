@@ -3,7 +3,8 @@
 Which candidates are timed: the planner lists every (order, rank, lowering) of every layer; timing them all
 would cost minutes. Per layer and order, only the ranks the rank policy can pick are timed (``focus_ranks``):
 the policy's rank (``rank``, a ``layer_rank`` override), the smallest rank reaching the energy target
-(``energy``, the default), or a small grid (1, 2, 4) for budget policies; each with every lowering that emits a
+(``energy``, the default), or a small grid (1, 2, 4) for budget policies (with the default energy's rank
+for the ``max_accuracy_drop`` search); each with every lowering that emits a
 different graph, plus the next rank whose channels fill the runtime's channel block (``rounded_rank``) so the
 planner can round a rank up where that is no slower. Other ranks are interpolated linearly between timed ranks
 of the same order and lowering; beyond them, or where only one rank was timed, scaled by the decomposition's
@@ -54,6 +55,10 @@ def focus_ranks(kind: str, value: float, override: int | None, energies: dict[Or
             target = float(value) if value is not None else DEFAULT_ENERGY
             reach = next((i + 1 for i, e in enumerate(curve) if e >= target - _ENERGY_EPS), top)
             out[order] = (reach,)
+        elif kind == "max_accuracy_drop":
+            # the search walks every rank: the grid, and the default policy's rank (where it usually ends up)
+            reach = next((i + 1 for i, e in enumerate(curve) if e >= DEFAULT_ENERGY - _ENERGY_EPS), top)
+            out[order] = tuple(sorted({min(r, top) for r in GRID_RANKS} | {reach}))
         else:
             out[order] = tuple(sorted({min(r, top) for r in GRID_RANKS}))
     return out

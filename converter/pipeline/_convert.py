@@ -46,6 +46,7 @@ from ..recovery import held_out, recover
 from ..report import build_report
 from ._measure import guard_step, measure_step, verify_step
 from ._record import Conversion, StageOrderError
+from ._search import resolve_policy, search_step, searching
 
 __all__ = ["STEPS", "Conversion", "ConversionResult", "ProgressCallback", "convert"]
 
@@ -250,10 +251,12 @@ STEPS: dict[str, tuple[Callable[[Conversion], bool], Step]] = {
     "load": (_always, _load),
     "plan": (_always, _plan),
     "measure": (lambda c: c.config.measure, measure_step),
-    "rewrite": (_always, _rewrite),
+    # max_accuracy_drop (the default with --data): the search assembles, recovers and times the plans itself
+    "search": (searching, search_step),
+    "rewrite": (lambda c: not searching(c), _rewrite),
     # the default policy's never-slower check: needs the whole models measured, and measured planning
     "guard": (lambda c: c.config.verify and c.config.measure and c.config.default_policy, guard_step),
-    "calibrate": (_has_samples, _calibrate),
+    "calibrate": (lambda c: _has_samples(c) and not searching(c), _calibrate),
     "finetune": (lambda c: c.config.recover == "finetune", _finetune),
     "save": (_always, _save),
     "verify": (lambda c: c.config.verify, verify_step),
@@ -307,7 +310,7 @@ def convert(
         ConversionError: a layer could not be rewritten or the result not saved.
         VerificationError: a model would not run on the verification inputs.
     """
-    cfg = ConversionConfig.from_options(config, **options)
+    cfg, search_default = resolve_policy(ConversionConfig.from_options(config, **options), data is not None)
     with tempfile.TemporaryDirectory(prefix="sepconv-") as tmp:
         work = Path(tmp)
         if isinstance(model, bytes | bytearray | memoryview):
@@ -328,7 +331,8 @@ def convert(
         conversion = Conversion(cfg, src, dest, Path(inputs) if inputs is not None else None, work,
                                 data_path=Path(data) if data is not None else None,
                                 eval_path=Path(eval) if eval is not None else None,
-                                checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None)
+                                checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
+                                search_default=search_default)
         with trusting(cfg.trust_model):  # every load of the user's file, verification's and timing's included
             return _run(conversion, progress)
 

@@ -84,7 +84,8 @@ class Conversion:
     The request, set when it is made: ``config``, ``src`` (the input file), ``dest`` (where the result goes, or
     None for bytes), ``inputs_path`` (the user's verification inputs), ``work`` (a private scratch folder),
     ``data_path`` and ``eval_path`` (the user's samples for recovery and the accuracy report) and
-    ``checkpoint_dir`` (where a fine-tune keeps its checkpoint; it resumes from one found there).
+    ``checkpoint_dir`` (where a fine-tune and the search keep their checkpoints; they resume from those found
+    there) and ``search_default``.
     """
 
     config: ConversionConfig
@@ -95,6 +96,8 @@ class Conversion:
     data_path: Path | None = None
     eval_path: Path | None = None
     checkpoint_dir: Path | None = None
+    #: max_accuracy_drop was set by the default with samples (``_search.resolve_policy``), not by the user
+    search_default: bool = False
     #: The stage running now (``START`` before the first).
     stage: str = START
     # The report's free-form parts: keys and warnings any stage adds, per-layer fields by layer name.
@@ -112,20 +115,21 @@ class Conversion:
     eval_samples = Slot[Samples | None]("load")
     device = Slot[str]("load")
     # the current model: loaded, rewritten, reverted by the guard, recalibrated, fine-tuned
-    model = Slot[Any]("load", "rewrite", "guard", "calibrate", "finetune")
+    model = Slot[Any]("load", "search", "rewrite", "guard", "calibrate", "finetune")
     # plan (the measure stage plans instead when it runs)
     layers = Slot[list[ConvLayer]]("plan")
     before = Slot[ModelStats]("plan")
     spectra = Slot[Spectra](START)
     cost_model = Slot[CostModel](START, "plan", "measure")
-    plan = Slot[Plan]("plan", "measure")
-    factors = Slot[list[Factors]]("plan", "measure", "guard", "calibrate")
-    after = Slot[ModelStats]("rewrite", "guard", "calibrate", "finetune")
+    plan = Slot[Plan]("plan", "measure", "search")
+    factors = Slot[list[Factors]]("plan", "measure", "search", "guard", "calibrate")
+    after = Slot[ModelStats]("search", "rewrite", "guard", "calibrate", "finetune")
     # save: where the result is staged (next to the destination) and the file written
     staging = Slot[Path](START)
     saved = Slot[Path | None]("guard", "save")
     # guard and verify
-    guarded = Slot[tuple[frozenset[str], Any] | None]("guard", default=None)
+    # the kept graph's whole-model measurement (the guard's, or the search's of its chosen plan)
+    guarded = Slot[tuple[frozenset[str], Any] | None]("guard", "search", default=None)
     fidelity = Slot[Fidelity | None]("verify", default=None)
     latency = Slot[Latency | None]("verify", default=None)
 

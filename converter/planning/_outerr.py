@@ -77,7 +77,7 @@ LAYER_MACS = 10_000_000_000
 #: Most bytes of tapped layer inputs of one batch of the capture pass.
 ACTIVATION_MEMORY = 256 << 20
 #: The rank policies whose choices trade error between layers or forms, and so use the output error.
-POLICIES = ("rank", "target_params", "target_macs", "target_latency")
+POLICIES = ("rank", "target_params", "target_macs", "target_latency", "max_accuracy_drop")
 _CHUNK = 1024  # patches per product in ``rank_errors``
 
 

@@ -26,7 +26,7 @@ from ._cost import Candidate, Cost, CostModel, CountingCostModel, Lowering, erro
 from ._factorize import Spectra
 from ._policies import OVERRIDE, RANK_POLICIES, Option, RankPolicy, allocate
 
-__all__ = ["LayerDecision", "Plan", "eligibility", "macs_of", "orders", "params_of", "plan"]
+__all__ = ["LayerDecision", "Plan", "eligibility", "macs_of", "orders", "params_of", "plan", "priced_options"]
 
 
 @dataclass
@@ -117,6 +117,18 @@ def _candidates(layer: ConvLayer, config: ConversionConfig, spectra: Spectra) ->
             out.extend(Candidate(layer, order, r, lowering, float(curve[r - 1])) for r in range(1, len(curve) + 1)
                        if config.lowering != "auto" or lowering in lowerings_for(order, r, layer.groups))
     return out
+
+
+def priced_options(layers: Sequence[ConvLayer], config: ConversionConfig, cost_model: CostModel,
+                   spectra: Spectra) -> list[tuple[ConvLayer, Cost, list[Option]]]:
+    """Every eligible layer's cost as it is and its candidates, priced in one cost-model call: the menus the
+    ``max_accuracy_drop`` search (``_search``) builds its frontier from."""
+    eligible = [layer for layer in layers if eligibility(layer, config) is None]
+    menus = [_candidates(layer, config, spectra) for layer in eligible]
+    priced = iter(cost_model.costs([Candidate(layer) for layer in eligible] + [c for m in menus for c in m]))
+    kept = [next(priced) for _ in eligible]
+    return [(layer, cost, [Option(c, next(priced)) for c in cands])
+            for layer, cost, cands in zip(eligible, kept, menus, strict=True)]
 
 
 def plan(

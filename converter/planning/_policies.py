@@ -19,6 +19,7 @@ import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .._config import DEFAULT_ENERGY
 from .._errors import InvalidOptionsError
 from ._cost import Candidate, Cost
 
@@ -115,6 +116,11 @@ register_policy(RankPolicy("target_macs", lambda v, e: f"rank allocated for targ
                            budget="macs"))
 register_policy(RankPolicy("target_latency", lambda v, e: f"rank allocated for target_latency={v:g} (least total "
                                                            f"{e}, measured latency)", budget="latency_ms"))
+
+# max_accuracy_drop: the search (``_search``) decides every layer; the planner's own pass (which times the candidates
+# on the way) gives each layer the default energy's rank, a plan the search replaces.
+register_policy(RankPolicy("max_accuracy_drop", lambda v, e: f"searched for max_accuracy_drop={v:g}",
+                           lambda options, _: _for_energy(options, DEFAULT_ENERGY), _by_params))
 
 #: The per-layer override (``layer_rank``) behaves like the rank policy for the layers it names.
 OVERRIDE = RankPolicy("layer_rank", lambda v, e: f"rank {int(v)} set for this layer", _at_rank, _by_error)

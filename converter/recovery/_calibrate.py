@@ -21,7 +21,7 @@ import numpy as np
 from .._config import ConversionConfig
 from .._errors import InvalidOptionsError
 from .._report import Accuracy, StageValues
-from ..algebra import Decomposition, LayerStats, calibrate_layer, dense
+from ..algebra import Decomposition, calibrate_stats, dense, layer_stats
 from ..data import Samples
 from ..evaluation import Scorer, better
 from ..formats import ConvLayer, Rewrite, Tap, Tappable
@@ -36,11 +36,14 @@ Progress = Callable[[float], None]
 @dataclass(frozen=True)
 class LayerOutcome:
     """One layer's calibration: the method chosen and the layer's relative output error on the calibration
-    samples (input from the calibrated network up to it) with the data-free and with the chosen factors."""
+    samples (input from the calibrated network up to it) with the data-free and with the chosen factors, and
+    which statistics measured them (``full``: the patch Gram matrix; ``factored``: statistics in the first
+    factor's output space, for patches too large for it, see ``algebra._factored``)."""
 
     method: str
     data_free: float
     calibrated: float
+    statistics: str = "full"
 
 
 @dataclass
@@ -50,14 +53,18 @@ class Calibration:
     Attributes:
         factors: per calibrated layer name, the chosen factors and bias (None: the original bias).
         layers: per calibrated layer name, its outcome.
-        skipped: layers left data-free, with the reason (the tap cannot reach them, too large…).
+        skipped: layers left data-free, with the reason (the tap cannot reach them, a weight that is not
+            a constant).
         samples: calibration samples used.
+        passes: forward passes of the tap over a batch (a layer takes two per batch, the original network's and
+            the calibrated one's, one for the first layer; factored statistics take the samples two or four times).
     """
 
     factors: dict[str, tuple[Decomposition, np.ndarray | None]] = field(default_factory=dict)
     layers: dict[str, LayerOutcome] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     samples: int = 0
+    passes: int = 0
 
 
 def overrides(tap: Tap, factors: dict[str, tuple[Decomposition, np.ndarray | None]]
@@ -101,20 +108,20 @@ def calibrate(
     done: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for i, (layer, dec) in enumerate(todo):
         point = tap.points[layer.name]
-        try:
-            stats = LayerStats(layer.weight, point.bias, layer.groups, point.geometry, seed=seed + i)
-        except ValueError as e:  # too large for a dense Gram matrix
-            result.skipped[layer.name] = str(e)
-            continue
-        for batch, _ in samples.batches(batch_size):
-            _, orig = tap(batch, {}, [layer.name])
-            conv = tap(batch, done, [layer.name])[1] if done else orig
-            stats.update(conv[layer.name], orig[layer.name])
-        chosen = calibrate_layer(stats, dec, ridge)
+        stats = layer_stats(layer.weight, point.bias, layer.groups, point.geometry, dec, seed=seed + i, ridge=ridge)
+        while True:  # factored statistics take further passes over the same samples
+            for batch, _ in samples.batches(batch_size):
+                _, orig = tap(batch, {}, [layer.name], outputs=False)
+                conv = tap(batch, done, [layer.name], outputs=False)[1] if done else orig
+                result.passes += 2 if done else 1
+                stats.update(conv[layer.name], orig[layer.name])
+            if not stats.next_pass():
+                break
+        chosen = calibrate_stats(stats, dec, ridge)
         bias = chosen.bias
         result.factors[layer.name] = (chosen.decomposition, bias)
         result.layers[layer.name] = LayerOutcome(
-            chosen.method, chosen.errors["data-free"], chosen.errors[chosen.method])
+            chosen.method, chosen.errors["data-free"], chosen.errors[chosen.method], chosen.statistics)
         done.update(overrides(tap, {layer.name: (chosen.decomposition, bias)}))
         if progress is not None:
             progress((i + 1) / len(todo))
@@ -241,7 +248,8 @@ def recover(
     layers: dict[str, dict[str, Any]] = {}
     if result is not None:
         for name, outcome in result.layers.items():
-            layers[name] = {"calibration": outcome.method if keep else f"{outcome.method} (not kept)",
+            method = outcome.method if outcome.statistics == "full" else f"{outcome.method} ({outcome.statistics})"
+            layers[name] = {"calibration": method if keep else f"{method} (not kept)",
                             "output_error": StageValues(data_free=outcome.data_free,
                                                         calibrated=outcome.calibrated)}
         for name, reason in result.skipped.items():

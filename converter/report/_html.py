@@ -24,7 +24,7 @@ from ._html_assets import CSS, PAGE, REPORT_SCRIPT
 __all__ = ["REPORT_SCRIPT", "render_html"]
 
 _HANDLED = {"schema_version", "sepconv_version", "format", "params", "macs", "file_bytes", "policy", "fidelity",
-            "latency", "layers", "timings", "warnings", "accuracy", "finetune"}
+            "latency", "layers", "timings", "warnings", "accuracy", "finetune", "search"}
 _STAGES = ("load", "plan", "measure", "rewrite", "calibrate", "finetune", "save", "verify")
 _ACCURACY_STAGES = (("original", "original"), ("data_free", "data-free"), ("calibrated", "calibrated"),
                     ("finetuned", "fine-tuned"))
@@ -332,6 +332,11 @@ def _charts(d: Mapping[str, Any]) -> str:
         fig = _latency_figure(lat)
         if fig:
             figs.append(fig)
+    search = d.get("search")
+    if isinstance(search, Mapping):
+        fig = _search_figure(search)
+        if fig:
+            figs.append(fig)
     acc = d.get("accuracy")
     if _accuracy_stages(acc):
         figs.append(_accuracy_figure(acc))
@@ -348,6 +353,73 @@ def _charts(d: Mapping[str, Any]) -> str:
                                                                label="wall-clock seconds per stage"),
                                 fid="plot-timings"))
     return f'<section class="charts">{"".join(figs)}</section>' if figs else ""
+
+
+#: Colours of the search chart's points: the original, the chosen plan, plans within the drop but not chosen, and
+#: plans over it.
+_SEARCH_SERIES = (("original", _svg.ORIGINAL), ("chosen", _svg.CONVERTED), ("within the drop", "#2da44e"),
+                  ("rejected", "#cf222e"))
+
+
+def _search_figure(search: Mapping[str, Any]) -> str:
+    """The ``max_accuracy_drop`` search: each measured plan's metric against its speed-up (with the interval),
+    the original at 1×, the bound as a line; and a table of the plans with the options that reproduce each."""
+    plans = [p for p in search.get("plans") or [] if isinstance(p, Mapping) and _is_num(p.get("speedup"))
+             and _is_num(p.get("metric"))]
+    metric = str(search.get("metric") or "metric")
+    lower = metric == "rel_l2"
+    original = search.get("original")
+    drop = search.get("max_drop")
+    pct = not lower and all(0.0 <= float(p["metric"]) <= 1.0 for p in plans)
+
+    def fmt(v: float) -> str:
+        return f"{100 * v:.1f} %" if pct else f"{v:.3g}"
+
+    colours = dict(_SEARCH_SERIES)
+    points: list[_svg.Point] = []
+    if _is_num(original):
+        points.append((1.0, float(original), None, colours["original"], f"original: {metric} {fmt(float(original))}"))
+    elif lower:
+        points.append((1.0, 0.0, None, colours["original"], "original"))
+    for p in plans:
+        kind = "chosen" if p.get("chosen") else "within the drop" if p.get("meets") else "rejected"
+        iv = (float(p["speedup_low"]), float(p["speedup_high"])) if _is_num(p.get("speedup_low")) and _is_num(
+            p.get("speedup_high")) else None
+        points.append((float(p["speedup"]), float(p["metric"]), iv, colours[kind],
+                       f"plan {p.get('plan')} ({kind}{_uniform(p)}): {float(p['speedup']):.2f}×, {metric} "
+                       f"{fmt(float(p['metric']))}; {p.get('why', '')}"))
+    if len(points) < 2:
+        return ""
+    bound = None
+    if _is_num(drop):
+        if lower:
+            bound = (float(drop), f"bound {fmt(float(drop))}")
+        elif _is_num(original):
+            bound = (float(original) - float(drop), f"original − {float(drop):g}")
+    svg = _svg.scatter(points, _SEARCH_SERIES, x_fmt=lambda v: f"{v:.2g}×", y_fmt=fmt,
+                       label=f"{metric} against measured speed-up of every plan the search measured",
+                       x_label="speed-up over the original (measured, with its interval)",
+                       y_label=metric + (" (lower is better)" if lower else ""), y_line=bound)
+    rows = []
+    for p in sorted(plans, key=lambda p: float(p["speedup"])):
+        opts = " ".join(str(o) for o in p.get("options") or [])
+        rows.append(
+            f'<tr class="{"chosen" if p.get("chosen") else ""}"><td>{escape(str(p.get("plan")) + _uniform(p))}</td>'
+            f'<td>{float(p["speedup"]):.2f}× ({_num(p.get("speedup_low"))}–{_num(p.get("speedup_high"))})</td>'
+            f'<td>{escape(fmt(float(p["metric"])))}</td><td>{escape(_num(p.get("params")))}</td>'
+            f'<td>{escape(_num(p.get("macs")))}</td><td>{escape(str(p.get("why", "")))}</td>'
+            f'<td><code>{escape(opts)}</code></td></tr>')
+    table = ('<div class="scroll"><table class="search-plans"><thead><tr><th>plan</th><th>speed-up</th>'
+             f'<th>{escape(metric)}</th><th>params</th><th>MACs</th><th>verdict</th>'
+             f'<th>reproduce with</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
+    note = (f"max_accuracy_drop {drop:g}{' (the default with --data)' if search.get('default') else ''}: "
+            f"{search.get('reason', '')}") if _is_num(drop) else str(search.get("reason", ""))
+    return (f'<figure id="plot-search"><figcaption>Speed-up and {escape(metric)} of the plans searched'
+            f'</figcaption>{svg}<p class="note">{escape(note)}</p>{table}</figure>')
+
+
+def _uniform(p: Mapping[str, Any]) -> str:
+    return f", --rank {p['uniform_rank']}" if _is_num(p.get("uniform_rank")) else ""
 
 
 def _accuracy_figure(acc: Mapping[str, Any]) -> str:
@@ -514,6 +586,9 @@ def _details(d: Mapping[str, Any]) -> str:
                       ("accuracy", "Accuracy"), ("finetune", "Fine-tuning"), ("timings", "Timings (s)")):
         if isinstance(d.get(key), Mapping):
             parts.append(f"<details open><summary>{name}</summary>{_kv(d[key])}</details>")
+    if isinstance(d.get("search"), Mapping):  # its plans are the chart's table
+        search = {k: v for k, v in d["search"].items() if k != "plans"}
+        parts.append(f"<details open><summary>Search (max_accuracy_drop)</summary>{_kv(search)}</details>")
     other = {k: v for k, v in d.items() if k not in _HANDLED}
     if other:
         parts.append(f"<details open><summary>Other report keys</summary>{_kv(other)}</details>")

@@ -3,7 +3,7 @@
 Why hand-written SVG rather than a plotting library: the report must be one self-contained file that opens with
 no network, prints, and reads on a phone. SVG text stays text (selectable, sharp when printed, scaled by the
 ``viewBox``), a chart costs a few kilobytes, no JavaScript is needed to draw it, and the charts the report needs
-(bars per layer, dots on a 0–1 scale, two histograms, a stacked bar) are a few dozen lines each. matplotlib
+(bars per layer, dots on a 0–1 scale, two histograms, a stacked bar, a scatter) are a few dozen lines each. matplotlib
 would add a large dependency to the library (and to the torch-free SDK's users who render reports) for the
 same pictures; a JS chart library would have to be inlined (tens of kilobytes) and would not print as reliably.
 
@@ -17,7 +17,8 @@ import math
 from collections.abc import Callable, Sequence
 from html import escape
 
-__all__ = ["CONVERTED", "ORIGINAL", "dots", "elide", "hbars", "histogram", "lines", "ranges", "stacked", "vbars"]
+__all__ = ["CONVERTED", "ORIGINAL", "Point", "dots", "elide", "hbars", "histogram", "lines", "ranges", "scatter",
+           "stacked", "vbars"]
 
 #: Colours of the two models in every chart: grey and blue differ in lightness as well as hue, so they stay
 #: apart with the common colour-vision deficiencies and in greyscale print.
@@ -303,4 +304,53 @@ def lines(points: Sequence[tuple[float, float]], *, colour: str, fmt: Callable[[
     if x_label:
         body.append(f'<text x="{(left + _W - 20) / 2:.1f}" y="{height - 4:.1f}" text-anchor="middle" '
                     f'fill="#57606a">{escape(x_label)}</text>')
+    return _svg(height, body, label)
+
+
+#: A point of ``scatter``: x, y, its x interval (or None), colour, and the text shown on hover.
+Point = tuple[float, float, tuple[float, float] | None, str, str]
+
+
+def scatter(points: Sequence[Point], series: Sequence[Series], *, x_fmt: Callable[[float], str],
+            y_fmt: Callable[[float], str], label: str, x_label: str = "", y_label: str = "",
+            y_line: tuple[float, str] | None = None) -> str:
+    """Points on linear axes scaled to the data (each with an optional horizontal interval, e.g. a speed-up's),
+    a legend of ``series`` and an optional horizontal reference line ``(y, text)`` (e.g. a bound)."""
+    legend, extra = _legend(series, 14, 64.0)
+    height, top, bottom, left = 230.0 + extra, 30.0 + extra, 42.0, 64.0
+    xs = [v for x, _, iv, _, _ in points for v in ((x, *iv) if iv else (x,))]
+    ys = [p[1] for p in points] + ([y_line[0]] if y_line else [])
+    x_lo, x_hi = min(xs, default=0.0), max(xs, default=1.0)
+    pad = (x_hi - x_lo) * 0.05 or 0.1
+    x_lo, x_hi = x_lo - pad, x_hi + pad
+    y_lo, y_hi = min(ys, default=0.0), max(ys, default=1.0)
+    pad = (y_hi - y_lo) * 0.08 or (abs(y_hi) or 1.0) * 0.05
+    y_lo, y_hi = y_lo - pad, y_hi + pad
+    grid, sx = _axis(left, _W - 20, x_lo, x_hi, top, height - bottom, x_fmt)
+
+    def sy(v: float) -> float:
+        return height - bottom - (v - y_lo) / (y_hi - y_lo) * (height - bottom - top)
+
+    body = [legend, *grid]
+    for t in _ticks(y_lo, y_hi, 4):
+        body.append(f'<line x1="{left}" x2="{_W - 20}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eaeef2" '
+                    f'stroke-width="0.8"/><text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end" '
+                    f'fill="#57606a">{escape(y_fmt(t))}</text>')
+    if y_line is not None:
+        y = sy(y_line[0])
+        body.append(f'<line x1="{left}" x2="{_W - 20}" y1="{y:.1f}" y2="{y:.1f}" stroke="#cf222e" '
+                    f'stroke-dasharray="4 3" stroke-width="1.2"/><text x="{_W - 22}" y="{y - 4:.1f}" '
+                    f'text-anchor="end" fill="#cf222e">{escape(y_line[1])}</text>')
+    for x, y, iv, colour, text in points:
+        if iv is not None:
+            body.append(f'<line x1="{sx(iv[0]):.1f}" x2="{sx(iv[1]):.1f}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" '
+                        f'stroke="{colour}" stroke-width="1.5" opacity="0.6"/>')
+        body.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="5" fill="{colour}" stroke="#fff" '
+                    f'stroke-width="1"><title>{escape(text)}</title></circle>')
+    if x_label:
+        body.append(f'<text x="{(left + _W - 20) / 2:.1f}" y="{height - 4:.1f}" text-anchor="middle" '
+                    f'fill="#57606a">{escape(x_label)}</text>')
+    if y_label:
+        body.append(f'<text x="12" y="{(top + height - bottom) / 2:.1f}" text-anchor="middle" fill="#57606a" '
+                    f'transform="rotate(-90 12 {(top + height - bottom) / 2:.1f})">{escape(y_label)}</text>')
     return _svg(height, body, label)

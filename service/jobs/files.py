@@ -9,8 +9,8 @@ import re
 from ..core.storage import Storage
 from ..models import Job
 
-__all__ = ["checkpoint_key", "data_key", "delete_job_files", "eval_key", "input_key", "inputs_key", "output_key",
-           "report_key"]
+__all__ = ["CHECKPOINT_NAMES", "checkpoint_key", "data_key", "delete_job_files", "eval_key", "input_key", "inputs_key",
+           "output_key", "report_key"]
 
 log = logging.getLogger("sepconv.jobs")
 
@@ -37,9 +37,16 @@ def eval_key(job_id: str) -> str:
     return f"jobs/{job_id}/eval.npz"
 
 
-def checkpoint_key(job_id: str) -> str:
-    """The latest fine-tune checkpoint of a running job (so another worker resumes it); removed when it ends."""
-    return f"jobs/{job_id}/finetune.ckpt"
+#: The files a conversion keeps in its checkpoint folder: the fine-tune's checkpoint, and the max_accuracy_drop
+#: search's journal of measured plans (the converter's names; not imported: the runner loads no torch).
+CHECKPOINT_NAMES = ("finetune.ckpt", "search.json")
+
+
+def checkpoint_key(job_id: str, name: str = CHECKPOINT_NAMES[0]) -> str:
+    """The latest checkpoint file ``name`` of a running job (so another worker resumes it); removed when it ends."""
+    if name not in CHECKPOINT_NAMES:
+        raise ValueError(f"unknown checkpoint file {name!r}")
+    return f"jobs/{job_id}/{name}"
 
 
 def output_key(job_id: str, suffix: str) -> str:
@@ -57,7 +64,7 @@ def report_key(job_id: str) -> str:
 def delete_job_files(storage: Storage, job: Job) -> None:
     """Delete every file of a job that exists; failures are logged, not raised (the record goes anyway)."""
     for key in (job.input_key, job.inputs_key, job.data_key, job.eval_key, job.output_key, job.report_key,
-                checkpoint_key(job.id)):
+                *(checkpoint_key(job.id, name) for name in CHECKPOINT_NAMES)):
         if key:
             try:
                 storage.delete(key)

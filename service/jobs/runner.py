@@ -12,7 +12,9 @@ conversion process crashed (signal 11, SIGSEGV)", or the converter's own error c
 
 A fine-tune (``recover="finetune"``) checkpoints into the job folder; the runner uploads each new checkpoint to
 storage, and a later attempt of the same job (after a restart, a lost worker, a stopped one) starts from it, so
-the fine-tune resumes instead of starting over. The checkpoint is deleted once the job has succeeded or failed.
+the fine-tune resumes instead of starting over. A ``max_accuracy_drop`` search keeps its journal of measured plans
+there too (``search.json``), uploaded and restored the same way, so a resumed search does not measure those plans
+again. Both are deleted once the job has succeeded or failed.
 
 It does not decide *which* job to run or when: the embedded worker loop and the Celery task do.
 """
@@ -51,7 +53,7 @@ from .confine import landlock_abi, seccomp_supported
 from .sandbox import EXIT_OOM
 
 # converter.recovery.finetune._checkpoint's name (not imported: the runner loads no torch)
-CHECKPOINT_NAME = "finetune.ckpt"
+CHECKPOINT_NAME = files.CHECKPOINT_NAMES[0]
 
 __all__ = ["EventBudget", "JobRunner", "Outcome", "protect_worker_process", "scrub_paths", "sweep_stale_workdirs",
            "warn_if_unconfined", "worker_name"]
@@ -251,8 +253,9 @@ class JobRunner:
         # A stopped job, or one another worker took over, resumes from its checkpoint; a finished or deleted one
         # needs it no more (a deleted job's upload may have raced its deletion).
         if outcome.status in ("done", "failed") or crud.get_job(self.engine, claim.job_id) is None:
-            with contextlib.suppress(Exception):
-                self.storage.delete(files.checkpoint_key(claim.job_id))
+            for name in files.CHECKPOINT_NAMES:
+                with contextlib.suppress(Exception):
+                    self.storage.delete(files.checkpoint_key(claim.job_id, name))
         if outcome.status == "stopped":
             crud.release(self.engine, claim)
         elif outcome.status == "failed":
@@ -306,14 +309,16 @@ class JobRunner:
         """The job's checkpoint folder, holding the checkpoint of an earlier attempt where one was stored."""
         folder = work / "checkpoint"
         folder.mkdir()
-        with contextlib.suppress(ObjectNotFoundError):
-            self.storage.download(files.checkpoint_key(job_id), folder / CHECKPOINT_NAME)
-            log.info("job %s: resuming the fine-tune from the checkpoint of an earlier attempt", job_id)
+        for name in files.CHECKPOINT_NAMES:
+            with contextlib.suppress(ObjectNotFoundError):
+                self.storage.download(files.checkpoint_key(job_id, name), folder / name)
+                log.info("job %s: resuming from the %s of an earlier attempt", job_id, name)
         return str(folder)
 
-    def _sync_checkpoint(self, job_id: str, work: Path, seen: float) -> float:
-        """Upload the fine-tune's checkpoint when the child has written a new one; returns its mtime."""
-        path = work / "checkpoint" / CHECKPOINT_NAME
+    def _sync_checkpoint(self, job_id: str, work: Path, seen: float, name: str = CHECKPOINT_NAME) -> float:
+        """Upload the checkpoint file ``name`` (the fine-tune's, or the search's journal) when the child has
+        written a new one; returns its mtime."""
+        path = work / "checkpoint" / name
         try:
             info = path.lstat()
         except OSError:
@@ -322,7 +327,7 @@ class JobRunner:
             return seen
         try:
             with open(path, "rb") as f:
-                self.storage.put(files.checkpoint_key(job_id), f)
+                self.storage.put(files.checkpoint_key(job_id, name), f)
         except Exception as e:  # a failed upload costs only resumability
             log.warning("job %s: could not store the fine-tune checkpoint: %s", job_id, e)
         return info.st_mtime
@@ -372,7 +377,7 @@ class JobRunner:
         deadline = started + s.job_timeout_s
         beat_every = s.heartbeat_interval_s
         next_beat = next_check = next_flush = next_sync = 0.0
-        checkpoint_seen = 0.0
+        checkpoint_seen = dict.fromkeys(files.CHECKPOINT_NAMES, 0.0)
         pending: dict[str, Any] = {}
         budget = EventBudget()
         events = budget.events
@@ -413,7 +418,8 @@ class JobRunner:
                     break
             if now >= next_sync:
                 next_sync = now + CHECKPOINT_SYNC_S
-                checkpoint_seen = self._sync_checkpoint(claim.job_id, work, checkpoint_seen)
+                for name in files.CHECKPOINT_NAMES:
+                    checkpoint_seen[name] = self._sync_checkpoint(claim.job_id, work, checkpoint_seen[name], name)
             if now >= next_beat or (pending and now >= next_flush):
                 if not crud.heartbeat(self.engine, claim, s.job_lease_s, **pending):
                     ended = Outcome("cancelled")
@@ -578,11 +584,16 @@ def _log_tail(path: Path, n: int = 4096) -> str:
 
 
 def _tree_vms(pid: int) -> int:
-    """The largest address space of the process and its descendants (the conversion runs in a forked child)."""
+    """The larger address space of the sandbox process and of its children (the conversion runs in a forked
+    child); read from ``/proc`` directly: this runs ten times a second."""
     peak = _vms(pid)
-    with contextlib.suppress(psutil.Error):
-        for child in psutil.Process(pid).children(recursive=True):
-            peak = max(peak, _vms(child.pid))
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = f.read().split()
+    except OSError:
+        return peak
+    for child in children:
+        peak = max(peak, _vms(int(child)))
     return peak
 
 

@@ -69,11 +69,22 @@
     fd.append("model", $("model").files[0]);
     if ($("data").files.length) { fd.append(dataField, $("data").files[0]); }
     var value = $("policy-value").value.trim();
-    if (value) { fd.append($("policy").value, value); }
+    if (value && $("policy").value) { fd.append($("policy").value, value); }
     fd.append("order", $("order").value);
     if (!$("recover-box").hidden && $("recover").value) { fd.append("recover", $("recover").value); }
     $("input-shape").value.split(/\s+/).filter(Boolean).forEach(function (s) { fd.append("input_shape", s); });
     return fd;
+  }
+
+  // A typical value for each rank policy; "default" sends none (the server's default: energy 0.9, or with data
+  // max_accuracy_drop 0.01).
+  var POLICY_VALUES = { energy: "0.9", rank: "2", target_params: "0.5", target_macs: "0.5", max_accuracy_drop: "0.01" };
+
+  function policyChanged() {
+    var policy = $("policy").value, field = $("policy-value");
+    field.disabled = !policy;
+    field.placeholder = policy ? POLICY_VALUES[policy] || "" : "default";
+    field.value = policy ? POLICY_VALUES[policy] || "" : "";
   }
 
   function reset() {
@@ -191,9 +202,7 @@
   document.addEventListener("DOMContentLoaded", function () {
     $("api-key").value = sessionStorage.getItem(KEY_STORE) || "";
     $("api-key").addEventListener("change", function () { sessionStorage.setItem(KEY_STORE, $("api-key").value.trim()); });
-    $("policy").addEventListener("change", function () {
-      $("policy-value").value = { energy: "0.9", rank: "2", target_params: "0.5", target_macs: "0.5" }[$("policy").value];
-    });
+    $("policy").addEventListener("change", policyChanged);
     $("convert-form").addEventListener("submit", submit);
     $("download-model").addEventListener("click", downloadModel);
     loadSchema();

@@ -95,6 +95,24 @@ def test_tap_overrides_and_leaves_the_model_alone(tmp_path, fmt):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+def test_tap_without_outputs_captures_the_same_inputs(tmp_path, fmt):
+    """``outputs=False`` (what calibration asks for: the runtime may stop at the captured input) changes
+    nothing in what is captured, with and without overrides."""
+    model, x = build("vgg")
+    path = _save(model, x, fmt, tmp_path / {"onnx": "m.onnx", "pt2": "m.pt2"}.get(fmt, "m.pt"))
+    adapter, loaded, layers, tap = _tap(path, tmp_path, tuple(x.shape))
+    name = adapter.input_specs(loaded)[0].name
+    low = {layers[0].name: (decompose(layers[0].weight, layers[0].groups, "dw-pw", 1), None)}
+    for weights in ({}, overrides(tap, low)):
+        for layer in layers:
+            _, want = tap({name: x.numpy()}, weights, [layer.name])
+            outs, got = tap({name: x.numpy()}, weights, [layer.name], outputs=False)
+            np.testing.assert_array_equal(got[layer.name], want[layer.name])
+            if fmt != "torchscript":  # the scripted graph runs whole and returns its outputs anyway
+                assert outs == []
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_calibration_beats_data_free_on_held_out_samples(tmp_path, fmt):
     model, x = build("vgg")
     path = _save(model, x, fmt, tmp_path / {"onnx": "m.onnx", "pt2": "m.pt2"}.get(fmt, "m.pt"))

@@ -277,44 +277,35 @@ def _scripted(*outcomes: bool):
     return fake, calls
 
 
-def _samples(tmp_path: Path, size: int = 40) -> Path:
-    path = tmp_path / "data.npz"
-    np.savez(path, inputs=np.random.default_rng(0).standard_normal((24, 3, size, size)).astype(np.float32))
-    return path
-
-
-def test_the_guard_runs_before_recovery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_guard_reverts_layers_and_its_measurement_is_the_reports(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # (with --data the default is the max_accuracy_drop search, which measures its plans itself: the guard is the
+    # default policy's check without data; tests/converter/test_search_pipeline.py covers the search)
     src = _low_rank_net(tmp_path)
     # the whole model is not faster with all three layers, faster once some are reverted
     fake, calls = _scripted(False, True)
     monkeypatch.setattr(_stage, "compare_files", fake)
     seen: list[str] = []
-    r = converter.convert(src, tmp_path / "out.onnx", data=_samples(tmp_path), progress=lambda s, f: seen.append(s),
-                          **FAST).report
+    r = converter.convert(src, tmp_path / "out.onnx", progress=lambda s, f: seen.append(s), **FAST).report
     order = list(dict.fromkeys(seen))
-    assert order.index("guard") < order.index("calibrate") < order.index("verify")
+    assert order.index("measure") < order.index("guard") < order.index("save") < order.index("verify")
+    assert "search" not in order and "calibrate" not in order
     kept = {lay.name for lay in r.converted_layers}
     reverted = {lay.name for lay in r.layers if lay.reason.startswith("reverted")}
     assert kept and reverted and not kept & reverted
-    # only the kept layers were calibrated, and the accuracy section is of the model written (no "before" note)
-    assert all(lay.calibration is not None for lay in r.converted_layers)
-    assert all(lay.calibration is None for lay in r.layers if lay.name in reverted)
-    assert r.accuracy is not None and "never-slower" not in (r.accuracy.note or "")
     # the guard's last measurement is the report's: the same graph is not timed again
     assert len(calls) == 2 and r.latency.speedup == pytest.approx(r.policy["never_slower"]["rounds"][-1]["speedup"])
 
 
-def test_the_guard_returning_the_original_leaves_nothing_to_recover(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_guard_returning_the_original_stages_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = _low_rank_net(tmp_path)
     fake, _ = _scripted(False)
     monkeypatch.setattr(_stage, "compare_files", fake)
-    result = converter.convert(src, tmp_path / "out.onnx", data=_samples(tmp_path), **FAST)
+    result = converter.convert(src, tmp_path / "out.onnx", **FAST)
     r = result.report
     assert result.output_path.read_bytes() == src.read_bytes() and not r.converted_layers
     assert r.latency is None and any("returned unchanged" in w for w in r.warnings)
-    assert not any(lay.calibration for lay in r.layers)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz", "lowrank.onnx", "out.onnx"]  # nothing staged
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lowrank.onnx", "out.onnx"]  # nothing staged
 
 
 def test_fidelity_is_measured_on_the_held_out_samples(tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ from tests.utils.models import build, export_onnx
 
 
 def test_table_order_and_derived_names():
-    assert STAGE_NAMES == ("load", "plan", "measure", "rewrite", "guard", "calibrate", "finetune", "save", "verify")
+    assert STAGE_NAMES == ("load", "plan", "measure", "search", "rewrite", "guard", "calibrate", "finetune", "save",
+                           "verify")
     assert all(s.share > 0 for s in STAGES)
     assert ("queued", *STAGE_NAMES, "done") == JOB_STAGES
     assert set(Timings.model_fields) == set(TIMING_KEYS)

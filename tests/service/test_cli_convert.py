@@ -86,3 +86,21 @@ def test_errors_are_one_line_without_traceback(models, tmp_path, setup, args, me
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out.bin").exists()
+
+
+def test_max_accuracy_drop_flag_reaches_the_search_and_the_summary(models, tmp_path):
+    import numpy as np
+
+    base = np.random.default_rng(0).standard_normal((40, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", inputs=np.repeat(np.repeat(base, 4, axis=2), 4, axis=3))
+    out, rep = tmp_path / "slim.onnx", tmp_path / "report.json"
+    res = CliRunner().invoke(cli, ["convert", str(models["onnx"]), "-o", str(out), "--data", str(tmp_path / "data.npz"),
+                                   "--max-accuracy-drop", "0.9", "--search-budget-s", "60", "--latency-runs", "5",
+                                   "--report", str(rep)])
+    assert res.exit_code == 0, res.output
+    report = json.loads(rep.read_text())
+    assert report["search"]["max_drop"] == 0.9 and report["search"]["default"] is False
+    assert report["policy"]["kind"] == "max_accuracy_drop"
+    assert "search (max_accuracy_drop 0.9 on top1_agreement, asked)" in res.output
+    if report["search"]["chosen"] is not None:
+        assert "reproduce with: --layer-rank" in res.output

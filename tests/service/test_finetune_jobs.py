@@ -113,6 +113,14 @@ async def test_runner_uploads_a_new_checkpoint(make_settings, tmp_path):
     seen = runner._sync_checkpoint("job1", tmp_path, 0.0)
     assert seen > 0 and b"".join(runner.storage.get(files.checkpoint_key("job1"))) == b"state"
     assert runner._sync_checkpoint("job1", tmp_path, seen) == seen  # unchanged: not uploaded again
+    # the max_accuracy_drop search's journal travels the same way, under its own key
+    (tmp_path / "checkpoint" / "search.json").write_text('{"key": "k", "plans": {}}')
+    assert runner._sync_checkpoint("job1", tmp_path, 0.0, "search.json") > 0
+    assert b"".join(runner.storage.get(files.checkpoint_key("job1", "search.json"))) == b'{"key": "k", "plans": {}}'
+    (tmp_path / "again").mkdir()
+    folder = Path(runner._download_checkpoint("job1", tmp_path / "again"))
+    assert (folder / "search.json").read_text() == '{"key": "k", "plans": {}}'
+    assert (folder / "finetune.ckpt").read_bytes() == b"state"
 
 
 async def test_cancel_a_running_finetune(make_settings, tiny):

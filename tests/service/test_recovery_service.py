@@ -35,3 +35,21 @@ async def test_data_and_eval_parts_calibrate_and_report_accuracy(make_settings: 
         (tmp_path / "bad.npz").write_bytes(b"not a zip at all")
         with pytest.raises(InvalidOptions, match=r"data: expected a \.npz"):
             await client.convert(model_files["onnx"], data=tmp_path / "bad.npz", **FAST)
+
+
+@pytest.mark.asyncio
+async def test_max_accuracy_drop_runs_the_search_in_a_job(make_settings: Callable[..., Settings],
+                                                          model_files: dict[str, Path], tmp_path: Path):
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((40, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", inputs=np.repeat(np.repeat(base, 4, axis=2), 4, axis=3))
+    options = {k: v for k, v in FAST.items() if k != "rank"}
+    async with async_sdk(make_settings(api_keys=[KEY_ALICE])) as sdk:
+        client = sdk()
+        job = await client.convert(model_files["onnx"], data=tmp_path / "data.npz", max_accuracy_drop=0.9,
+                                   search_budget_s=60, **options)
+        assert job.options["max_accuracy_drop"] == 0.9
+        report = await job.report
+        s = report.search
+        assert s is not None and s.max_drop == 0.9 and not s.default and s.plans
+        assert report.policy["kind"] == "max_accuracy_drop" and report.timings.search_s is not None

@@ -359,12 +359,16 @@ def test_options_are_encoded_as_the_contract_says():
     assert encode_options({"input_shape": "x=1x3x224x224", "target_params": 0.3}) == {
         "input_shape": ["x=1x3x224x224"], "target_params": "0.3"}
     assert encode_options({}) == {}
+    assert encode_options({"max_accuracy_drop": 0.01, "search_budget_s": 60}) == {
+        "max_accuracy_drop": "0.01", "search_budget_s": "60.0"}
 
 
 @pytest.mark.parametrize(("options", "match"), [
     ({"rnak": 2}, "rnak: unknown option"),
     ({"rank": 0}, "rank"),
     ({"rank": 2, "energy": 0.9}, "choose one rank policy"),
+    ({"rank": 2, "max_accuracy_drop": 0.01}, "choose one rank policy"),
+    ({"max_accuracy_drop": 2}, "max_accuracy_drop"),
     ({"input_shape": ["x=1xAx3"]}, "input shape"),
 ])
 def test_invalid_options_fail_before_anything_is_sent(model_file: Path, options: dict, match: str):

@@ -44,3 +44,11 @@ async def test_page_is_not_in_the_api_schema(api):
 async def test_page_needs_no_key_but_the_api_does(api):
     assert (await api.get("/")).status_code == 200
     assert (await api.get("/jobs")).status_code == 401
+
+
+async def test_page_offers_max_accuracy_drop_and_a_default_that_sends_no_rank_option(api):
+    page = (await api.get("/")).text
+    assert '<option value="max_accuracy_drop">' in page and '<option value="" selected>' in page
+    script = (await api.get("/web/app.js")).text
+    # "default" sends no rank option (the server's default decides), max_accuracy_drop gets a typical value
+    assert 'max_accuracy_drop: "0.01"' in script and 'if (value && $("policy").value)' in script

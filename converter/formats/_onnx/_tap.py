@@ -46,8 +46,9 @@ class OnnxTap:
 
     def __init__(self, run: Any, n_outputs: int, points: dict[str, TapPoint], skipped: dict[str, str],
                  feeds: dict[str, tuple[str, str, np.dtype]], defaults: dict[str, tuple[np.ndarray, np.ndarray]],
-                 captured: dict[str, tuple[str, int | None]]) -> None:
+                 captured: dict[str, tuple[str, int | None]], names: list[str]) -> None:
         self.points, self.skipped = points, skipped
+        self._names = names  # the tapped copy's output names, by index
         self._run, self._n, self._feeds, self._defaults, self._captured = run, n_outputs, feeds, defaults, captured
 
     def __call__(
@@ -55,18 +56,23 @@ class OnnxTap:
         inputs: Mapping[str, np.ndarray],
         weights: Mapping[str, tuple[np.ndarray, np.ndarray]],
         want: Sequence[str],
+        outputs: bool = True,
     ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
         feeds = dict(inputs)
         for name, (w_in, b_in, dtype) in self._feeds.items():
             w, b = weights.get(name, self._defaults[name])
             feeds[w_in] = np.ascontiguousarray(w, dtype=dtype)
             feeds[b_in] = np.ascontiguousarray(b, dtype=dtype)
-        outs = self._run(feeds)
         got = {}
+        if outputs:
+            outs = self._run(feeds)
+        else:  # only the captured values: onnxruntime runs the part of the graph they depend on
+            fetch = sorted({self._captured[name][1] for name in want} - {None})
+            outs = dict(zip(fetch, self._run(feeds, [self._names[i] for i in fetch]) if fetch else [], strict=True))
         for name in want:
             source, index = self._captured[name]
             got[name] = np.asarray(inputs[source] if index is None else outs[index])
-        return list(outs[:self._n]), got
+        return (list(outs[:self._n]) if outputs else []), got
 
 
 def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, threads: int | None = None) -> OnnxTap:
@@ -159,6 +165,7 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
         for value in initializers:
             if not value.uses() and not value.is_graph_input() and not value.is_graph_output():
                 graph.initializers.pop(value.name)
+        names = [v.name for v in graph.outputs]
         path = adapter.save(model, workdir / "tap.onnx")
     finally:
         if initializers:
@@ -176,4 +183,4 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
         for back in reversed(undo):
             back()
     run, _ = adapter.runner(path, workdir / "tap", threads)
-    return OnnxTap(run, n_outputs, points, skipped, feeds, defaults, captured)
+    return OnnxTap(run, n_outputs, points, skipped, feeds, defaults, captured, names)

@@ -35,11 +35,15 @@ def _geometry(args: Any, kernel: tuple[int, ...]) -> Geometry | str:
     return Geometry(tuple(args.stride), tuple(args.dilation), pads)
 
 
+class _Captured(Exception):
+    """Every wanted input is captured and the outputs are not wanted: the rest of the program need not run."""
+
+
 class _Interpreter(torch.fx.Interpreter):
     def __init__(self, module: torch.fx.GraphModule, weights: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
-                 want: set[str]) -> None:
+                 want: set[str], stop: bool = False) -> None:
         super().__init__(module)
-        self.weights, self.want = weights, want
+        self.weights, self.want, self.stop = weights, want, stop
         self.captured: dict[str, torch.Tensor] = {}
 
     def run_node(self, n: torch.fx.Node) -> Any:
@@ -48,6 +52,8 @@ class _Interpreter(torch.fx.Interpreter):
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         if n.name in self.want:
             self.captured[n.name] = args[0]
+            if self.stop and len(self.captured) == len(self.want):
+                raise _Captured
         if n.name in self.weights:
             w, b = self.weights[n.name]
             args = list(args)
@@ -75,6 +81,7 @@ class Pt2Tap:
         inputs: Mapping[str, np.ndarray],
         weights: Mapping[str, tuple[np.ndarray, np.ndarray]],
         want: Sequence[str],
+        outputs: bool = True,
     ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
         missing = [n for n in self._names if n not in inputs]
         if missing:
@@ -83,13 +90,16 @@ class Pt2Tap:
         swap = {self._nodes[name]: (torch.from_numpy(np.ascontiguousarray(w, np.float32)),
                                     torch.from_numpy(np.ascontiguousarray(b, np.float32)))
                 for name, (w, b) in weights.items() if name in self._nodes}
-        run = _Interpreter(self._module, swap, {self._nodes[name] for name in want})
+        run = _Interpreter(self._module, swap, {self._nodes[name] for name in want}, stop=not outputs and bool(want))
+        out = None
         try:
             with torch.inference_mode():
                 out = run.run(*tensors)
+        except _Captured:
+            pass
         except Exception as e:
             raise VerificationError(f"the .pt2 program did not run: {one_line(e, 200)}") from e
-        outs = [t.detach().cpu().numpy() for t in torch.utils._pytree.tree_leaves(out)]
+        outs = [] if out is None else [t.detach().cpu().numpy() for t in torch.utils._pytree.tree_leaves(out)]
         return outs, {name: run.captured[self._nodes[name]].detach().cpu().numpy() for name in want}
 
 

@@ -61,6 +61,7 @@ class TorchScriptTap:
         inputs: Mapping[str, np.ndarray],
         weights: Mapping[str, tuple[np.ndarray, np.ndarray]],
         want: Sequence[str],
+        outputs: bool = True,  # the scripted graph runs whole either way
     ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
         kwargs: dict[str, Any] = {}
         for arg in self._args:
