@@ -115,6 +115,8 @@ class ConvLayer:
         in_spatial, out_spatial: spatial sizes of the conv's input and output for the verification shapes
             (batch excluded), or None when they could not be inferred; MACs need them.
         handle: the adapter's own reference to the node; opaque to everything else.
+        quantized: for a quantized conv whose ``weight`` is its dequantized integer weight, the quantization
+            style the rewrite keeps (ONNX: ``QDQ``, ``QLinearConv``, ``ConvInteger``); None for a float conv.
     """
 
     name: str
@@ -129,6 +131,7 @@ class ConvLayer:
     in_spatial: tuple[int, ...] | None = None
     out_spatial: tuple[int, ...] | None = None
     handle: Any = field(default=None, repr=False, compare=False)
+    quantized: str | None = None
 
     @property
     def taps(self) -> int:
@@ -141,11 +144,15 @@ class Rewrite:
     """Replace ``layer`` by the convs of ``lowered`` (new nodes named ``node_name(layer.name, step.name)``).
 
     ``bias``, when given (``[out_channels]``, e.g. refitted by calibration), replaces the layer's own bias (or
-    adds one where it had none) on the step that carries the bias; None keeps the original."""
+    adds one where it had none) on the step that carries the bias; None keeps the original. ``ranges``, for a
+    quantized layer, give the observed ``(min, max)`` of the new intermediate tensors (by step name, ``join`` for
+    a concat or sum; ``algebra.intermediate_values``): their quantization parameters; None: the data-free
+    estimate (``algebra.intermediate_intervals``)."""
 
     layer: ConvLayer
     lowered: Lowered
     bias: np.ndarray | None = field(default=None, compare=False)
+    ranges: Mapping[str, tuple[float, float]] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

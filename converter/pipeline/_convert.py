@@ -173,7 +173,8 @@ def _calibrate(c: Conversion, within: StageProgress) -> None:
     cfg = c.config if c.samples is not None else c.config.model_copy(update={"recover": "none"})
     with map_errors("calibration failed", ConversionError):
         out = recover(c.adapter, c.src, c.workdir("calibrate"), c.factors, c.per_sample, data,
-                      c.eval_samples if c.samples is not None else None, cfg, within.update)
+                      c.eval_samples if c.samples is not None else None, cfg, within.update,
+                      calibration_data=c.samples is not None)
     c.report_extra["accuracy"] = out.accuracy
     c.layer_extra.update(out.layers)
     c.warnings.extend(out.warnings)

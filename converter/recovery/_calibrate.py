@@ -25,6 +25,7 @@ from ..algebra import Decomposition, calibrate_stats, dense, layer_stats
 from ..data import Samples
 from ..evaluation import Scorer, better
 from ..formats import ConvLayer, FormatAdapter, Rewrite, Tap, Tappable
+from ._ranges import activation_ranges
 
 __all__ = ["Calibration", "LayerOutcome", "Recovery", "calibrate", "evaluate", "held_out", "overrides", "recover"]
 
@@ -153,7 +154,8 @@ class Recovery:
     """What the calibrate stage hands back to the pipeline.
 
     Attributes:
-        model: the original model rewritten with the calibrated factors, or None to keep the data-free one.
+        model: the original model rewritten with the calibrated factors, or None to keep the data-free one (a
+            quantized model is rewritten again even then: its new tensors' ranges are calibrated).
         factors: the calibrated factors (as ``Factors``), or None.
         accuracy: the report's ``accuracy`` section.
         layers: per layer name, report fields (``calibration``, ``output_error``).
@@ -186,10 +188,15 @@ def recover(
     eval_: Samples | None,
     config: ConversionConfig,
     progress: Progress | None = None,
+    calibration_data: bool = True,
 ) -> Recovery:
     """Calibrate the converted layers on ``data`` (unless ``recover="none"``), score the original, data-free and
     calibrated models on the held-out samples, and keep the calibrated factors only if they are at least as
-    good there. ``factors`` are the data-free ``Factors`` of the converted layers (the pipeline's)."""
+    good there. ``factors`` are the data-free ``Factors`` of the converted layers (the pipeline's).
+
+    Quantized layers get their new tensors' ranges from the calibration samples whenever ``data`` are
+    calibration samples (``calibration_data``; not when only ``--eval`` samples were given), also with
+    ``recover="none"``: observing ranges does not change the factors."""
     notify = progress or (lambda _: None)
     if not isinstance(adapter, Tappable):
         raise InvalidOptionsError(f"calibration and accuracy on samples are not available for {adapter.name} models "
@@ -248,7 +255,11 @@ def recover(
         for name, reason in result.skipped.items():
             layers[name] = {"calibration": f"skipped: {reason}"}
     if not keep or result is None:
-        return Recovery(None, None, accuracy, layers, warnings)
+        if not calibration_data or not any(f.layer.quantized for f in factors):
+            return Recovery(None, None, accuracy, layers, warnings)
+        new = list(factors)  # data-free factors, but the quantized layers' ranges are calibrated below
+        return Recovery(_rewritten(adapter, fresh, tap, by_name, new, calib, config), new, accuracy, layers,
+                        warnings)
     new = []
     for f in factors:
         if f.layer.name in result.factors:
@@ -256,10 +267,18 @@ def recover(
             f = f.with_weights(dec.first if dec.order == "dw-pw" else dec.second,
                                dec.second if dec.order == "dw-pw" else dec.first, bias)
         new.append(f)
-    # The rewrite goes onto the freshly loaded original (the tap left it as it was), with that model's layers.
-    rewrites = [Rewrite(by_name.get(f.layer.name, f.layer), f.lowered(), f.bias) for f in new]
-    model = adapter.apply(fresh, rewrites)
-    return Recovery(model, new, accuracy, layers, warnings)
+    return Recovery(_rewritten(adapter, fresh, tap, by_name, new, calib, config), new, accuracy, layers, warnings)
+
+
+def _rewritten(adapter: Any, fresh: Any, tap: Tap, by_name: dict[str, ConvLayer], factors: list[Any],
+               calib: Samples, config: ConversionConfig) -> Any:
+    """The freshly loaded original (the tap left it as it was) rewritten with ``factors`` and that model's layers;
+    quantized layers get their new tensors' ranges observed on the calibration samples (``_ranges``)."""
+    ranges = activation_ranges(tap, factors, overrides(tap, {f.layer.name: (f.decomposition, f.bias)
+                                                            for f in factors}), calib, config.batch_size)
+    rewrites = [Rewrite(by_name.get(f.layer.name, f.layer), f.lowered(), f.bias, ranges.get(f.layer.name))
+                for f in factors]
+    return adapter.apply(fresh, rewrites)
 
 
 def _mkdir(p: Path) -> Path:

@@ -9,6 +9,8 @@ The adapter and its parts import onnx and onnx-ir, on first use:
     _shapes     shape inference with stubbed weights, and ``ShapeCache`` (owned by ``OnnxModel``)
     _functions  inlining the model-local functions that hold convs, so that their convs are found
     _convs      finding convolutions and their constant weights
+    _quant      quantized convs (QDQ, QLinearConv, ConvInteger): read dequantized, rewritten in their own style
+    _qcontext   a quantized conv cut out with its quantization, for timing on onnxruntime's integer kernels
     _passes     the rewrite as onnx-ir passes (``DecomposeConvsPass`` and the cleanup)
     _stats      parameter and MAC counts
     _runner     onnxruntime sessions

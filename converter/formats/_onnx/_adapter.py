@@ -162,7 +162,8 @@ class OnnxAdapter:
                 input_shapes: Mapping[str, tuple[int, ...]]) -> LayerContext | str:
         """``layer`` (found by ``find_convs`` in ``model``) with its real neighbours as a small ONNX model, at
         the given input shapes (batch included), for timing its candidates; or why it cannot be cut out, when
-        the generic micro-model is used instead (see ``_context``)."""
+        the generic micro-model is used instead (see ``_context``; a quantized conv is cut with its
+        quantization, ``_qcontext``)."""
         node = layer.handle
         if not isinstance(node, ir.Node) or node.graph is None:
             return f"layer {layer.name!r}: no node of this model"
@@ -170,6 +171,14 @@ class OnnxAdapter:
             table = _table(model, input_shapes)
         except Exception as e:  # shapes that do not fit this model: no context, not a failed conversion
             return f"layer {layer.name!r}: shapes not inferred ({one_line(e, 160)})"
+        if layer.quantized:
+            from ._qcontext import quant_context
+            from ._quant import read
+
+            quant = read(node)
+            if quant is None or isinstance(quant, str):
+                return f"layer {layer.name!r}: {quant or 'not a quantized conv'}"
+            return quant_context(_unwrap(model), layer.name, quant, table)
         return layer_context(_unwrap(model), layer.name, node, table)
 
     def apply(self, model: Any, rewrites: Sequence[Rewrite]) -> Any:

@@ -10,24 +10,20 @@ import numpy as np
 import onnx_ir as ir
 
 from .._base import ConvLayer, UniqueNames
+from . import _quant
 from ._nodes import CONV_OPS, QUANTIZED_CONV_OPS, Dims, int_attr, ints, is_onnx_op
 from ._shapes import out_spatial, spatial, value_dims
 
 __all__ = ["NOTE_OVERRIDABLE", "constant_weight", "describe", "named_convs"]
 
 NOTE_OVERRIDABLE = "weight is a graph input (overridable), not a constant"
-_FLOAT_FIRST = "sepconv converts float convolutions: convert the float model, then quantize the result"
-_QUANTIZED_NOTES = {
-    "ConvInteger": f"ConvInteger: an integer conv of a dynamically quantized model, not converted; {_FLOAT_FIRST}",
-    "QLinearConv": f"QLinearConv: an integer conv of a statically quantized model, not converted; {_FLOAT_FIRST}",
-}
-NOTE_QDQ = f"weight is quantized (QDQ: DequantizeLinear → Conv), not converted; {_FLOAT_FIRST}"
+NOTE_QDQ = "weight is quantized (QDQ: DequantizeLinear → Conv)"
 _ALL_CONV_OPS = CONV_OPS | frozenset(QUANTIZED_CONV_OPS)
 
 
 def named_convs(model: ir.Model) -> list[tuple[str, ir.Node]]:
     """Every Conv/ConvTranspose in graph order (subgraphs included), and the integer convs of quantized graphs
-    (``QUANTIZED_CONV_OPS``, reported but never converted), with a unique, readable name: the node's
+    (``QUANTIZED_CONV_OPS``, read by ``_quant``), with a unique, readable name: the node's
     own name, ``<op>_<i>`` for an unnamed one (``i`` counts the convs), made unique by ``UniqueNames`` (a
     repeated name gets ``_2``…, avoiding every node's own name)."""
     nodes = list(ir.traversal.RecursiveGraphIterator(model.graph))
@@ -93,20 +89,27 @@ def describe(model: ir.Model, name: str, node: ir.Node, table: Mapping[str, Dims
     w = node.inputs[w_index] if len(node.inputs) > w_index else None
     groups = int_attr(node, "group", 1)
     tensor, note = constant_weight(model, w)
-    if node.op_type in QUANTIZED_CONV_OPS:
+    quant = _quant.read(node)
+    quantized = None
+    if isinstance(quant, str):
         # Its integer weight gives the geometry; the layer itself is only reported.
-        note = _QUANTIZED_NOTES[node.op_type]
+        tensor, note = None, f"{quant}: not converted"
+    elif quant is not None:
+        tensor, note, quantized = None, None, quant.style
     elif tensor is not None and not tensor.dtype.is_floating_point():
         note = f"weight has dtype {tensor.dtype}, not a floating-point type"
         tensor = None
     if tensor is not None and len(tensor.shape) < 3:
         note = f"weight constant has shape {tuple(tensor.shape.numpy())}, not [N, C, *kernel]"
         tensor = None
-    wdims = tuple(tensor.shape.numpy()) if tensor is not None else value_dims(w, table)
+    if quant is not None and not isinstance(quant, str):
+        wdims = tuple(quant.weight.shape)
+    else:
+        wdims = tuple(tensor.shape.numpy()) if tensor is not None else value_dims(w, table)
     x_dims = value_dims(x, table)
     y_dims = value_dims(node.outputs[0], table)
     kernel = tuple(ints(node, "kernel_shape", wdims[2:] if wdims is not None and len(wdims) >= 3 else []))
-    if tensor is not None and wdims is not None and kernel != tuple(wdims[2:]):
+    if (tensor is not None or quantized) and wdims is not None and kernel != tuple(wdims[2:]):
         # an invalid model (no runtime runs it): said now, not found out by whichever stage touches it first
         raise ValueError(f"its kernel_shape {list(kernel)} contradicts its weight of shape {list(wdims)} "
                          f"(kernel dims {list(wdims[2:])})")
@@ -116,7 +119,10 @@ def describe(model: ir.Model, name: str, node: ir.Node, table: Mapping[str, Dims
         in_ch = x_dims[1] if x_dims is not None and len(x_dims) > 1 else 0
         out_ch = y_dims[1] if y_dims is not None and len(y_dims) > 1 else 0
     weight = None
-    if tensor is not None and node.op_type not in QUANTIZED_CONV_OPS:
+    if quantized:
+        weight = quant.weight.view()  # type: ignore[union-attr]
+        weight.flags.writeable = False
+    elif tensor is not None:
         # A read-only view of the initializer when it already is float32 (the planner only reads it): no copy
         # of every conv's weight per call.
         weight = _as_conv_layout(np.asarray(tensor.numpy()).astype(np.float32, copy=False), groups, transposed)
@@ -129,6 +135,5 @@ def describe(model: ir.Model, name: str, node: ir.Node, table: Mapping[str, Dims
     return ConvLayer(
         name=name, op=node.op_type, kernel=kernel, in_channels=int(in_ch), out_channels=int(out_ch),
         groups=groups, weight=weight, transposed=transposed, note=note, in_spatial=in_sp, out_spatial=out_sp,
-        handle=node,
+        handle=node, quantized=quantized,
     )
-

@@ -12,9 +12,8 @@ __all__ = ["CONV_OPS", "MAC_OPS", "ONNX_DOMAINS", "QUANTIZED_CONV_OPS", "Dims", 
 
 ONNX_DOMAINS = frozenset({"", "ai.onnx"})
 CONV_OPS = frozenset({"Conv", "ConvTranspose"})
-#: Integer convolutions of quantized graphs, and the index of their weight input. They are found and reported
-#: (skipped, with the reason) but never converted: the factors would be float, and the graph's quantization
-#: (scales, zero points, the integer kernels it was made for) would have to be redone.
+#: Integer convolutions of quantized graphs, and the index of their weight input (``_quant`` reads and rewrites
+#: them, keeping the model quantized).
 QUANTIZED_CONV_OPS = {"ConvInteger": 1, "QLinearConv": 3}
 MAC_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 

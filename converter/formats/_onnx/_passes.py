@@ -1,6 +1,7 @@
 """The ONNX rewrite as onnx-ir passes::
 
-    DecomposeConvsPass(rewrites)            each listed Conv -> the convs of its ``Lowered`` program
+    DecomposeConvsPass(rewrites)            each listed Conv -> the convs of its ``Lowered`` program (a quantized
+                                            conv -> the same, quantized in its own style: ``_quant``)
     RemoveUnusedNodesPass                   old weight Constant/Identity nodes, main-graph initializers
     RemoveUnusedInitializersPass            initializers of subgraphs (If/Loop/Scan bodies) too
     TopologicalSortPass
@@ -24,6 +25,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
 from ..._errors import ConversionError, one_line
 from ...algebra import ConvStep, Lowered, to_transposed
 from .._base import Rewrite, UniqueNames, node_name
+from . import _quant
 from ._convs import constant_weight, named_convs
 from ._nodes import int_attr, ints
 
@@ -34,9 +36,21 @@ _SPATIAL_ATTRS = ("strides", "pads", "auto_pad", "dilations")
 _TRANSPOSED_ATTRS = (*_SPATIAL_ATTRS, "output_padding", "output_shape")
 
 
-def _check_lowered(model: ir.Model, name: str, node: ir.Node, lowered: Lowered) -> None:
+def _check_lowered(model: ir.Model, name: str, node: ir.Node, lowered: Lowered) -> _quant.QuantConv | None:
     """Refuse a conv whose weight is not a constant, or a program whose shapes cannot replace it, naming the
-    layer and step. Shapes are taken from the node itself, not from the ``ConvLayer`` record."""
+    layer and step. Shapes are taken from the node itself, not from the ``ConvLayer`` record. Returns the
+    quantized conv where it is one (``_quant``)."""
+    quant = _quant.read(node)
+    if isinstance(quant, str):
+        raise ConversionError(f"layer {name!r}: cannot be rewritten: {quant}")
+    if quant is not None:
+        groups = int_attr(node, "group", 1)
+        wdims = quant.weight.shape
+        try:
+            lowered.check(wdims[1] * groups, wdims[0], tuple(ints(node, "kernel_shape", wdims[2:])))
+        except ValueError as e:
+            raise ConversionError(f"layer {name!r}: {e}") from e
+        return quant
     if node.op_type not in ("Conv", "ConvTranspose"):
         raise ConversionError(f"layer {name!r}: {node.op_type} cannot be rewritten (not supported yet)")
     if not node.inputs or node.inputs[0] is None:
@@ -55,7 +69,7 @@ def _check_lowered(model: ir.Model, name: str, node: ir.Node, lowered: Lowered) 
         lowered.check(in_channels, out_channels, kernel)
     except ValueError as e:
         raise ConversionError(f"layer {name!r}: {e}") from e
-
+    return None
 
 
 class _Names:
@@ -161,14 +175,17 @@ class DecomposeConvsPass(ir.passes.InPlacePass):
             node = convs.pop(name, None)
             if node is None:
                 raise ConversionError(f"layer {name!r}: no such convolution in the model (or listed twice)")
-            _check_lowered(model, name, node, rw.lowered)
+            quant = _check_lowered(model, name, node, rw.lowered)
             if rw.bias is not None and tuple(np.shape(rw.bias)) != (rw.lowered.steps[-1].weight.shape[0],):
                 raise ConversionError(f"layer {name!r}: the replacement bias has shape {np.shape(rw.bias)}")
-            todo.append((name, node, rw))
+            todo.append((name, node, rw, quant))
         names = _Names(model)
-        for name, node, rw in todo:
+        for name, node, rw, quant in todo:
             try:
-                _replace(model, name, node, rw.lowered, names, rw.bias)
+                if quant is not None:
+                    _quant.replace(model, name, quant, rw.lowered, names, rw.bias, rw.ranges)
+                else:
+                    _replace(model, name, node, rw.lowered, names, rw.bias)
             except ConversionError:
                 raise
             except Exception as e:

@@ -3,7 +3,9 @@ bias as extra graph inputs and whose graph also outputs each tapped conv's input
 
 A ConvTranspose is tapped in its regular-conv view (``algebra.regular_view``): the captured input is mapped to
 the input of the regular conv that computes the same outputs, and its weight overrides (regular layout, like
-``ConvLayer.weight``) are regrouped to the ConvTranspose layout when fed.
+``ConvLayer.weight``) are regrouped to the ConvTranspose layout when fed. A quantized conv is tapped as the float
+conv of its dequantized weight with the model's quantization around it (``_quant.floatify``): its captured input
+is the dequantized activation the integer kernel sees.
 
 The copy is written once (the adapter's own save), so the model held in memory is edited only for the moment of
 writing and then restored exactly.
@@ -20,6 +22,7 @@ import onnx_ir as ir
 
 from ...algebra import Geometry, regular_view, to_transposed
 from .._taps import TapPoint
+from . import _quant
 from ._adapter import _unwrap
 from ._convs import constant_weight
 from ._nodes import auto_pad, ints
@@ -119,18 +122,24 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
         node = layer.handle
         reason = None
         dtype = None
-        if not isinstance(node, ir.Node) or node.op_type not in ("Conv", "ConvTranspose"):
+        quant = _quant.read(node) if isinstance(node, ir.Node) else None
+        if isinstance(quant, str):
+            reason = quant
+        elif not isinstance(node, ir.Node) or (node.op_type not in ("Conv", "ConvTranspose") and quant is None):
             reason = "not a Conv or ConvTranspose node"
         elif node.graph is not graph:
             reason = "inside a subgraph (If/Loop/Scan body)"
         elif layer.weight is None:
             reason = layer.note or "weight is not a constant"
-        if reason is None:
+        tensor = None
+        if reason is None and quant is None:
             tensor, note = constant_weight(m, node.inputs[1])
             if tensor is None or tensor.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE):
                 reason = note or "weight is not a float tensor"
             else:
                 dtype = tensor.dtype
+        elif reason is None:
+            dtype = ir.DataType.FLOAT  # a quantized conv is tapped in float (its dequantized weight)
         geo: Geometry | str | None = None
         if reason is None and node.op_type == "ConvTranspose":
             view = _transposed_view(node, len(layer.kernel))
@@ -145,7 +154,10 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
         if isinstance(geo, str):
             reason = geo
         bias = None
-        if reason is None and len(node.inputs) > 2 and node.inputs[2] is not None:
+        if reason is None and quant is not None:
+            # a quantized conv is tapped as the float conv of its dequantized weight, its quantization around it
+            bias = quant.bias
+        elif reason is None and len(node.inputs) > 2 and node.inputs[2] is not None:
             b_tensor, note = constant_weight(m, node.inputs[2])
             if b_tensor is None:
                 reason = f"bias: {note}"
@@ -156,7 +168,7 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
             continue
         assert isinstance(geo, Geometry) and dtype is not None  # set wherever no reason was given
         points[layer.name] = TapPoint(geo, bias)
-        plan.append((layer, node, dtype))
+        plan.append((layer, quant if quant is not None else node, dtype))
 
     added_inputs: list[ir.Value] = []
     added_outputs: list[ir.Value] = []
@@ -168,8 +180,12 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
     graph_inputs = {v.name for v in graph.inputs}
     out_index: dict[int, int] = {}
     initializers: list[ir.Value] = []
+    undo: list[Callable[[], None]] = []
     try:
         for i, (layer, node, dtype) in enumerate(plan):
+            if isinstance(node, _quant.QuantConv):
+                node, back = _quant.floatify(node, layer.name)
+                undo.append(back)
             w_name, b_name = f"sepconv_tap_{i}_weight", f"sepconv_tap_{i}_bias"
             tensor_shape = (to_transposed(layer.weight, layer.groups).shape if layer.name in views
                             else layer.weight.shape)
@@ -216,5 +232,7 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
                 node.replace_input_with(j, v)
         for _ in added_inputs:
             graph.inputs.pop()
+        for back in reversed(undo):
+            back()
     run, _ = adapter.runner(path, workdir / "tap", threads)
     return OnnxTap(run, n_outputs, points, skipped, feeds, defaults, captured, names, views)
