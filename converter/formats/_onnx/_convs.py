@@ -102,6 +102,7 @@ def describe(model: ir.Model, name: str, node: ir.Node, table: Mapping[str, Dims
     if tensor is not None and len(tensor.shape) < 3:
         note = f"weight constant has shape {tuple(tensor.shape.numpy())}, not [N, C, *kernel]"
         tensor = None
+    wdims: tuple[int, ...] | None
     if quant is not None and not isinstance(quant, str):
         wdims = tuple(quant.weight.shape)
     else:

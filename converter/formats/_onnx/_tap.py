@@ -154,7 +154,7 @@ def build_tap(adapter: Any, model: Any, layers: Sequence[Any], workdir: Path, th
         if isinstance(geo, str):
             reason = geo
         bias = None
-        if reason is None and quant is not None:
+        if reason is None and quant is not None and not isinstance(quant, str):
             # a quantized conv is tapped as the float conv of its dequantized weight, its quantization around it
             bias = quant.bias
         elif reason is None and len(node.inputs) > 2 and node.inputs[2] is not None:
