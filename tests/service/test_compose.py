@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ import yaml
 from service.core.config import Settings, load_settings
 from service.core.db import get_engine
 from service.jobs import crud
+from service.jobs.celery_app import node_name
 from service.sdk import Client
 from tests.service.helpers import KEY_ALICE, free_port
 
@@ -314,7 +314,7 @@ def _wait_for_pings(workers: list[Process], broker_url: str, timeout: float = 60
     """Until every worker answers a Celery ping (its task consumer is then running)."""
     from celery import Celery
 
-    names = [f"sepconv@{socket.gethostname()}-{w.pid}" for w in workers]
+    names = [node_name(w.pid) for w in workers]
     app = Celery("sepconv-compose-test", broker=broker_url)
     deadline = time.monotonic() + timeout
     try:
