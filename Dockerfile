@@ -4,8 +4,12 @@
 #   docker build -t sepconv .
 #   docker run -p 8000:8000 -e SEPCONV_API_KEYS=<a key of 16+ characters> -v sepconv-data:/data sepconv
 #   docker run ... sepconv worker          # a Celery worker (needs SEPCONV_BROKER_URL, PostgreSQL and S3)
+#   podman build --format docker -t sepconv .   # podman's default (OCI) format would drop the HEALTHCHECK
 #
-# Alone (no broker) the container runs the embedded default: SQLite and files under the /data volume, worker
+# Build arguments: PYTHON_IMAGE (the base), TORCH_VERSION, TORCH_INDEX_URL (where CPU torch comes from);
+# `make compose-test` points the last at a local index (README, "What was verified").
+#
+# Alone (no broker) the container runs the embedded default: SQLite and files under /data (mount a volume), worker
 # processes started by the server. docker-compose.yml runs the scaled setup (PostgreSQL, Redis, MinIO).
 #
 # Two stages: the first installs into a virtual environment (pip, the project's source, build leftovers), the
@@ -25,11 +29,22 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# The project's dependencies first, read from pyproject.toml alone: this layer (the slow one) is built again when
+# they change, not at every change of the source.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt
+COPY README.md ./
 COPY converter ./converter
 COPY service ./service
 # Not editable: the image holds the installed package, not this source tree.
-RUN pip install . && pip check
+RUN pip install --no-deps . && pip check
+# What a CPU deployment never loads from torch (about 200 MB): C++ headers (for compiling extensions), C++ test
+# binaries and data, protoc. torch_shm_manager stays (tensors shared between processes).
+RUN torch="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torch" \
+    && rm -rf "$torch/include" "$torch/test" "$torch/lib/libtorchbind_test.so" \
+    && find "$torch/bin" -mindepth 1 -maxdepth 1 ! -name torch_shm_manager -exec rm -rf {} +
 
 FROM ${PYTHON_IMAGE}
 # tini is PID 1: it forwards docker's SIGTERM to sepconv (graceful stop) and reaps orphaned processes.
@@ -46,7 +61,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     SEPCONV_DATA_DIR=/data \
-    SEPCONV_HOST=0.0.0.0 \
     SEPCONV_PORT=8000
 # The installed package must carry its Alembic migrations (a non-editable install drops what is not declared).
 RUN python -c "from service.core.db import MIGRATIONS as m; \
@@ -55,10 +69,13 @@ assert (m / 'env.py').is_file() and (m / 'script.py.mako').is_file() and any((m 
 
 USER sepconv
 WORKDIR /home/sepconv
-# SQLite and file storage of the embedded default; unused when PostgreSQL and S3 are configured.
-VOLUME ["/data"]
+# /data holds the SQLite database and files of the embedded default (mount a volume there: `-v sepconv-data:/data`);
+# unused when PostgreSQL and S3 are configured. No VOLUME instruction: it gave every compose container an unused
+# anonymous volume, which `podman-compose down -v` (and `docker compose down` without -v) leaves behind.
 EXPOSE 8000
 # `serve` answers /healthz; `worker` answers a Celery ping through the broker (see deploy/healthcheck.py).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 CMD ["sepconv-healthcheck"]
 ENTRYPOINT ["tini", "--", "sepconv"]
-CMD ["serve"]
+# Every address, on the command line rather than in SEPCONV_HOST: the workers (same image) then see no listening
+# address, and no warning about one without API keys. Without keys, serve still falls back to loopback.
+CMD ["serve", "--host", "0.0.0.0"]
