@@ -109,6 +109,7 @@ def test_compose_file_structure():
     assert api["healthcheck"]["test"] == ["CMD", "sepconv-healthcheck", "api"]
     # Scalable: nothing a second replica would clash on.
     assert worker["command"] == ["worker"] and "ports" not in worker
+    assert worker["scale"] == 1 and load_compose({**DOTENV, "SEPCONV_WORKERS": "3"})["services"]["worker"]["scale"] == 3
     assert worker["healthcheck"]["test"] == ["CMD", "sepconv-healthcheck", "worker"]
     assert "api" in worker["depends_on"]  # the API migrates and creates the bucket before N workers start
     assert "profiles" not in worker and "profiles" not in api
@@ -159,6 +160,10 @@ def test_compose_settings_are_valid_and_default(monkeypatch: pytest.MonkeyPatch)
 def test_dockerfile_serves_what_compose_runs():
     text = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["tini", "--", "sepconv"]' in text  # compose's commands are sepconv subcommands
+    # The API's address on the command line, not in SEPCONV_HOST (which the workers would read too); no VOLUME
+    # (an unused anonymous volume per compose container).
+    assert 'CMD ["serve", "--host", "0.0.0.0"]' in text and not re.search(r"^\s*SEPCONV_HOST=", text, re.M)
+    assert not re.search(r"^VOLUME", text, re.M)
     assert "deploy/healthcheck.py /usr/local/bin/sepconv-healthcheck" in text
     assert re.search(r"^HEALTHCHECK .*sepconv-healthcheck", text, re.M)
     assert re.search(r"^USER sepconv$", text, re.M) and "EXPOSE 8000" in text
