@@ -12,12 +12,12 @@
 # Alone (no broker) the container runs the embedded default: SQLite and files under /data (mount a volume), worker
 # processes started by the server. docker-compose.yml runs the scaled setup (PostgreSQL, Redis, MinIO).
 #
-# Two stages: the first installs into a virtual environment (pip, the project's source, build leftovers), the
-# second copies only that environment onto a fresh slim base.
+# Three stages: `deps` installs torch and the dependencies into a virtual environment, `build` installs the
+# project next to it (/opt/sepconv), and the last copies only those two onto a fresh slim base.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-FROM ${PYTHON_IMAGE} AS build
+FROM ${PYTHON_IMAGE} AS deps
 # torch is installed first, from PyTorch's CPU index: the project's torch range is then already satisfied and
 # pip does not pull the CUDA build from PyPI (gigabytes of libraries a CPU image never loads).
 ARG TORCH_VERSION=2.13.0
@@ -29,22 +29,27 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 WORKDIR /src
-# The project's dependencies first, read from pyproject.toml alone: this layer (the slow one) is built again when
-# they change, not at every change of the source.
+# The project's dependencies, read from pyproject.toml alone: this stage (the slow one, about 1 GB) is built
+# again when they change, not at every change of the source.
 COPY pyproject.toml ./
 RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
+# What a CPU deployment never loads from torch (about 200 MB): C++ headers (for compiling extensions), C++ test
+# binaries and data, protoc. torch_shm_manager stays (tensors shared between processes). The project itself goes
+# to /opt/sepconv (next stage), which this .pth puts on the environment's path.
+RUN site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+    && rm -rf "$site/torch/include" "$site/torch/test" "$site/torch/lib/libtorchbind_test.so" \
+    && find "$site/torch/bin" -mindepth 1 -maxdepth 1 ! -name torch_shm_manager -exec rm -rf {} + \
+    && echo /opt/sepconv > "$site/sepconv.pth"
+
+FROM deps AS build
 COPY README.md ./
 COPY converter ./converter
 COPY service ./service
-# Not editable: the image holds the installed package, not this source tree.
-RUN pip install --no-deps . && pip check
-# What a CPU deployment never loads from torch (about 200 MB): C++ headers (for compiling extensions), C++ test
-# binaries and data, protoc. torch_shm_manager stays (tensors shared between processes).
-RUN torch="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torch" \
-    && rm -rf "$torch/include" "$torch/test" "$torch/lib/libtorchbind_test.so" \
-    && find "$torch/bin" -mindepth 1 -maxdepth 1 ! -name torch_shm_manager -exec rm -rf {} +
+# Not editable, and apart from the environment: the image holds the installed package, not this source tree, and
+# a change of the source makes a layer of a few MB instead of a new copy of the environment.
+RUN pip install --no-deps --target /opt/sepconv . && pip check
 
 FROM ${PYTHON_IMAGE}
 # tini is PID 1: it forwards docker's SIGTERM to sepconv (graceful stop) and reaps orphaned processes.
@@ -55,9 +60,10 @@ RUN groupadd --system --gid 10001 sepconv \
     && useradd --system --uid 10001 --gid sepconv --create-home --home-dir /home/sepconv \
        --shell /usr/sbin/nologin sepconv \
     && mkdir /data && chown sepconv:sepconv /data
-COPY --from=build /opt/venv /opt/venv
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=build /opt/sepconv /opt/sepconv
 COPY --chmod=0755 deploy/healthcheck.py /usr/local/bin/sepconv-healthcheck
-ENV PATH=/opt/venv/bin:$PATH \
+ENV PATH=/opt/sepconv/bin:/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     SEPCONV_DATA_DIR=/data \
