@@ -4,7 +4,8 @@
 * ``api``: ``GET /healthz`` of the ``sepconv serve`` in this container (``127.0.0.1:$SEPCONV_PORT``), which
   answers whether it listens on loopback (no API keys) or on every address.
 * ``worker``: a Celery ``ping`` through the broker (``SEPCONV_BROKER_URL``) that only the ``sepconv worker`` of
-  this container answers (workers are named ``sepconv@<hostname>-<pid>``; a container's hostname is its own).
+  this container answers (workers are named ``sepconv@<hostname>-<pid namespace>-<pid>``: containers that share
+  the host's name, under host networking, still differ in their PID namespace).
   A worker that lost its broker, or is stuck in its main loop, does not answer.
 * no argument: ``worker`` if a ``sepconv worker`` process runs in this container, else ``api`` (the image's
   ``HEALTHCHECK`` serves both commands).
@@ -43,12 +44,18 @@ def check_worker(timeout: float = 4.0) -> bool:
     app.conf.broker_connection_timeout = timeout
     app.conf.broker_connection_retry_on_startup = False
     try:
-        inspect = app.control.inspect(timeout=timeout, pattern=f"sepconv@{socket.gethostname()}-*", matcher="glob")
+        inspect = app.control.inspect(timeout=timeout, pattern=f"{_node_prefix()}-*", matcher="glob")
         return bool(inspect.ping())
     except Exception:
         return False
     finally:
         app.close()
+
+
+def _node_prefix() -> str:
+    """``sepconv@<host>-<pid namespace>``: what the Celery names of this container's workers start with (as
+    ``service.jobs.celery_app.node_name`` makes them; this script does not import the service)."""
+    return f"sepconv@{socket.gethostname()}-{os.stat('/proc/self/ns/pid').st_ino}"
 
 
 def _runs_worker() -> bool:

@@ -8,7 +8,6 @@ and exit non-zero; no traceback reaches a user (set ``SEPCONV_DEBUG=1`` to see o
 from __future__ import annotations
 
 import gc
-import os
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +194,7 @@ def worker(queues: str | None, concurrency: int) -> None:
     """Run a Celery worker for the Celery executor (SEPCONV_BROKER_URL). Migrates the database first."""
     from .core.db import migrate
     from .core.storage import open_storage
-    from .jobs.celery_app import celery_app, configure
+    from .jobs.celery_app import celery_app, configure, node_name
     from .jobs.runner import protect_worker_process, warn_if_unconfined, worker_name
 
     settings = _service_settings()
@@ -209,7 +208,7 @@ def worker(queues: str | None, concurrency: int) -> None:
     configure(celery_app, settings)
     celery_app.worker_main(["worker", "--queues", queues or settings.celery_queue, "--concurrency",
                             str(concurrency), "--loglevel", settings.log_level.upper(), "--without-gossip",
-                            "--without-mingle", "--hostname", f"sepconv@{os.uname().nodename}-{os.getpid()}"])
+                            "--without-mingle", "--hostname", node_name()])
 
 
 @cli.command()

@@ -19,6 +19,7 @@ calibration stays on the normal queue. This module has no HTTP code.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -34,7 +35,7 @@ from . import crud
 from .errors import ExecutorUnavailableError
 from .runner import JobRunner, worker_name
 
-__all__ = ["TASK_NAME", "CeleryExecutor", "celery_app", "configure"]
+__all__ = ["TASK_NAME", "CeleryExecutor", "celery_app", "configure", "node_name"]
 
 log = logging.getLogger("sepconv.celery")
 
@@ -44,6 +45,21 @@ TASK_NAME = "sepconv.run_job"
 celery_app = Celery("sepconv")
 
 _state: dict[str, Any] = {}
+
+
+def node_name(pid: int | None = None) -> str:
+    """The Celery node name of the worker process ``pid`` (default: this one) of this host and PID namespace:
+    ``sepconv@<host>-<pid namespace>-<pid>``.
+
+    The PID namespace's number tells apart workers in containers that share the host's name (host networking)
+    and run as the same PID; ``deploy/healthcheck.py`` pings ``sepconv@<host>-<pid namespace>-*`` to reach the
+    worker of its own container.
+    """
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # pragma: no cover - not Linux
+        namespace = 0
+    return f"sepconv@{os.uname().nodename}-{namespace}-{pid or os.getpid()}"
 
 
 def configure(app: Celery, settings: Settings) -> Celery:

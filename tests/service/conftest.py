@@ -23,8 +23,17 @@ from sqlalchemy import create_engine, text
 
 from service.core.config import Settings, load_settings
 from service.core.db import dispose_engines
-from tests.service.helpers import KEY_ALICE, KEY_BOB, TEST_DATABASE_URL, TEST_REDIS_URL, serve_app
+from tests.service.helpers import FIGURES, KEY_ALICE, KEY_BOB, TEST_DATABASE_URL, TEST_REDIS_URL, serve_app
 from tests.utils.models import build, export_onnx, export_pt2, export_torchscript
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Print the figures tests handed over (``FIGURES``) at the end of the run."""
+    lines = config.stash.get(FIGURES, [])
+    if lines:
+        terminalreporter.write_sep("-", "figures")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(autouse=True)

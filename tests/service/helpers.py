@@ -37,6 +37,10 @@ def head_revision() -> str:
 #: Options that keep a real conversion of the tiny test model to about a second (after the imports).
 FAST = {"rank": "2", "latency_runs": "1", "input_shape": "x=1x3x32x32"}
 
+#: Figures a test hands to the end of the run through ``config.stash`` (the compose test's image size and step
+#: times), printed by conftest's terminal summary: pytest shows a passing test's output nowhere else.
+FIGURES = pytest.StashKey[list[str]]()
+
 KEY_ALICE = "alice-key-0123456789abcdef"
 KEY_BOB = "bob-key-0123456789abcdef00"
 

@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ import yaml
 from service.core.config import Settings, load_settings
 from service.core.db import get_engine
 from service.jobs import crud
+from service.jobs.celery_app import node_name
 from service.sdk import Client
 from tests.service.helpers import KEY_ALICE, free_port
 
@@ -109,6 +109,7 @@ def test_compose_file_structure():
     assert api["healthcheck"]["test"] == ["CMD", "sepconv-healthcheck", "api"]
     # Scalable: nothing a second replica would clash on.
     assert worker["command"] == ["worker"] and "ports" not in worker
+    assert worker["scale"] == 1 and load_compose({**DOTENV, "SEPCONV_WORKERS": "3"})["services"]["worker"]["scale"] == 3
     assert worker["healthcheck"]["test"] == ["CMD", "sepconv-healthcheck", "worker"]
     assert "api" in worker["depends_on"]  # the API migrates and creates the bucket before N workers start
     assert "profiles" not in worker and "profiles" not in api
@@ -159,6 +160,10 @@ def test_compose_settings_are_valid_and_default(monkeypatch: pytest.MonkeyPatch)
 def test_dockerfile_serves_what_compose_runs():
     text = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["tini", "--", "sepconv"]' in text  # compose's commands are sepconv subcommands
+    # The API's address on the command line, not in SEPCONV_HOST (which the workers would read too); no VOLUME
+    # (an unused anonymous volume per compose container).
+    assert 'CMD ["serve", "--host", "0.0.0.0"]' in text and not re.search(r"^\s*SEPCONV_HOST=", text, re.M)
+    assert not re.search(r"^VOLUME", text, re.M)
     assert "deploy/healthcheck.py /usr/local/bin/sepconv-healthcheck" in text
     assert re.search(r"^HEALTHCHECK .*sepconv-healthcheck", text, re.M)
     assert re.search(r"^USER sepconv$", text, re.M) and "EXPOSE 8000" in text
@@ -314,7 +319,7 @@ def _wait_for_pings(workers: list[Process], broker_url: str, timeout: float = 60
     """Until every worker answers a Celery ping (its task consumer is then running)."""
     from celery import Celery
 
-    names = [f"sepconv@{socket.gethostname()}-{w.pid}" for w in workers]
+    names = [node_name(w.pid) for w in workers]
     app = Celery("sepconv-compose-test", broker=broker_url)
     deadline = time.monotonic() + timeout
     try:
