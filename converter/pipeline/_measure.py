@@ -110,14 +110,17 @@ def guard_step(c: Conversion, progress: StageProgress) -> None:
     backend = _backend(c)
     timed = _timed_inputs(_inputs(c)[0], c)
     with map_errors("saving the model to measure it failed", ConversionError):
-        c.saved = saved = c.adapter.save(c.model, c.staging / f"model-guard{c.adapter.suffix}")
+        c.saved = c.adapter.save(c.model, c.staging / f"model-guard{c.adapter.suffix}")
     rounds = 0
 
     def measure(names: list[str]) -> Comparison:
         nonlocal rounds
         if frozenset(names) != frozenset(f.layer.name for f in c.factors):
-            _reassemble(c, names)
-        cmp = compare_files(c.adapter, c.src, saved, timed, threads=backend.threads, device=backend.device,
+            _reassemble(c, names)  # writes another file: measure the current one
+        current = c.saved
+        if current is None:
+            raise ConversionError("internal error: the guard has no saved model to measure")
+        cmp = compare_files(c.adapter, c.src, current, timed, threads=backend.threads, device=backend.device,
                             workdir=c.workdir(f"guard-{rounds}"), runs=c.config.latency_runs, seed=c.config.seed)
         rounds += 1
         progress.update(min(0.9, 0.45 * rounds))

@@ -528,7 +528,9 @@ def _judge(returncode: int, events: list[dict[str, Any]], work: Path, peak_vms: 
                        report=_rel(work, done.get("report")), events=events)
     if error is not None:
         code = str(error.get("code") or "conversion_failed")[:64]
-        if code == "out_of_memory" or returncode == EXIT_OOM:
+        # A failure at the edge of the address-space limit is a failed allocation, whatever a library made of it
+        # (an import can turn a MemoryError into "…returned a result with an exception set").
+        if code == "out_of_memory" or returncode == EXIT_OOM or peak_vms >= 0.9 * limit_bytes:
             return Outcome("failed", "out_of_memory", oom, format=fmt, events=events)
         return Outcome("failed", code, str(error.get("message") or "the conversion failed")[:2000], format=fmt,
                        events=events)
