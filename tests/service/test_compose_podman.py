@@ -49,7 +49,6 @@ pytestmark = [pytest.mark.container, pytest.mark.timeout(3600)]
 
 ROOT = Path(__file__).resolve().parents[2]
 SETUP = ROOT / "deploy" / "podman" / "setup.sh"
-IMAGE = "sepconv:latest"
 #: What a user's .env gives compose (deploy/.env.example).
 DOTENV = {"SEPCONV_API_KEYS": KEY_ALICE, "POSTGRES_PASSWORD": "composetest0pw", "MINIO_ROOT_USER": "testing",
           "MINIO_ROOT_PASSWORD": "testing-secret"}
@@ -69,6 +68,9 @@ class Stack:
     compose: list[str]
     env: dict[str, str]
     api_port: int
+    #: The sepconv image, tagged for this project alone (SEPCONV_IMAGE in .env): a run beside it on the same
+    #: machine cannot retag it under it. Its layers stay as the next build's cache; the tag is removed at the end.
+    image: str
     times: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -191,7 +193,9 @@ def stack(podman_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
     project = f"sepconv-test-{uuid.uuid4().hex[:8]}"
     ports = {name: free_port() for name in ("api", "postgres", "redis", "s3")}
     # Two workers from .env (SEPCONV_WORKERS), not `up --scale`: podman-compose's `down` then knows the second.
-    (folder / ".env").write_text("".join(f"{k}={v}\n" for k, v in {**DOTENV, "SEPCONV_WORKERS": "2"}.items()))
+    image = f"localhost/sepconv:{project}"
+    dotenv = {**DOTENV, "SEPCONV_WORKERS": "2", "SEPCONV_IMAGE": image}
+    (folder / ".env").write_text("".join(f"{k}={v}\n" for k, v in dotenv.items()))
     write_override(folder / "override.yml", podman_env, ports)
     compose = [sys.executable, "-m", "podman_compose", "--project-name", project, "--env-file", str(folder / ".env"),
                "-f", str(ROOT / "docker-compose.yml"), "-f", str(folder / "override.yml"), "--profile", "gpu",
@@ -200,7 +204,7 @@ def stack(podman_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
                f"--format=docker --network=host --volume={podman_env['SEPCONV_PODMAN_WHEELS']}:/wheels:ro"]
     env = {k: v for k, v in podman_env.items() if not k.startswith(("SEPCONV_", "AWS_"))}
     env.update({k: v for k, v in podman_env.items() if k.startswith("SEPCONV_PODMAN_")})
-    s = Stack(project, compose, env, ports["api"])
+    s = Stack(project, compose, env, ports["api"], image)
     try:
         yield s
     finally:
@@ -214,6 +218,7 @@ def stack(podman_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
         for volume in s.podman("volume", "ls", "--format", "{{.Name}}", check=False).stdout.split():
             if volume.startswith(f"{project}_"):
                 _run(["podman", "volume", "rm", "-f", volume], env, 120, check=False)
+        _run(["podman", "rmi", image], env, 120, check=False)
         _report(s, request.config)
 
 
@@ -287,10 +292,10 @@ def test_compose_stack_under_podman(stack: Stack, model_files: dict[str, Path], 
     with s.step("build again, all layers cached"):
         s.run("build", "api")
     # The Dockerfile's HEALTHCHECK is kept (a single `docker run` of the image reports its health).
-    assert "sepconv-healthcheck" in s.podman("image", "inspect", IMAGE, "--format", "{{json .HealthCheck}}").stdout
-    size = int(s.podman("image", "inspect", IMAGE, "--format", "{{.Size}}").stdout)
-    s.notes.append(f"image {IMAGE}: {size / 1e6:.0f} MB")
-    du = s.podman("run", "--rm", "--user", "0", "--entrypoint", "sh", IMAGE, "-c",
+    assert "sepconv-healthcheck" in s.podman("image", "inspect", s.image, "--format", "{{json .HealthCheck}}").stdout
+    size = int(s.podman("image", "inspect", s.image, "--format", "{{.Size}}").stdout)
+    s.notes.append(f"image: {size / 1e6:.0f} MB")
+    du = s.podman("run", "--rm", "--user", "0", "--entrypoint", "sh", s.image, "-c",
                   "du -sm /opt/venv/lib/python3*/site-packages/* | sort -rn | head -n 8; "
                   "du -sm /opt/venv /opt/sepconv /usr /var").stdout
     site = "/opt/venv/lib/python3.11/site-packages/"
@@ -299,7 +304,6 @@ def test_compose_stack_under_podman(stack: Stack, model_files: dict[str, Path], 
 
     # -- up: API, two workers, the gpu profile's worker, PostgreSQL, Redis, S3 -----------------------------------
     expect = {"api": 1, "worker": 2, "worker-gpu": 1, "postgres": 1, "redis": 1, "minio": 1}
-    volumes_before = set(s.podman("volume", "ls", "--format", "{{.Name}}").stdout.split())
     start = time.monotonic()
     with s.step("up -d (two workers)"):
         s.run("up", "-d")
@@ -376,10 +380,12 @@ def test_compose_stack_under_podman(stack: Stack, model_files: dict[str, Path], 
             assert client.get_report(job_id).params.converted > 0
 
     # -- down: nothing left ------------------------------------------------------------------------------------------
+    # Every volume the project's containers use: the named ones (postgres-data, …) and any anonymous one.
+    mounts = s.podman("inspect", "--format", "{{range .Mounts}}{{.Name}} {{end}}", *s.containers(running=False))
+    used = set(mounts.stdout.split())
+    assert {f"{s.project}_{v}" for v in ("postgres-data", "redis-data", "minio-data")} <= used
     with s.step("down -v"):
         s.run("down", "-v", "-t", "30")
     assert s.containers(running=False) == []
-    # Named volumes (postgres-data, …) and the anonymous ones of the images' VOLUMEs (/data) alike; only this
-    # project's count (another compose project on the machine may be up at the same time).
-    after = set(s.podman("volume", "ls", "--format", "{{.Name}}").stdout.split())
-    assert {v for v in after - volumes_before if v.startswith(s.project)} == set()
+    left = set(s.podman("volume", "ls", "--format", "{{.Name}}").stdout.split())
+    assert not used & left and not [v for v in left if v.startswith(f"{s.project}_")], used & left
