@@ -186,19 +186,23 @@ def _bodies(node: torch.fx.Node, root: torch.nn.Module) -> tuple[list[tuple[str,
     return bodies, operands
 
 
+def _kernel_channels(wshape: Any, rank: int, args: Any) -> tuple[tuple[int, ...], int, int]:
+    """A conv's kernel, input and output channels from its weight shape (a transposed conv's weight is
+    ``[in, out/g, *k]``); empty and zero where the shape is unknown."""
+    if wshape is None or rank == 0:
+        return (), 0, 0
+    if args.transposed:
+        return tuple(wshape[2:]), int(wshape[0]), int(wshape[1] * args.groups)
+    return tuple(wshape[2:]), int(wshape[1] * args.groups), int(wshape[0])
+
+
 def _control_flow_layer(node: torch.fx.Node, what: str, body: str, names: UniqueNames,
                         target: str | None) -> ConvLayer:
     """A conv inside a control-flow body: reported with its shape (from the traced metadata) and skipped."""
     wshape = _shape(node.args[1]) if len(node.args) > 1 else None
     rank = len(wshape) - 2 if wshape is not None and len(wshape) >= 3 else 0
     args = conv_args(node, rank)
-    kernel: tuple[int, ...]
-    if wshape is None or rank == 0:
-        kernel, cin, cout = (), 0, 0
-    elif args.transposed:
-        kernel, cin, cout = wshape[2:], wshape[0], wshape[1] * args.groups
-    else:
-        kernel, cin, cout = wshape[2:], wshape[1] * args.groups, wshape[0]
+    kernel, cin, cout = _kernel_channels(wshape, rank, args)
     x, y = _shape(args.input), _shape(node)
     return ConvLayer(
         name=names(_layer_name(node, target)), op=f"aten.{getattr(node.target, '__name__', node.target)}",
@@ -258,13 +262,7 @@ def find_layers(model: Pt2Model, input_shapes: Mapping[str, tuple[int, ...]]) ->
         notes = [] if tensor is not None else [_NOT_CONSTANT]
         if tensor is not None and not tensor.is_floating_point():
             notes.append(f"weight has dtype {tensor.dtype}, not a floating-point type")
-        kernel: tuple[int, ...]
-        if wshape is None or rank == 0:
-            kernel, cin, cout = (), 0, 0
-        elif args.transposed:
-            kernel, cin, cout = wshape[2:], wshape[0], wshape[1] * args.groups
-        else:
-            kernel, cin, cout = wshape[2:], wshape[1] * args.groups, wshape[0]
+        kernel, cin, cout = _kernel_channels(wshape, rank, args)
         rec = sizes.get(node.name, {})
         weight = None
         if not notes and tensor is not None:
